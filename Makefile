@@ -1,0 +1,26 @@
+# Two commands: `make setup` (virtualenv, dependencies, model weights) and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup test lint bench eval clean
+
+setup:
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/alphacut models pull medium
+	bash scripts/setup-browser.sh
+
+test:
+	$(BIN)/ruff check src tests bench
+	$(BIN)/pytest -q -rs
+
+lint:
+	$(BIN)/ruff check src tests bench
+
+bench:
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache test-artifacts

@@ -1,0 +1,5 @@
+"""alphacut: self-hostable background removal and masks."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"

@@ -1,0 +1,228 @@
+"""Command-line front-end: ``alphacut serve``, ``alphacut remove``, ``alphacut models ...``."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from alphacut.config import Settings
+from alphacut.errors import AlphacutError
+
+app = typer.Typer(help="alphacut: background removal and masks, as a CLI, library and server.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+models_app = typer.Typer(help="Pull and list segmentation models.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic",
+                  ".avif"}
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=1)
+
+
+@models_app.command("pull")
+def models_pull(
+    name: Annotated[str, typer.Argument(help="medium (default) or small")] = "medium",
+    force: Annotated[bool, typer.Option(help="Download and verify again")] = False,
+) -> None:
+    """Download a model with npm, verify every hash and install it in the model folder."""
+    from alphacut.models.pull import pull_model
+
+    settings = Settings.from_env()
+    try:
+        path = pull_model(name, settings.models_path, settings.home / "cache", force=force,
+                          progress=lambda msg: typer.echo(msg, err=True))
+    except AlphacutError as exc:
+        _fail(exc.message)
+    typer.echo(f"model {name} ready: {path}")
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """Show every known model: installed or not, size, input size, licence."""
+    from alphacut.models.registry import known_models
+
+    settings = Settings.from_env()
+    model_dir = settings.models_path
+    rows = [("name", "installed", "size", "input", "licence")]
+    for spec in known_models(model_dir).values():
+        path = spec.path(model_dir)
+        installed = path.is_file()
+        size = f"{path.stat().st_size / 1e6:.1f} MB" if installed else (
+            f"({spec.size_bytes / 1e6:.1f} MB)" if spec.size_bytes else "-")
+        default = " (default)" if spec.name == settings.model else ""
+        rows.append((spec.name + default, "yes" if installed else "no", size,
+                     str(spec.input_size), spec.licence))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        typer.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+    typer.echo(f"\nmodel folder: {model_dir}")
+
+
+def _collect_inputs(inputs: list[Path]) -> list[tuple[Path, Path | None]]:
+    """(file, folder it came from) pairs; folders are walked recursively for images."""
+    found: list[tuple[Path, Path | None]] = []
+    for item in inputs:
+        if item.is_dir():
+            found += [(p, item) for p in sorted(item.rglob("*"))
+                      if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+        elif item.is_file():
+            found.append((item, None))
+        else:
+            _fail(f"no such file or folder: {item}")
+    return found
+
+
+def _output_path(src: Path, root: Path | None, out: Path | None, many: bool) -> Path:
+    name = src.with_suffix(".png").name
+    if root is not None:
+        base = out or root.with_name(root.name + "-alphacut")
+        return base / src.relative_to(root).with_suffix(".png")
+    if out is None:
+        return src.with_name(src.stem + ".out.png")
+    if many or out.is_dir():
+        return out / name
+    return out
+
+
+@app.command()
+def remove(
+    inputs: Annotated[list[Path], typer.Argument(help="Image files or folders")],
+    output: Annotated[Path | None, typer.Option("-o", "--output",
+                                                help="Output file, or folder")] = None,
+    only_mask: Annotated[bool, typer.Option("--only-mask", help="Write the mask only")] = False,
+    post_process_mask: Annotated[bool, typer.Option("--post-process-mask")] = False,
+    alpha_matting: Annotated[bool, typer.Option("--alpha-matting")] = False,
+    af: Annotated[int, typer.Option("--af", min=0, max=255,
+                                    help="Alpha matting foreground threshold")] = 240,
+    ab: Annotated[int, typer.Option("--ab", min=0, max=255,
+                                    help="Alpha matting background threshold")] = 20,
+    ae: Annotated[int, typer.Option("--ae", min=0, max=64,
+                                    help="Alpha matting erode size")] = 5,
+    inverse_mask: Annotated[bool, typer.Option("--inverse-mask")] = False,
+    model: Annotated[str | None, typer.Option("--model", help="Model name")] = None,
+) -> None:
+    """Remove the background of images (files or folders) and write PNG cutouts or masks."""
+    from tqdm import tqdm
+
+    from alphacut.engine import Engine
+    from alphacut.pipeline.encode import encode_png
+    from alphacut.pipeline.matting import AlphaMattingParams
+    from alphacut.pipeline.remove import RemoveOptions
+
+    files = _collect_inputs(inputs)
+    if not files:
+        _fail("no images found")
+    options = RemoveOptions(
+        only_mask=only_mask, post_process_mask=post_process_mask, alpha_matting=alpha_matting,
+        matting=AlphaMattingParams(af, ab, ae), inverse_mask=inverse_mask)
+    engine = Engine()
+    many = len(files) > 1
+    failures = 0
+    bar = tqdm(files, unit="img", disable=not many, file=sys.stderr)
+    for src, root in bar:
+        dest = _output_path(src, root, output, many)
+        try:
+            result = engine.remove(src.read_bytes(), options, model=model)
+        except AlphacutError as exc:
+            if not many:
+                _fail(exc.message)
+            failures += 1
+            tqdm.write(f"skipped {src}: {exc.message}", file=sys.stderr)
+            continue
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(encode_png(result.output, engine.settings.png_compress_level))
+        if not many:
+            typer.echo(str(dest))
+    if many:
+        typer.echo(f"{len(files) - failures} of {len(files)} images written"
+                   + (f" to {output or files[0][1]}" if output else ""))
+    if failures:
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to bind")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port")] = 7000,
+    log_level: Annotated[str, typer.Option(help="Log level")] = "info",
+) -> None:
+    """Run the HTTP API (and the web page) with uvicorn."""
+    import uvicorn
+
+    from alphacut.service.app import create_app
+    from alphacut.service.logs import configure_logging
+
+    configure_logging(log_level)
+    uvicorn.run(create_app(Settings.from_env()), host=host, port=port, log_config=None,
+                log_level=log_level)
+
+
+@app.command("eval")
+def eval_command(
+    dataset_dir: Annotated[Path, typer.Argument(help="Folder with images/ and masks/")],
+    model: Annotated[str | None, typer.Option("--model", help="Model name")] = None,
+    post_process_mask: Annotated[bool, typer.Option("--post-process-mask")] = False,
+    alpha_matting: Annotated[bool, typer.Option("--alpha-matting")] = False,
+    af: Annotated[int, typer.Option("--af", min=0, max=255,
+                                    help="Alpha matting foreground threshold")] = 240,
+    ab: Annotated[int, typer.Option("--ab", min=0, max=255,
+                                    help="Alpha matting background threshold")] = 20,
+    ae: Annotated[int, typer.Option("--ae", min=0, max=64,
+                                    help="Alpha matting erode size")] = 5,
+    input_size: Annotated[int | None, typer.Option(
+        "--input-size", min=1, help="Override the model's input size")] = None,
+    out: Annotated[Path | None, typer.Option(
+        "--out", help="Write summary.json, per_image.csv and worst.png here")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", min=1,
+                                              help="Only the first N images")] = None,
+) -> None:
+    """Measure mask quality against ground truth (MAE, maxF, IoU, SAD, MSE, boundary)."""
+    import dataclasses
+
+    from alphacut.engine import Engine
+    from alphacut.evaluate.report import format_table
+    from alphacut.evaluate.runner import run_eval
+    from alphacut.pipeline.matting import AlphaMattingParams
+    from alphacut.pipeline.remove import RemoveOptions
+
+    settings = Settings.from_env()
+    if input_size:
+        settings = dataclasses.replace(settings, input_size=input_size)
+    options = RemoveOptions(post_process_mask=post_process_mask, alpha_matting=alpha_matting,
+                            matting=AlphaMattingParams(af, ab, ae))
+    engine = Engine(settings)
+    try:
+        summary = run_eval(dataset_dir, engine, options, model=model, out_dir=out,
+                           progress=True, limit=limit)
+    except AlphacutError as exc:
+        _fail(exc.message)
+    except FileNotFoundError as exc:
+        _fail(str(exc))
+    finally:
+        engine.close()
+    if not summary.images:
+        _fail(f"no image/mask pairs evaluated in {dataset_dir}")
+    typer.echo(f"{summary.model} @ {summary.input_size}px on {dataset_dir}: "
+               f"{len(summary.images)} pairs, {summary.seconds:.1f} s "
+               f"({summary.seconds / len(summary.images):.2f} s/image)")
+    if summary.skipped:
+        typer.echo(f"skipped {len(summary.skipped)}: {', '.join(sorted(summary.skipped))}")
+    typer.echo(format_table(summary))
+    if out is not None:
+        typer.echo(f"reports written to {out}")
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""The process-wide model holder: one ONNX Runtime session per model, loaded on first use.
+
+The service, the CLI and the library all go through an ``Engine`` so that every entry point
+runs the same pipeline with the same sessions.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from alphacut.config import Settings
+from alphacut.errors import ModelNotAvailable
+from alphacut.models.registry import ModelSpec, resolve_model
+from alphacut.models.runner import ModelRunner
+from alphacut.models.session import create_session
+from alphacut.pipeline.decode import decode_image
+from alphacut.pipeline.remove import RemoveOptions, RemoveResult, remove_background
+
+
+class Engine:
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings.from_env()
+        self._runners: dict[str, ModelRunner] = {}
+        self._lock = threading.Lock()
+
+    def spec(self, model: str | None = None) -> ModelSpec:
+        return resolve_model(
+            model or self.settings.model, self.settings.models_path, self.settings.input_size
+        )
+
+    def runner(self, model: str | None = None) -> ModelRunner:
+        name = model or self.settings.model
+        runner = self._runners.get(name)
+        if runner is not None:
+            return runner
+        with self._lock:
+            runner = self._runners.get(name)
+            if runner is None:
+                runner = self._load(self.spec(name))
+                self._runners[name] = runner
+        return runner
+
+    def _load(self, spec: ModelSpec) -> ModelRunner:
+        model_dir = self.settings.models_path
+        path = spec.runtime_path(model_dir)
+        if not path.is_file():
+            hint = (
+                f"run `alphacut models pull {spec.name}`"
+                if spec.npm_resource
+                else f"copy {spec.filename} into {model_dir}"
+            )
+            raise ModelNotAvailable(f"model {spec.name!r} is not installed ({path}); {hint}")
+        session = create_session(
+            path, self.settings.providers, cache_dir=Path(model_dir) / "cache"
+        )
+        runner = ModelRunner(
+            session, spec, self.settings.batch_size, self.settings.batch_wait_ms
+        )
+        # The first run allocates buffers and picks kernels (seconds for ISNet); pay that at
+        # start-up rather than on the first user's request.
+        runner.predict_tensor(np.zeros((3, spec.input_size, spec.input_size), np.float32))
+        return runner
+
+    @property
+    def loaded_models(self) -> list[str]:
+        return list(self._runners)
+
+    def remove(
+        self,
+        image: bytes | Image.Image,
+        options: RemoveOptions | None = None,
+        model: str | None = None,
+    ) -> RemoveResult:
+        """Decode (if bytes) and run the pipeline with ``model`` (default: the configured one)."""
+        if isinstance(image, bytes | bytearray):
+            image = decode_image(bytes(image), self.settings.max_pixels)
+        return remove_background(image, self.runner(model).predict, options)
+
+    def close(self) -> None:
+        for runner in self._runners.values():
+            runner.close()
+        self._runners.clear()

@@ -1,0 +1,55 @@
+"""Errors that reach users: each carries the HTTP status the API answers with."""
+
+from __future__ import annotations
+
+
+class AlphacutError(Exception):
+    """Base class. ``status_code`` is the HTTP status; ``str(err)`` is the user-facing message."""
+
+    status_code: int = 400
+
+    def __init__(self, message: str, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if status_code is not None:
+            self.status_code = status_code
+
+
+class InvalidRequest(AlphacutError):
+    status_code = 422
+
+
+class Unauthorized(AlphacutError):
+    status_code = 401
+
+
+class InvalidImage(AlphacutError):
+    """The bytes are not an image we can decode (or are a truncated/corrupt one)."""
+
+    status_code = 415
+
+
+class ImageTooLarge(AlphacutError):
+    status_code = 413
+
+
+class FetchError(AlphacutError):
+    """An image or webhook URL that is refused or cannot be fetched: the client's problem (4xx)."""
+
+    status_code = 400
+
+
+class ModelNotAvailable(AlphacutError):
+    status_code = 503
+
+
+class ModelPullError(AlphacutError):
+    status_code = 500
+
+
+class TooManyJobs(AlphacutError):
+    status_code = 429
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

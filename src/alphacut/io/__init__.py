@@ -1,0 +1,1 @@
+"""Network input/output: safe fetching of user-supplied URLs."""

@@ -1,0 +1,177 @@
+"""In-process workers: claim jobs from the store and run the pipeline off the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from alphacut.config import Settings
+from alphacut.engine import Engine
+from alphacut.errors import AlphacutError
+from alphacut.io.storage import OutputStorage
+from alphacut.jobs.store import FAILED, SUCCESS, Job, SQLiteJobStore, worker_identity
+from alphacut.pipeline.decode import decode_image
+from alphacut.pipeline.encode import encode_png
+from alphacut.pipeline.matting import AlphaMattingParams
+from alphacut.pipeline.remove import RemoveOptions, RemoveResult
+
+log = logging.getLogger(__name__)
+
+LEASE_SECONDS = 60.0
+
+
+def options_from_request(request: dict[str, Any]) -> RemoveOptions:
+    opts = request["options"]
+    return RemoveOptions(
+        only_mask=opts["only_mask"],
+        post_process_mask=opts["post_process_mask"],
+        alpha_matting=opts["alpha_matting"],
+        matting=AlphaMattingParams(
+            foreground_threshold=opts["alpha_matting_foreground_threshold"],
+            background_threshold=opts["alpha_matting_background_threshold"],
+            erode_size=opts["alpha_matting_erode_size"],
+        ),
+        inverse_mask=opts["inverse_mask"],
+    )
+
+
+class WorkerPool:
+    """``settings.workers`` concurrent jobs; inference itself is single-flight in the runner,
+    so extra workers only overlap decoding/encoding with another job's inference."""
+
+    def __init__(self, settings: Settings, store: SQLiteJobStore, engine: Engine,
+                 storage: OutputStorage,
+                 on_finished: Callable[[Job], None] | None = None) -> None:
+        self.settings = settings
+        self.store = store
+        self.engine = engine
+        self.storage = storage
+        self.on_finished = on_finished
+        self.identity = worker_identity()
+        self.concurrency = max(1, settings.workers)
+        self.executor = ThreadPoolExecutor(max_workers=self.concurrency,
+                                           thread_name_prefix="alphacut-job")
+        # Images decoded by the request handler, handed over to skip a second decode.
+        self.handoff: dict[str, Image.Image] = {}  # keyed by input path
+        self._wakeup = asyncio.Event()
+        self._waiters: dict[int, list[asyncio.Future[None]]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self.running = 0
+
+    async def start(self) -> None:
+        requeued = await asyncio.to_thread(self.store.requeue_dead_local)
+        if requeued:
+            log.info("resuming %d job(s) left running by a stopped server", requeued)
+        self._tasks = [asyncio.create_task(self._loop()) for _ in range(self.concurrency)]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+    def notify(self) -> None:
+        self._wakeup.set()
+
+    async def wait_for(self, job_id: int, timeout: float) -> Job | None:
+        """The job once done, or None if still unfinished after ``timeout`` seconds."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(job_id, []).append(future)
+        try:
+            job = await asyncio.to_thread(self.store.get, job_id)
+            if job is not None and job.done:
+                return job
+            if timeout > 0:
+                try:
+                    await asyncio.wait_for(asyncio.shield(future), timeout)
+                except TimeoutError:
+                    pass
+            job = await asyncio.to_thread(self.store.get, job_id)
+            return job if job is not None and job.done else None
+        finally:
+            waiters = self._waiters.get(job_id, [])
+            if future in waiters:
+                waiters.remove(future)
+            if not waiters:
+                self._waiters.pop(job_id, None)
+
+    def _wake_waiters(self, job_id: int) -> None:
+        for future in self._waiters.get(job_id, []):
+            if not future.done():
+                future.set_result(None)
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            job = await asyncio.to_thread(self.store.claim, self.identity, LEASE_SECONDS)
+            if job is None:
+                self._wakeup.clear()
+                try:
+                    # Poll now and then too: another process may add jobs to the store.
+                    await asyncio.wait_for(self._wakeup.wait(), timeout=1.0)
+                except TimeoutError:
+                    pass
+                continue
+            self.running += 1
+            renew = asyncio.create_task(self._renew_lease(job.id))
+            try:
+                await loop.run_in_executor(self.executor, self.process, job)
+            except Exception:  # process() records failures itself; this is a last resort
+                log.exception("job %s crashed", job.id)
+            finally:
+                renew.cancel()
+                self.running -= 1
+            self._wake_waiters(job.id)
+            finished = await asyncio.to_thread(self.store.get, job.id)
+            if finished is not None and self.on_finished is not None:
+                self.on_finished(finished)
+
+    async def _renew_lease(self, job_id: int) -> None:
+        while True:
+            await asyncio.sleep(LEASE_SECONDS / 4)
+            await asyncio.to_thread(self.store.renew, job_id, self.identity, LEASE_SECONDS)
+
+    def process(self, job: Job) -> None:
+        """Run one job to SUCCESS or FAILED; never raises."""
+        request = job.request
+        started = time.perf_counter()
+        input_path = Path(request["input_path"])
+        try:
+            image = self.handoff.pop(str(input_path), None)
+            if image is None:
+                image = decode_image(input_path.read_bytes(), self.settings.max_pixels)
+            result: RemoveResult = self.engine.remove(
+                image, options_from_request(request), model=request.get("model"))
+            t = time.perf_counter()
+            data = encode_png(result.output, self.settings.png_compress_level)
+            result.timings["encode"] = time.perf_counter() - t
+            relative = self.storage.write_output(
+                request["file_name"], data, request["temp"], request["base64"])
+            generation_time = time.perf_counter() - started
+            ttl = self.settings.temp_ttl if request["temp"] else self.settings.output_ttl
+            self.store.finish(
+                job.id,
+                {"outputs": [relative], "timings": result.timings,
+                 "width": image.width, "height": image.height},
+                generation_time,
+                time.time() + ttl if ttl > 0 else None,
+            )
+        except AlphacutError as exc:
+            self.store.fail(job.id, exc.message, exc.status_code)
+        except FileNotFoundError:
+            self.store.fail(job.id, "the job's input was lost", 500)
+        except Exception:
+            log.exception("job %s failed", job.id)
+            self.store.fail(job.id, "internal error while processing the image", 500)
+        finally:
+            self.handoff.pop(str(input_path), None)
+            job_after = self.store.get(job.id)
+            if job_after is not None and job_after.status in (SUCCESS, FAILED):
+                input_path.unlink(missing_ok=True)

@@ -1,0 +1,1 @@
+"""Model registry, weights pulling and ONNX Runtime sessions."""

@@ -1,0 +1,1 @@
+"""Pure image work: decode, segment, post-process, matting, compose, encode."""

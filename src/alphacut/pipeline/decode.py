@@ -1,0 +1,189 @@
+"""Turn uploaded bytes into a clean 8-bit RGB/RGBA Pillow image, or a user-facing error.
+
+Everything a client sends passes through here, so the contract is strict: the result is
+either a fully loaded ``RGB``/``RGBA`` image or an ``AlphacutError`` subclass — no Pillow
+exception, warning or half-decoded image may leak out.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from alphacut.errors import ImageTooLarge, InvalidImage
+
+__all__ = ["decode_image", "has_transparency"]
+
+NOT_AN_IMAGE = "the data is not a supported image (JPEG, PNG, WebP, GIF, BMP, TIFF)"
+CORRUPT = "image file is truncated or corrupt"
+
+# Only these plugins may look at client bytes. Letting Pillow try every plugin would
+# expose rarely-audited parsers, and EPS would even shell out to Ghostscript.
+# MPO is what Pillow calls most phone-camera JPEGs (they embed a multi-picture index).
+_WANTED_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF", "ICO", "AVIF", "HEIF")
+
+# Magic numbers of the formats above: if the bytes start like one of them but Pillow
+# cannot even parse the header, the file is damaged rather than of the wrong type.
+_MAGICS = (
+    b"\xff\xd8\xff",
+    b"\x89PNG\r\n\x1a\n",
+    b"GIF87a",
+    b"GIF89a",
+    b"BM",
+    b"II*\x00",
+    b"MM\x00*",
+    b"\x00\x00\x01\x00",
+)
+
+_ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
+
+
+@functools.cache
+def _allowed_formats() -> tuple[str, ...]:
+    """Register optional openers once and return the format IDs Pillow really has.
+
+    ``Image.open(formats=...)`` raises KeyError for an ID with no registered plugin, so
+    the list must be filtered against what this installation provides.
+    """
+    try:
+        import pillow_heif  # type: ignore[import-not-found,unused-ignore]
+
+        pillow_heif.register_heif_opener()
+        # Older pillow-heif also decodes AVIF; prefer Pillow's own decoder when present.
+        register_avif = getattr(pillow_heif, "register_avif_opener", None)
+        if register_avif is not None and "AVIF" not in Image.OPEN:
+            register_avif()
+    except Exception:  # an optional plugin must never break core formats
+        pass
+    Image.init()
+    return tuple(f for f in _WANTED_FORMATS if f in Image.OPEN)
+
+
+def _silence_bomb_warning() -> None:
+    # Pillow warns (between 1x and 2x its global MAX_IMAGE_PIXELS) inside Image.open, before
+    # we can apply our own limit; that warning is pure noise since we check the size
+    # ourselves. ``warnings.catch_warnings`` is not thread-safe, so install a process-wide
+    # filter instead, re-inserting it only if something (e.g. pytest) pushed it off the top.
+    first = warnings.filters[0] if warnings.filters else None
+    if not (first and first[0] == "ignore" and first[2] is Image.DecompressionBombWarning):
+        warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
+def _too_large(width: int, height: int, max_pixels: int) -> ImageTooLarge:
+    return ImageTooLarge(
+        f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels} pixels"
+    )
+
+
+def decode_image(data: bytes, max_pixels: int = 50_000_000) -> Image.Image:
+    """Decode ``data`` into a loaded, EXIF-oriented image in mode ``RGB`` or ``RGBA``.
+
+    ``RGBA`` is returned only when the source actually has a transparent pixel. Animated
+    GIF/WebP and multi-page TIFF yield their first frame. The pixel limit is checked from
+    the header before any pixel data is decoded (Pillow's own decompression-bomb error,
+    at 2x ``Image.MAX_IMAGE_PIXELS``, also maps to ``ImageTooLarge``).
+
+    Raises ``InvalidImage`` for empty, non-image, unsupported or corrupt data and
+    ``ImageTooLarge`` when width*height exceeds ``max_pixels``.
+    """
+    if not data:
+        raise InvalidImage("the image data is empty")
+    formats = _allowed_formats()
+    _silence_bomb_warning()
+    try:
+        with Image.open(io.BytesIO(data), formats=formats) as img:
+            width, height = img.size
+            if width * height > max_pixels:
+                raise _too_large(width, height, max_pixels)
+            # Decode now, inside this try, so truncation surfaces here and not later in the
+            # pipeline. LOAD_TRUNCATED_IMAGES stays False: a half-grey image is a bad result.
+            img.load()
+            return _normalize(img)
+    except (ImageTooLarge, InvalidImage):
+        raise
+    except Image.DecompressionBombError as e:
+        # Pillow refuses > 2x its global limit inside Image.open, before our check runs;
+        # report the limit that actually applied.
+        pillow_limit = Image.MAX_IMAGE_PIXELS
+        limit = max_pixels if pillow_limit is None else min(max_pixels, 2 * pillow_limit)
+        raise ImageTooLarge(f"image is too large; the limit is {limit} pixels") from e
+    except Image.UnidentifiedImageError as e:
+        if data.startswith(_MAGICS) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP"):
+            raise InvalidImage(CORRUPT) from e
+        raise InvalidImage(NOT_AN_IMAGE) from e
+    except MemoryError:
+        # Not the client's fault once the pixel limit has passed: let it be a server error.
+        raise
+    except Exception as e:  # OSError, SyntaxError, struct.error, EOFError...
+        # Pillow reports damaged data through many exception types; to the client they
+        # all mean the same thing.
+        raise InvalidImage(CORRUPT) from e
+
+
+def _normalize(img: Image.Image) -> Image.Image:
+    """Orient and convert a loaded image to 8-bit RGB/RGBA with minimal ``info``."""
+    icc = img.info.get("icc_profile") if img.mode in ("RGB", "RGBA") else None
+    try:
+        oriented = ImageOps.exif_transpose(img)
+    except Exception:  # broken EXIF should not reject otherwise good pixels
+        oriented = img.copy()
+
+    # exif_transpose returns a new image, so ``out`` never shares the file-backed object.
+    out = _to_rgb_or_rgba(oriented)
+    # Drop EXIF/XMP/comments (possibly megabytes, and EXIF orientation is already applied).
+    # Keep an RGB ICC profile: it still describes the pixels (e.g. Display P3 phone photos);
+    # a CMYK or grey profile would no longer match the converted data.
+    out.info = {"icc_profile": icc} if icc else {}
+    return out
+
+
+def _to_rgb_or_rgba(img: Image.Image) -> Image.Image:
+    mode = img.mode
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        # Pillow's own convert("L") clips these at 255 instead of scaling, which turns
+        # most 16-bit photos white; scale explicitly. Any tRNS key is lost (very rare).
+        return Image.fromarray(_high_depth_to_uint8(np.asarray(img)), "L").convert("RGB")
+    if mode in _ALPHA_MODES or "transparency" in img.info:
+        # Covers RGBA/LA/PA, P with a tRNS palette entry, and L/RGB with a colour key.
+        rgba = img.convert("RGBA")  # also un-premultiplies RGBa/La
+        if rgba.getchannel("A").getextrema()[0] < 255:
+            return rgba
+        return rgba.convert("RGB")  # an all-opaque alpha channel carries no information
+    if mode == "RGB":
+        return img
+    # 1, L, P, CMYK (Pillow already undid Adobe inversion while decoding), YCbCr, LAB...
+    return img.convert("RGB")
+
+
+def _high_depth_to_uint8(arr: np.ndarray) -> np.ndarray:
+    if arr.dtype.kind == "f":
+        arr = np.nan_to_num(arr.astype(np.float64), nan=0.0, posinf=255.0, neginf=0.0)
+        # Float images are either 0..1 (normalised) or 0..255; the former would be all
+        # black if clipped as-is, so scale it up.
+        if arr.size and arr.min() >= 0.0 and arr.max() <= 1.0:
+            arr = arr * 255.0
+        return np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+    # Integers: mode I;16* is 16-bit by definition. Mode I (32-bit signed) usually holds
+    # 16-bit data too (e.g. from TIFF writers), so scale as 16-bit when it fits and use the
+    # full positive 31-bit range otherwise. Negative values carry no brightness: clip.
+    values = np.clip(arr.astype(np.int64), 0, None)
+    shift = 8 if arr.dtype.itemsize <= 2 or values.max(initial=0) <= 0xFFFF else 23
+    return (values >> shift).astype(np.uint8)
+
+
+def has_transparency(img: Image.Image) -> bool:
+    """True if any pixel of ``img`` is not fully opaque (alpha band or tRNS transparency)."""
+    if img.mode in _ALPHA_MODES:
+        alpha = img.getchannel(img.getbands()[-1])
+    elif "transparency" in img.info:
+        try:
+            alpha = img.convert("RGBA").getchannel("A")
+        except (ValueError, OSError):  # a mode Pillow cannot convert has no usable alpha
+            return False
+    else:
+        return False
+    return alpha.getextrema()[0] < 255

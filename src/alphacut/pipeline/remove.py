@@ -1,0 +1,85 @@
+"""The background-removal pipeline: image in, mask and cutout out. No I/O here."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+
+from alphacut.pipeline.compose import cutout, invert
+from alphacut.pipeline.matting import AlphaMattingParams, alpha_matting
+from alphacut.pipeline.postprocess import post_process_mask
+from alphacut.pipeline.segment import probability_to_mask, upsample_probability
+
+# Takes an RGB image, returns the model's 0..1 probability map at model resolution.
+Predictor = Callable[[Image.Image], np.ndarray]
+
+
+@dataclass(frozen=True)
+class RemoveOptions:
+    only_mask: bool = False
+    post_process_mask: bool = False
+    alpha_matting: bool = False
+    matting: AlphaMattingParams = field(default_factory=AlphaMattingParams)
+    inverse_mask: bool = False
+
+
+@dataclass
+class RemoveResult:
+    mask: np.ndarray  # final alpha, uint8 HxW (after inversion, if asked)
+    output: np.ndarray  # HxW mask or HxWx4 RGBA cutout
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def mode(self) -> str:
+        return "L" if self.output.ndim == 2 else "RGBA"
+
+
+class _Stopwatch:
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+
+    def lap(self, stage: str, started: float) -> float:
+        now = time.perf_counter()
+        self.timings[stage] = self.timings.get(stage, 0.0) + now - started
+        return now
+
+
+def compute_mask(image: Image.Image, predict: Predictor, options: RemoveOptions,
+                 watch: _Stopwatch | None = None) -> np.ndarray:
+    """The uint8 alpha the options ask for (before inversion)."""
+    watch = watch or _Stopwatch()
+    t = time.perf_counter()
+    rgb_image = image.convert("RGB") if image.mode != "RGB" else image
+    prob = predict(rgb_image)
+    t = watch.lap("inference", t)
+    width, height = image.size
+    mask = probability_to_mask(upsample_probability(prob, width, height))
+    if options.post_process_mask:
+        mask = post_process_mask(mask)
+    t = watch.lap("postprocess", t)
+    if options.alpha_matting:
+        mask = alpha_matting(np.asarray(rgb_image), mask, options.matting)
+        watch.lap("matting", t)
+    return mask
+
+
+def remove_background(image: Image.Image, predict: Predictor,
+                      options: RemoveOptions | None = None) -> RemoveResult:
+    """Run the whole pipeline on a decoded image."""
+    options = options or RemoveOptions()
+    watch = _Stopwatch()
+    mask = compute_mask(image, predict, options, watch)
+    t = time.perf_counter()
+    if options.inverse_mask:
+        mask = invert(mask)
+    if options.only_mask:
+        output = mask
+    else:
+        rgb = np.asarray(image.convert("RGB") if image.mode != "RGB" else image)
+        output = cutout(rgb, mask)
+    watch.lap("compose", t)
+    return RemoveResult(mask=mask, output=output, timings=watch.timings)

@@ -1,0 +1,1 @@
+"""The HTTP service: FastAPI app, routes, schemas, auth, errors, static web page."""

@@ -1,0 +1,49 @@
+"""Every error answers ``{"status": "error", "message": ...}``; never a traceback."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from alphacut.errors import AlphacutError, TooManyJobs
+
+log = logging.getLogger(__name__)
+
+
+def error_response(request: Request, status_code: int, message: str,
+                   extra: dict | None = None, headers: dict | None = None) -> JSONResponse:
+    body = {"status": "error", "message": message, **(extra or {})}
+    # Some clients of the hosted API only read the body; they can ask for HTTP 200 always.
+    if request.app.state.settings.errors_http_200:
+        status_code = 200
+    return JSONResponse(body, status_code=status_code, headers=headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(AlphacutError)
+    async def _alphacut_error(request: Request, exc: AlphacutError) -> JSONResponse:
+        if isinstance(exc, TooManyJobs):
+            return error_response(request, exc.status_code, exc.message,
+                                  {"retry_after": exc.retry_after},
+                                  {"Retry-After": str(exc.retry_after)})
+        return error_response(request, exc.status_code, exc.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        return error_response(request, 422, "; ".join(parts) or "invalid request")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = exc.detail if isinstance(exc.detail, str) else "request failed"
+        return error_response(request, exc.status_code, message,
+                              headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s", request.url.path)
+        return error_response(request, 500, "internal server error")

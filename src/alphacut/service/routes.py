@@ -1,0 +1,212 @@
+"""HTTP routes: removebg_mask (every path clients call), fetch, outputs, health."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import FileResponse, JSONResponse
+
+from alphacut.errors import AlphacutError, InvalidRequest, TooManyJobs
+from alphacut.io.fetch import check_url
+from alphacut.pipeline.decode import decode_image
+from alphacut.service.parsing import fetch_policy, load_image_bytes, read_body, validate
+from alphacut.service.responses import (
+    NOT_FOUND_BODY,
+    fetch_body,
+    processing_body,
+    success_body,
+)
+from alphacut.service.schemas import (
+    ErrorResponse,
+    FetchRequest,
+    ProcessingResponse,
+    RemoveBgRequest,
+    SuccessResponse,
+)
+from alphacut.service.state import ServiceState
+
+router = APIRouter()
+
+REMOVEBG_PATHS = (
+    "/api/v5/removebg_mask",
+    "/api/v6/image_editing/removebg_mask",
+    "/api/v1/image_editing/removebg_mask",
+    "/api/v1/enterprise/image_editing/removebg_mask",
+)
+FETCH_BY_PATH = (
+    "/api/v5/fetch/{job_id}",
+    "/api/v3/fetch/{job_id}",
+    "/api/v6/image_editing/fetch/{job_id}",
+    "/api/v1/image_editing/fetch/{job_id}",
+    "/api/v1/enterprise/image_editing/fetch/{job_id}",
+)
+FETCH_BY_BODY = ("/api/v4/dreambooth/fetch", "/api/v1/enterprise/fetch")
+MAX_HANDOFF = 8  # decoded images kept in memory for the worker; the rest re-decode from disk
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": text}
+    for code, text in [(400, "Malformed body or unusable image URL"), (401, "Bad API key"),
+                       (413, "Image too large"), (415, "Not a supported image"),
+                       (422, "Invalid field value"), (429, "Too many queued jobs")]
+}
+
+
+def get_state(request: Request) -> ServiceState:
+    return request.app.state.service
+
+
+StateDep = Annotated[ServiceState, Depends(get_state)]
+
+
+def _meta(req: RemoveBgRequest, image_url: str, file_name: str, seed: int) -> dict[str, Any]:
+    """meta exactly as the hosted API: mixed "0"/"1", "yes"/"no" and boolean types."""
+    return {
+        "alpha_matting": "1" if req.alpha_matting else "0",
+        "alpha_matting_background_threshold": req.alpha_matting_background_threshold,
+        "alpha_matting_erode_size": req.alpha_matting_erode_size,
+        "alpha_matting_foreground_threshold": req.alpha_matting_foreground_threshold,
+        "base64": "yes" if req.base64 else "no",
+        "file_prefix": file_name,
+        "image_url": image_url,
+        "instant_response": "yes" if req.instant_response else "no",
+        "inverse_mask": req.inverse_mask,
+        "only_mask": req.only_mask,
+        "outdir": "outputs",
+        "post_process_mask": "1" if req.post_process_mask else "0",
+        "seed": seed,
+        "temp": "yes" if req.temp else "no",
+    }
+
+
+async def _removebg_mask(request: Request, state: StateDep):
+    settings = state.settings
+    fields, upload = await read_body(request)
+    req: RemoveBgRequest = validate(RemoveBgRequest, fields)
+    owner = state.owner_of(req.key)
+    model = req.model or settings.model
+    spec = state.engine.spec(model)
+    if not spec.is_installed(settings.models_path):
+        raise InvalidRequest(f"model {model!r} is not installed on this server", 422)
+    if req.webhook:
+        await asyncio.to_thread(check_url, req.webhook, fetch_policy(settings), label="webhook")
+    pending = await asyncio.to_thread(state.store.pending_for_owner, owner)
+    if pending >= settings.max_queued_per_key:
+        retry = int((state.store.mean_generation_time() or 3.0) * pending / settings.workers) + 1
+        raise TooManyJobs(f"too many queued jobs for this key ({pending}); retry later", retry)
+    if upload is not None:
+        data, image_url = upload, "upload"
+    else:
+        data, image_url = await asyncio.to_thread(load_image_bytes, req.image, settings)
+    image = await asyncio.to_thread(decode_image, data, settings.max_pixels)
+    file_id = str(uuid.uuid4())
+    file_name = f"{file_id}.png"
+    input_path = await asyncio.to_thread(state.storage.save_input, f"{file_id}.input", data)
+    seed = req.seed if req.seed is not None else random.randint(0, 2**32 - 1)
+    job_request = {
+        "options": req.model_dump(include={
+            "only_mask", "post_process_mask", "alpha_matting", "inverse_mask",
+            "alpha_matting_foreground_threshold", "alpha_matting_background_threshold",
+            "alpha_matting_erode_size"}),
+        "model": model, "file_name": file_name, "input_path": str(input_path),
+        "temp": req.temp, "base64": req.base64, "webhook": req.webhook,
+        "track_id": req.track_id, "base_url": state.base_url(request),
+        "meta": _meta(req, image_url, file_name, seed),
+    }
+    if len(state.pool.handoff) < MAX_HANDOFF:
+        state.pool.handoff[str(input_path)] = image
+    job = await asyncio.to_thread(state.store.create, owner, job_request)
+    state.pool.notify()
+    wait = 0.0 if req.instant_response else settings.sync_wait
+    done = await state.pool.wait_for(job.id, wait)
+    if done is None:
+        eta = await asyncio.to_thread(state.eta_for, job.id)
+        fetch = f"{job_request['base_url']}/api/v5/fetch/{job.id}"
+        return processing_body(job, eta, fetch)
+    if done.status == "failed":
+        raise AlphacutError(done.error or "processing failed", done.error_status or 500)
+    return success_body(done)
+
+
+for _path in REMOVEBG_PATHS:
+    router.add_api_route(
+        _path, _removebg_mask, methods=["POST"], tags=["removebg_mask"],
+        summary="Remove the background of an image and create its mask",
+        response_model=SuccessResponse | ProcessingResponse, responses=ERROR_RESPONSES,
+        openapi_extra={"requestBody": {"required": True, "content": {
+            "application/json": {"schema": RemoveBgRequest.model_json_schema()},
+            "application/x-www-form-urlencoded": {"schema": {"type": "object"}},
+            "multipart/form-data": {"schema": {"type": "object"}}}}},
+        include_in_schema=_path == REMOVEBG_PATHS[0] or _path == REMOVEBG_PATHS[1],
+    )
+
+
+async def _fetch(state: ServiceState, key: str, raw_id: Any) -> Any:
+    owner = state.owner_of(key)
+    try:
+        job_id = int(str(raw_id).strip())
+    except (TypeError, ValueError):
+        return NOT_FOUND_BODY
+    job = await asyncio.to_thread(state.store.get, job_id)
+    if job is None or job.owner != owner:
+        return NOT_FOUND_BODY  # another key's job is "not found", not "forbidden": no oracle
+    eta = 0.0 if job.done else await asyncio.to_thread(state.eta_for, job.id)
+    return fetch_body(job, eta)
+
+
+async def _fetch_by_path(job_id: str, request: Request,
+                         state: StateDep):
+    fields, _ = await read_body(request) if await request.body() else ({}, None)
+    req: FetchRequest = validate(FetchRequest, fields)
+    return await _fetch(state, req.key, job_id)
+
+
+async def _fetch_by_body(request: Request, state: StateDep):
+    fields, _ = await read_body(request)
+    req: FetchRequest = validate(FetchRequest, fields)
+    if req.request_id is None:
+        raise InvalidRequest("request_id is required", 400)
+    return await _fetch(state, req.key, req.request_id)
+
+
+for _path in FETCH_BY_PATH:
+    router.add_api_route(_path, _fetch_by_path, methods=["POST"], tags=["fetch"],
+                         summary="Fetch the result of a queued request",
+                         include_in_schema=_path == FETCH_BY_PATH[0])
+for _path in FETCH_BY_BODY:
+    router.add_api_route(_path, _fetch_by_body, methods=["POST"], tags=["fetch"],
+                         summary="Fetch a result by request_id in the body")
+
+
+_MEDIA_TYPES = {".png": "image/png", ".base64": "text/plain", ".webp": "image/webp",
+                ".jpg": "image/jpeg"}
+
+
+@router.get("/outputs/{relative:path}", tags=["outputs"], summary="Download an output file")
+async def get_output(relative: str, state: StateDep):
+    path = state.storage.resolve(relative)
+    if path is None:
+        return JSONResponse({"status": "error", "message": "output not found"}, status_code=404)
+    return FileResponse(path, media_type=_MEDIA_TYPES.get(path.suffix, "application/octet-stream"))
+
+
+@router.get("/healthz", tags=["operations"], summary="Liveness: the server answers")
+async def healthz(state: StateDep):
+    return {"status": "ok", "models": state.engine.loaded_models}
+
+
+@router.get("/readyz", tags=["operations"], summary="Readiness: model loaded, store reachable")
+async def readyz(state: StateDep):
+    problems = []
+    if not state.engine.loaded_models:
+        problems.append("model not loaded")
+    try:
+        await asyncio.to_thread(state.store.count_by_status)
+    except Exception as exc:  # any store failure means "not ready"
+        problems.append(f"job store unreachable: {exc}")
+    if problems:
+        return JSONResponse({"status": "error", "message": "; ".join(problems)}, status_code=503)
+    return {"status": "ok"}

@@ -1,0 +1,101 @@
+"""Everything a running server holds, created once in the app's lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+
+from fastapi import Request
+
+from alphacut.config import Settings
+from alphacut.engine import Engine
+from alphacut.errors import Unauthorized
+from alphacut.io.storage import OutputStorage
+from alphacut.jobs.store import SQLiteJobStore
+from alphacut.jobs.webhooks import WebhookSender, load_or_create_secret
+from alphacut.jobs.worker import WorkerPool
+from alphacut.service.parsing import fetch_policy
+from alphacut.service.responses import webhook_payload
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServiceState:
+    settings: Settings
+    engine: Engine
+    store: SQLiteJobStore
+    storage: OutputStorage
+    pool: WorkerPool
+    webhooks: WebhookSender
+    background: list[asyncio.Task[None]] = field(default_factory=list)
+    started_at: float = field(default_factory=time.time)
+
+    @classmethod
+    def create(cls, settings: Settings, engine: Engine | None = None) -> ServiceState:
+        engine = engine or Engine(settings)
+        store = SQLiteJobStore(settings.home / "jobs.sqlite3")
+        storage = OutputStorage(settings.outputs_path, settings.home / "inputs")
+        webhooks = WebhookSender(
+            store, load_or_create_secret(settings.webhook_secret, settings.home),
+            fetch_policy(settings), settings.webhook_attempts, settings.webhook_backoff)
+        pool = WorkerPool(settings, store, engine, storage, on_finished=webhooks.schedule)
+        return cls(settings, engine, store, storage, pool, webhooks)
+
+    def owner_of(self, key: str) -> str:
+        """Check the API key; jobs are owned by a hash of it (keys are never stored)."""
+        if self.settings.api_keys and key not in self.settings.api_keys:
+            raise Unauthorized("invalid or missing API key")
+        return hashlib.sha256(key.encode()).hexdigest()[:32] if key else ""
+
+    def eta_for(self, job_id: int) -> float:
+        mean = self.store.mean_generation_time() or 3.0
+        ahead = self.store.queue_position(job_id)
+        return mean * (ahead / max(1, self.settings.workers) + 1)
+
+    def base_url(self, request: Request) -> str:
+        return self.settings.public_url or str(request.base_url).rstrip("/")
+
+    async def start(self) -> None:
+        if not self.settings.api_keys:
+            log.warning("ALPHACUT_API_KEYS is not set: the API is open to anyone who can reach it")
+        # Load the default model before serving, so /healthz means "ready to remove".
+        await asyncio.to_thread(self.engine.runner)
+        await self.pool.start()
+        self.background = [asyncio.create_task(self._webhook_loop()),
+                           asyncio.create_task(self._cleanup_loop())]
+
+    async def stop(self) -> None:
+        for task in self.background:
+            task.cancel()
+        await asyncio.gather(*self.background, return_exceptions=True)
+        await self.pool.stop()
+        self.engine.close()
+
+    async def _webhook_loop(self) -> None:
+        while True:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(self.webhooks.deliver_due, webhook_payload)
+            await asyncio.sleep(min(1.0, self.settings.webhook_backoff / 4))
+
+    async def _cleanup_loop(self) -> None:
+        while True:
+            try:
+                await asyncio.to_thread(self.cleanup)
+            except Exception:
+                log.exception("cleanup failed")
+            await asyncio.sleep(self.settings.cleanup_interval)
+
+    def cleanup(self, now: float | None = None) -> int:
+        """Delete expired outputs together with their jobs (so fetch never points at nothing)."""
+        removed = 0
+        for job in self.store.expired(now or time.time()):
+            for relative in (job.result or {}).get("outputs", []):
+                self.storage.delete_output(relative)
+            self.store.delete(job.id)
+            removed += 1
+        return removed

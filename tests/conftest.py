@@ -1,0 +1,176 @@
+"""Shared fixtures: a tiny ONNX model built here, real servers on loopback, image servers."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import http.server
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import uvicorn
+from PIL import Image
+
+from alphacut.config import Settings
+from alphacut.models.registry import BUILTIN_MODELS
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+EVALDATA = SHARED / "evaldata"
+PHOTOS = SHARED / "photos"
+TINY_SIZE = 64
+
+
+def build_tiny_onnx(path: Path, size: int = TINY_SIZE) -> None:
+    """A 'segmenter' that calls bright pixels foreground: sigmoid(10 * mean over channels).
+
+    Input ``input`` [batch, 3, size, size], output ``output`` [batch, 1, size, size]. With
+    mean = std = 0.5 preprocessing, pixels brighter than mid-grey score above 0.5, so tests can
+    draw images whose correct mask they know.
+    """
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("ReduceMean", ["input"], ["mean"], axes=[1], keepdims=1),
+            helper.make_node("Mul", ["mean", "gain"], ["scaled"]),
+            helper.make_node("Sigmoid", ["scaled"], ["output"]),
+        ],
+        "tiny",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, size, size])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 1, size, size])],
+        [helper.make_tensor("gain", TensorProto.FLOAT, [], [10.0])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+def write_tiny_model(model_dir: Path, name: str = "tiny") -> None:
+    model_dir.mkdir(parents=True, exist_ok=True)
+    build_tiny_onnx(model_dir / f"{name}.onnx")
+    (model_dir / f"{name}.json").write_text(json.dumps(
+        {"input_size": TINY_SIZE, "mean": [0.5] * 3, "std": [0.5] * 3,
+         "licence": "test", "description": "tiny test model"}))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model folder holding ``tiny.onnx`` + ``tiny.json`` (64 px input, mean/std 0.5).
+
+    Its parent is a usable home: ``Engine(Settings(home=tiny_model_dir.parent, model="tiny"))``.
+    """
+    model_dir = tmp_path_factory.mktemp("tiny-home") / "models"
+    write_tiny_model(model_dir)
+    return model_dir
+
+
+@pytest.fixture
+def tiny_settings(tmp_path: Path, tiny_model_dir: Path) -> Settings:
+    return Settings(home=tmp_path / "home", model_dir=tiny_model_dir, model="tiny",
+                    url_allowlist=("127.0.0.1",), sync_wait=20.0, workers=2)
+
+
+def real_settings(home: Path) -> Settings:
+    """Settings for the real model: weights from the normal model folder, state in ``home``."""
+    model_dir = Settings.from_env().models_path
+    return Settings(home=home, model_dir=model_dir, model="medium",
+                    url_allowlist=("127.0.0.1",), workers=2)
+
+
+def real_model_installed() -> bool:
+    return BUILTIN_MODELS["medium"].path(Settings.from_env().models_path).is_file()
+
+
+requires_real_model = pytest.mark.skipif(
+    not real_model_installed(),
+    reason="REAL MODEL MISSING: run `make setup` (alphacut models pull medium); "
+    "these tests check the real ISNet pipeline and always run in CI",
+)
+
+
+def subject_image(width: int = 200, height: int = 150) -> tuple[Image.Image, np.ndarray]:
+    """A bright rectangle on a dark background, and its true mask."""
+    array = np.full((height, width, 3), 20, np.uint8)
+    mask = np.zeros((height, width), bool)
+    mask[height // 4: 3 * height // 4, width // 4: 3 * width // 4] = True
+    array[mask] = (235, 220, 210)
+    return Image.fromarray(array), mask
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class LiveServer:
+    """A real uvicorn server on loopback in a thread."""
+
+    def __init__(self, settings: Settings) -> None:
+        from alphacut.service.app import create_app
+
+        self.settings = settings
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.app = create_app(settings)
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning",
+                                lifespan="on")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> LiveServer:
+        self.thread.start()
+        deadline = time.time() + 120
+        while not self.server.started:
+            if time.time() > deadline or not self.thread.is_alive():
+                raise RuntimeError("server did not start")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+    @property
+    def state(self):
+        return self.app.state.service
+
+
+@pytest.fixture
+def live_server() -> Iterator[Callable[..., LiveServer]]:
+    """Factory: ``live_server(settings, **overrides)`` starts a server, stopped after the test."""
+    started: list[LiveServer] = []
+
+    def start(settings: Settings, **overrides: object) -> LiveServer:
+        server = LiveServer(dataclasses.replace(settings, **overrides))
+        started.append(server.__enter__())
+        return server
+
+    yield start
+    for server in started:
+        server.__exit__(None, None, None)
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="session")
+def file_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """(base URL, folder) of a loopback HTTP server; tests drop files into the folder."""
+    root = tmp_path_factory.mktemp("served")
+    handler = functools.partial(_QuietHandler, directory=str(root))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", root
+    httpd.shutdown()
