@@ -114,13 +114,14 @@ def free_port() -> int:
 class LiveServer:
     """A real uvicorn server on loopback in a thread."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, engine: object | None = None) -> None:
+        """``engine``: an already loaded ``Engine`` to share (saves loading the model again)."""
         from alphacut.service.app import create_app
 
         self.settings = settings
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.app = create_app(settings)
+        self.app = create_app(settings, engine)  # type: ignore[arg-type]
         config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning",
                                 lifespan="on")
         self.server = uvicorn.Server(config)

@@ -66,7 +66,7 @@ class Settings:
     batch_wait_ms: float = 5.0
     web_ui: bool = True
     webhook_attempts: int = 6
-    webhook_backoff: float = 10.0
+    webhook_backoff: float = 7.5  # seconds; x3 per retry: 6 attempts span ~15 min
     cleanup_interval: float = 300.0
 
     def __post_init__(self) -> None:
@@ -116,6 +116,6 @@ class Settings:
             batch_wait_ms=_env_float("BATCH_WAIT_MS", 5.0),
             web_ui=_env_bool("WEB_UI", True),
             webhook_attempts=_env_int("WEBHOOK_ATTEMPTS", 6),
-            webhook_backoff=_env_float("WEBHOOK_BACKOFF", 10.0),
+            webhook_backoff=_env_float("WEBHOOK_BACKOFF", 7.5),
             cleanup_interval=_env_float("CLEANUP_INTERVAL", 300.0),
         )

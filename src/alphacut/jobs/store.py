@@ -46,6 +46,15 @@ CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status, id);
 CREATE INDEX IF NOT EXISTS jobs_owner ON jobs(owner, status);
 """
 
+# Set in the same UPDATE that ends a job, so a crash between "job done" and "webhook queued"
+# cannot lose the delivery. Takes one parameter: the time the first attempt is due.
+_WEBHOOK_DUE = (
+    "webhook_status = CASE WHEN json_extract(request, '$.webhook') IS NOT NULL "
+    "AND webhook_status IS NULL THEN 'pending' ELSE webhook_status END, "
+    "webhook_next_at = CASE WHEN json_extract(request, '$.webhook') IS NOT NULL "
+    "AND webhook_status IS NULL THEN ? ELSE webhook_next_at END"
+)
+
 
 @dataclass
 class Job:
@@ -175,13 +184,19 @@ class SQLiteJobStore:
             (time.time() + lease_seconds, job_id, worker, RUNNING),
         )
 
-    def requeue_dead_local(self) -> int:
-        """Give back jobs whose worker process on this host no longer exists."""
+    def requeue_dead_local(self, own: str | None = None) -> int:
+        """Give back jobs whose worker process on this host no longer exists.
+
+        ``own`` is the caller's identity; call this before the caller starts working, so its
+        RUNNING jobs belong to an earlier process that had the same pid (in a container the
+        server is often pid 1 after every restart, and a live pid would not look dead).
+        """
         host = socket.gethostname()
         requeued = 0
         for job in self.list_by_status(RUNNING):
             name, _, pid = (job.worker or "").rpartition(":")
-            if name == host and pid.isdigit() and not _pid_alive(int(pid)):
+            stale = job.worker == own or (pid.isdigit() and not _pid_alive(int(pid)))
+            if name == host and stale:
                 self._conn().execute(
                     "UPDATE jobs SET status = ?, worker = NULL, lease_until = NULL "
                     "WHERE id = ? AND status = ?", (QUEUED, job.id, RUNNING))
@@ -190,17 +205,19 @@ class SQLiteJobStore:
 
     def finish(self, job_id: int, result: dict[str, Any], generation_time: float,
                expires_at: float | None) -> None:
+        now = time.time()
         self._conn().execute(
             "UPDATE jobs SET status = ?, result = ?, generation_time = ?, finished_at = ?, "
-            "expires_at = ?, lease_until = NULL WHERE id = ?",
-            (SUCCESS, json.dumps(result), generation_time, time.time(), expires_at, job_id),
+            f"expires_at = ?, lease_until = NULL, {_WEBHOOK_DUE} WHERE id = ?",
+            (SUCCESS, json.dumps(result), generation_time, now, expires_at, now, job_id),
         )
 
     def fail(self, job_id: int, message: str, status_code: int) -> None:
+        now = time.time()
         self._conn().execute(
             "UPDATE jobs SET status = ?, error = ?, error_status = ?, finished_at = ?, "
-            "lease_until = NULL WHERE id = ?",
-            (FAILED, message, status_code, time.time(), job_id),
+            f"lease_until = NULL, {_WEBHOOK_DUE} WHERE id = ?",
+            (FAILED, message, status_code, now, now, job_id),
         )
 
     def get(self, job_id: int) -> Job | None:
@@ -250,10 +267,24 @@ class SQLiteJobStore:
             conn.execute("ROLLBACK")
             raise
 
-    def due_webhooks(self, now: float, limit: int = 100) -> list[Job]:
-        rows = self._conn().execute(
-            "SELECT * FROM jobs WHERE webhook_status = 'pending' AND webhook_next_at <= ? "
-            "ORDER BY webhook_next_at LIMIT ?", (now, limit)).fetchall()
+    def take_due_webhooks(self, now: float, lease_seconds: float, limit: int = 100) -> list[Job]:
+        """Due deliveries, each pushed ``lease_seconds`` ahead so no other poll takes it too.
+
+        The attempt's outcome sets the real next time; if the sender dies mid-attempt the
+        lease runs out and the delivery is tried again.
+        """
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            rows = conn.execute(
+                "SELECT * FROM jobs WHERE webhook_status = 'pending' AND webhook_next_at <= ? "
+                "ORDER BY webhook_next_at LIMIT ?", (now, limit)).fetchall()
+            conn.executemany("UPDATE jobs SET webhook_next_at = ? WHERE id = ?",
+                             [(now + lease_seconds, row["id"]) for row in rows])
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
         return [job for row in rows if (job := self._to_job(row)) is not None]
 
     def expired(self, now: float, limit: int = 500) -> list[Job]:

@@ -3,6 +3,7 @@
 Each delivery carries ``X-Alphacut-Signature: t=<unix>,v1=<hex HMAC-SHA256 of "t.body">`` so a
 receiver can check that it came from this server and is fresh. Failed deliveries (network error
 or non-2xx) are retried with exponential backoff and jitter; every attempt is recorded on the job.
+The store queues the first delivery in the same write that ends the job, so none is lost.
 """
 
 from __future__ import annotations
@@ -13,7 +14,10 @@ import json
 import logging
 import random
 import secrets
+import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -64,39 +68,68 @@ def verify(secret: str, body: bytes, header: str, tolerance: float = 300.0) -> b
 def backoff_delay(attempt: int, base: float) -> float:
     """Delay after the ``attempt``-th failure: base * 3^(n-1), +-25% jitter.
 
-    With base 10 s and 6 attempts the retries span about 15 minutes.
+    With the default base of 7.5 s and 6 attempts the five waits are about 7.5 s, 22.5 s,
+    67.5 s, 202.5 s and 607.5 s: the last attempt comes about 15 minutes after the first.
+    The jitter keeps many jobs that failed together from retrying in lockstep.
     """
     return base * (3 ** (attempt - 1)) * random.uniform(0.75, 1.25)
 
 
 class WebhookSender:
+    """Delivers due webhooks on a few threads, so one slow receiver cannot hold up the rest."""
+
     def __init__(self, store: SQLiteJobStore, secret: str, policy: FetchPolicy,
-                 max_attempts: int = 6, backoff_base: float = 10.0, timeout: float = 30.0):
+                 max_attempts: int = 6, backoff_base: float = 7.5, timeout: float = 30.0,
+                 parallel: int = 4):
         self.store = store
         self.secret = secret
         self.policy = policy
         self.max_attempts = max_attempts
         self.backoff_base = backoff_base
         self.timeout = timeout
+        self.parallel = parallel
+        self._executor = ThreadPoolExecutor(max_workers=parallel,
+                                            thread_name_prefix="alphacut-webhook")
+        self._lock = threading.Lock()
+        self._inflight = 0
 
-    def schedule(self, job: Job) -> None:
-        """Called when a job ends: queue its first delivery now."""
-        if job.request.get("webhook") and job.webhook_status is None:
-            self.store.record_webhook(job.id, "pending", None, time.time())
+    def deliver_due(self, payload_for: Callable[[Job], dict[str, Any]]) -> int:
+        """Start every due delivery that a free thread can take; returns how many started.
 
-    def deliver_due(self, payload_for: Any) -> int:
-        """Attempt every due delivery once; ``payload_for(job)`` builds the JSON body."""
-        delivered = 0
-        for job in self.store.due_webhooks(time.time()):
+        ``payload_for(job)`` builds the JSON body. Only as many jobs are taken as there are
+        free threads: a taken job is leased, and a lease must not run out while it waits.
+        """
+        with self._lock:
+            free = self.parallel - self._inflight
+        if free <= 0:
+            return 0
+        # The lease outlasts the attempt's own time limit, so nobody retries it meanwhile.
+        jobs = self.store.take_due_webhooks(time.time(), self.timeout + 30.0, free)
+        for job in jobs:
+            with self._lock:
+                self._inflight += 1
+            self._executor.submit(self._run, job, payload_for)
+        return len(jobs)
+
+    def _run(self, job: Job, payload_for: Callable[[Job], dict[str, Any]]) -> None:
+        try:
             self.attempt(job, payload_for(job))
-            delivered += 1
-        return delivered
+        except Exception:  # the attempt records its own errors; this is a last resort
+            log.exception("webhook delivery for job %s crashed", job.id)
+        finally:
+            with self._lock:
+                self._inflight -= 1
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
     def attempt(self, job: Job, payload: dict[str, Any]) -> bool:
+        """One delivery; records it on the job and schedules the next try (or gives up)."""
         body = json.dumps(payload).encode()
         headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign(self.secret, body)}
         number = len(job.webhook_attempts) + 1
-        record: dict[str, Any] = {"attempt": number, "at": time.time()}
+        started = time.time()
+        record: dict[str, Any] = {"attempt": number, "at": started}
         try:
             status = post_json(job.request["webhook"], body, headers, self.policy, self.timeout)
             record["status_code"] = status
@@ -104,6 +137,11 @@ class WebhookSender:
         except FetchError as exc:
             record["error"] = exc.message
             ok = False
+        except Exception as exc:  # anything else still counts as a failed attempt, recorded
+            log.exception("webhook for job %s", job.id)
+            record["error"] = f"{type(exc).__name__}: {exc}"
+            ok = False
+        record["seconds"] = round(time.time() - started, 3)
         if ok:
             self.store.record_webhook(job.id, "delivered", record, None)
         elif number >= self.max_attempts:

@@ -6,7 +6,8 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from pathlib import Path
 from typing import Any
 
@@ -17,17 +18,31 @@ from alphacut.engine import Engine
 from alphacut.errors import AlphacutError
 from alphacut.io.storage import OutputStorage
 from alphacut.jobs.store import FAILED, SUCCESS, Job, SQLiteJobStore, worker_identity
+from alphacut.pipeline.compose import ComposeOptions
 from alphacut.pipeline.decode import decode_image
-from alphacut.pipeline.encode import encode_png
+from alphacut.pipeline.encode import encode_image
 from alphacut.pipeline.matting import AlphaMattingParams
 from alphacut.pipeline.remove import RemoveOptions, RemoveResult
 
 log = logging.getLogger(__name__)
 
 LEASE_SECONDS = 60.0
+# On shutdown, running jobs get this long to finish; any still running stay RUNNING in the store
+# and the next start requeues them.
+DRAIN_SECONDS = 20.0
 
 
-def options_from_request(request: dict[str, Any]) -> RemoveOptions:
+def compose_from_request(request: dict[str, Any], max_pixels: int) -> ComposeOptions:
+    """Output options; jobs queued by an older server have none (the defaults)."""
+    compose = dict(request.get("compose") or {})
+    bg_path = compose.pop("bg_image_path", None)
+    # The request handler already fetched and checked the background; decode it again here
+    # rather than keep it in memory while the job waits.
+    bg_image = decode_image(Path(bg_path).read_bytes(), max_pixels) if bg_path else None
+    return ComposeOptions(**compose, bg_image=bg_image)
+
+
+def options_from_request(request: dict[str, Any], max_pixels: int = 50_000_000) -> RemoveOptions:
     opts = request["options"]
     return RemoveOptions(
         only_mask=opts["only_mask"],
@@ -39,6 +54,7 @@ def options_from_request(request: dict[str, Any]) -> RemoveOptions:
             erode_size=opts["alpha_matting_erode_size"],
         ),
         inverse_mask=opts["inverse_mask"],
+        compose=compose_from_request(request, max_pixels),
     )
 
 
@@ -49,6 +65,7 @@ class WorkerPool:
     def __init__(self, settings: Settings, store: SQLiteJobStore, engine: Engine,
                  storage: OutputStorage,
                  on_finished: Callable[[Job], None] | None = None) -> None:
+        """``on_finished(job)`` runs on the event loop after each job ends: keep it cheap."""
         self.settings = settings
         self.store = store
         self.engine = engine
@@ -63,10 +80,11 @@ class WorkerPool:
         self._wakeup = asyncio.Event()
         self._waiters: dict[int, list[asyncio.Future[None]]] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._inflight: set[Future[None]] = set()
         self.running = 0
 
     async def start(self) -> None:
-        requeued = await asyncio.to_thread(self.store.requeue_dead_local)
+        requeued = await asyncio.to_thread(self.store.requeue_dead_local, self.identity)
         if requeued:
             log.info("resuming %d job(s) left running by a stopped server", requeued)
         self._tasks = [asyncio.create_task(self._loop()) for _ in range(self.concurrency)]
@@ -75,6 +93,10 @@ class WorkerPool:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        # Cancelling a task does not stop its thread: let running jobs end (and write their
+        # result) before the caller closes the engine under them.
+        if self._inflight:
+            await asyncio.to_thread(wait_futures, set(self._inflight), DRAIN_SECONDS)
         self.executor.shutdown(wait=False, cancel_futures=True)
 
     def notify(self) -> None:
@@ -108,7 +130,6 @@ class WorkerPool:
                 future.set_result(None)
 
     async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             job = await asyncio.to_thread(self.store.claim, self.identity, LEASE_SECONDS)
             if job is None:
@@ -122,7 +143,10 @@ class WorkerPool:
             self.running += 1
             renew = asyncio.create_task(self._renew_lease(job.id))
             try:
-                await loop.run_in_executor(self.executor, self.process, job)
+                running = self.executor.submit(self.process, job)
+                self._inflight.add(running)
+                running.add_done_callback(self._inflight.discard)
+                await asyncio.wrap_future(running)
             except Exception:  # process() records failures itself; this is a last resort
                 log.exception("job %s crashed", job.id)
             finally:
@@ -148,9 +172,11 @@ class WorkerPool:
             if image is None:
                 image = decode_image(input_path.read_bytes(), self.settings.max_pixels)
             result: RemoveResult = self.engine.remove(
-                image, options_from_request(request), model=request.get("model"))
+                image, options_from_request(request, self.settings.max_pixels),
+                model=request.get("model"))
             t = time.perf_counter()
-            data = encode_png(result.output, self.settings.png_compress_level)
+            data = encode_image(result.output, request.get("format", "png"),
+                                request.get("quality"), self.settings.png_compress_level)
             result.timings["encode"] = time.perf_counter() - t
             relative = self.storage.write_output(
                 request["file_name"], data, request["temp"], request["base64"])
@@ -159,7 +185,8 @@ class WorkerPool:
             self.store.finish(
                 job.id,
                 {"outputs": [relative], "timings": result.timings,
-                 "width": image.width, "height": image.height},
+                 "width": image.width, "height": image.height,
+                 "foreground": result.foreground.as_dict() if result.foreground else None},
                 generation_time,
                 time.time() + ttl if ttl > 0 else None,
             )
@@ -175,3 +202,6 @@ class WorkerPool:
             job_after = self.store.get(job.id)
             if job_after is not None and job_after.status in (SUCCESS, FAILED):
                 input_path.unlink(missing_ok=True)
+                bg_path = (request.get("compose") or {}).get("bg_image_path")
+                if bg_path:
+                    Path(bg_path).unlink(missing_ok=True)

@@ -36,6 +36,8 @@ def success_body(job: Job) -> dict[str, Any]:
         "output": output_urls(job, job.result["outputs"]),
         "meta": job.request["meta"],
     }
+    if "foreground" in job.result:  # known only once the mask exists; null: no subject found
+        body["meta"] = {**body["meta"], "foreground": job.result["foreground"]}
     return body
 
 

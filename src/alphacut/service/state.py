@@ -34,6 +34,8 @@ class ServiceState:
     webhooks: WebhookSender
     background: list[asyncio.Task[None]] = field(default_factory=list)
     started_at: float = field(default_factory=time.time)
+    # Set when a job ends, so its webhook goes out now rather than at the next poll.
+    webhook_wakeup: asyncio.Event = field(default_factory=asyncio.Event)
 
     @classmethod
     def create(cls, settings: Settings, engine: Engine | None = None) -> ServiceState:
@@ -43,8 +45,11 @@ class ServiceState:
         webhooks = WebhookSender(
             store, load_or_create_secret(settings.webhook_secret, settings.home),
             fetch_policy(settings), settings.webhook_attempts, settings.webhook_backoff)
-        pool = WorkerPool(settings, store, engine, storage, on_finished=webhooks.schedule)
-        return cls(settings, engine, store, storage, pool, webhooks)
+        # The store itself queues a finished job's webhook; the callback only wakes the sender.
+        pool = WorkerPool(settings, store, engine, storage)
+        state = cls(settings, engine, store, storage, pool, webhooks)
+        pool.on_finished = lambda job: state.webhook_wakeup.set()
+        return state
 
     def owner_of(self, key: str) -> str:
         """Check the API key; jobs are owned by a hash of it (keys are never stored)."""
@@ -53,9 +58,19 @@ class ServiceState:
         return hashlib.sha256(key.encode()).hexdigest()[:32] if key else ""
 
     def eta_for(self, job_id: int) -> float:
+        """Seconds until the job is done: mean job time x (jobs ahead / workers + itself).
+
+        A job's measured time includes waiting for the shared model, so mean / workers is
+        the rate at which the queue drains. Runs store queries: call it off the event loop.
+        """
         mean = self.store.mean_generation_time() or 3.0
         ahead = self.store.queue_position(job_id)
         return mean * (ahead / max(1, self.settings.workers) + 1)
+
+    def retry_after(self, pending: int) -> int:
+        """Whole seconds until a key with ``pending`` unfinished jobs has room again (>= 1)."""
+        mean = self.store.mean_generation_time() or 3.0
+        return int(mean * pending / max(1, self.settings.workers)) + 1
 
     def base_url(self, request: Request) -> str:
         return self.settings.public_url or str(request.base_url).rstrip("/")
@@ -74,13 +89,21 @@ class ServiceState:
             task.cancel()
         await asyncio.gather(*self.background, return_exceptions=True)
         await self.pool.stop()
+        self.webhooks.close()
         self.engine.close()
 
     async def _webhook_loop(self) -> None:
+        # Polls as well as waking on finished jobs: retries come due on their own, and another
+        # process sharing the store may finish jobs too.
+        poll = min(1.0, self.settings.webhook_backoff / 4)
         while True:
-            with contextlib.suppress(Exception):
+            self.webhook_wakeup.clear()
+            try:
                 await asyncio.to_thread(self.webhooks.deliver_due, webhook_payload)
-            await asyncio.sleep(min(1.0, self.settings.webhook_backoff / 4))
+            except Exception:
+                log.exception("webhook delivery pass failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.webhook_wakeup.wait(), poll)
 
     async def _cleanup_loop(self) -> None:
         while True:
@@ -91,11 +114,17 @@ class ServiceState:
             await asyncio.sleep(self.settings.cleanup_interval)
 
     def cleanup(self, now: float | None = None) -> int:
-        """Delete expired outputs together with their jobs (so fetch never points at nothing)."""
+        """Delete expired outputs together with their jobs.
+
+        The row goes first: from then on fetch answers "not found", so no client is ever
+        handed a URL whose file is gone. Jobs with a webhook still to deliver are kept (the
+        webhook carries the URL). A crash between the two deletes leaks one file, never a
+        dangling URL.
+        """
         removed = 0
         for job in self.store.expired(now or time.time()):
+            self.store.delete(job.id)
             for relative in (job.result or {}).get("outputs", []):
                 self.storage.delete_output(relative)
-            self.store.delete(job.id)
             removed += 1
         return removed

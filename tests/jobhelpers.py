@@ -1,0 +1,99 @@
+"""Helpers for the job tests: polling fetch, and a webhook receiver on loopback."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+import time
+from typing import Any
+
+import httpx
+
+from alphacut.jobs.webhooks import SIGNATURE_HEADER, verify
+
+SECRET = "test-webhook-secret"
+SUCCESS_KEYS = {"status", "generationTime", "id", "output", "meta"}
+PROCESSING_KEYS = {"status", "id", "eta", "message", "messege", "tip", "fetch_result",
+                   "future_links", "output", "meta"}
+NOT_FOUND = {"status": "failed", "id": "", "message": "Request not found", "output": ""}
+
+
+def post(base_url: str, body: dict[str, Any], path: str = "/api/v5/removebg_mask",
+         timeout: float = 180) -> httpx.Response:
+    return httpx.post(base_url + path, json=body, timeout=timeout)
+
+
+def fetch(base_url: str, job_id: int | str, key: str = "",
+          path: str = "/api/v5/fetch/{id}") -> dict[str, Any]:
+    response = httpx.post(base_url + path.format(id=job_id), json={"key": key}, timeout=30)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def wait_done(base_url: str, job_id: int, key: str = "", timeout: float = 180,
+              seen: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Poll fetch until the job is no longer "processing"; ``seen`` collects the bodies."""
+    deadline = time.time() + timeout
+    while True:
+        body = fetch(base_url, job_id, key)
+        if seen is not None:
+            seen.append(body)
+        if body["status"] != "processing":
+            return body
+        assert time.time() < deadline, f"job {job_id} still processing after {timeout} s"
+        time.sleep(0.1)
+
+
+def submit_and_wait(base_url: str, body: dict[str, Any], timeout: float = 180) -> dict[str, Any]:
+    """The success body whether the server answered at once or with "processing" (slow CPU)."""
+    response = post(base_url, body, timeout=timeout)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    if answer["status"] == "processing":
+        answer = wait_done(base_url, answer["id"], body.get("key", ""), timeout)
+    assert answer["status"] == "success", answer
+    return answer
+
+
+def wait_until(predicate, timeout: float = 30, what: str = "condition") -> None:
+    deadline = time.time() + timeout
+    while not predicate():
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+class WebhookReceiver:
+    """Records every delivery (signature checked with ``verify``); answers 500 to the first
+    ``fail_first`` deliveries and ``then`` afterwards."""
+
+    def __init__(self, secret: str = SECRET, fail_first: int = 0, then: int = 200) -> None:
+        self.calls: list[dict[str, Any]] = []
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                header = self.headers.get(SIGNATURE_HEADER, "")
+                code = 500 if len(receiver.calls) < fail_first else then
+                receiver.calls.append({
+                    "verified": verify(secret, body, header), "header": header,
+                    "payload": json.loads(body), "answered": code, "at": time.time()})
+                self.send_response(code)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/hook"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> WebhookReceiver:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

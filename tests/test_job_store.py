@@ -1,0 +1,125 @@
+"""The SQLite job store and the cleanup rules, without HTTP."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from alphacut.jobs.store import QUEUED, RUNNING, SUCCESS, SQLiteJobStore, worker_identity
+from alphacut.service.responses import NOT_FOUND_BODY, fetch_body
+from alphacut.service.state import ServiceState
+
+REQUEST = {"webhook": None, "file_name": "a.png", "base_url": "http://x", "meta": {},
+           "temp": False, "base64": False}
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> SQLiteJobStore:
+    return SQLiteJobStore(tmp_path / "jobs.sqlite3")
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_claim_order_and_lease(store):
+    first, second = store.create("o", REQUEST), store.create("o", REQUEST)
+    claimed = store.claim("w1", lease_seconds=60)
+    assert claimed.id == first.id and claimed.status == RUNNING and claimed.attempts == 1
+    assert store.claim("w2", lease_seconds=60).id == second.id
+    assert store.claim("w3", lease_seconds=60) is None
+    # A worker that stops renewing its lease loses the job to the next claimer.
+    store.renew(first.id, "w1", lease_seconds=-1)
+    again = store.claim("w3", lease_seconds=60)
+    assert again.id == first.id and again.worker == "w3" and again.attempts == 2
+
+
+def test_requeue_dead_local(store):
+    host = socket.gethostname()
+    ids = {}
+    for name, worker in [("dead", f"{host}:{dead_pid()}"), ("alive", f"{host}:{os.getppid()}"),
+                         ("own", worker_identity()), ("elsewhere", f"other-host:{dead_pid()}")]:
+        ids[name] = store.create("o", REQUEST).id
+        assert store.claim(worker, lease_seconds=600).id == ids[name]
+    assert store.requeue_dead_local(own=worker_identity()) == 2
+    status = {name: store.get(job_id).status for name, job_id in ids.items()}
+    # A dead local pid, or our own identity before we started: requeued. A live process, or
+    # another host (we cannot see its processes: its lease decides), keeps the job.
+    assert status == {"dead": QUEUED, "own": QUEUED, "alive": RUNNING, "elsewhere": RUNNING}
+    assert store.get(ids["dead"]).worker is None
+
+
+def test_ending_a_job_queues_its_webhook(store):
+    with_hook = store.create("o", {**REQUEST, "webhook": "http://127.0.0.1/hook"})
+    without = store.create("o", REQUEST)
+    failing = store.create("o", {**REQUEST, "webhook": "http://127.0.0.1/hook"})
+    before = time.time()
+    store.finish(with_hook.id, {"outputs": ["a.png"]}, 1.0, None)
+    store.finish(without.id, {"outputs": ["b.png"]}, 1.0, None)
+    store.fail(failing.id, "broken", 500)
+    for job_id in (with_hook.id, failing.id):
+        job = store.get(job_id)
+        assert job.webhook_status == "pending" and job.webhook_next_at >= before
+    assert store.get(without.id).webhook_status is None
+    taken = store.take_due_webhooks(time.time(), lease_seconds=60)
+    assert {job.id for job in taken} == {with_hook.id, failing.id}
+    assert store.take_due_webhooks(time.time(), lease_seconds=60) == []  # leased
+    store.record_webhook(with_hook.id, "delivered", {"attempt": 1, "status_code": 200}, None)
+    assert store.get(with_hook.id).webhook_attempts == [{"attempt": 1, "status_code": 200}]
+
+
+def test_fetch_bodies(store):
+    job = store.create("o", {**REQUEST, "webhook": "http://127.0.0.1/hook"})
+    body = fetch_body(store.get(job.id), eta=2.345)
+    assert body == {"status": "processing", "id": job.id, "message": body["message"],
+                    "eta": 2.3, "output": [], "webhook_status": "waiting"}
+    store.fail(job.id, "the job's input was lost", 500)
+    assert fetch_body(store.get(job.id), 0) == {
+        "status": "failed", "id": job.id, "message": "the job's input was lost",
+        "webhook_status": "pending"}
+    assert NOT_FOUND_BODY == {"status": "failed", "id": "", "message": "Request not found",
+                              "output": ""}
+
+
+def test_cleanup_deletes_expired_outputs_with_their_rows(tiny_settings):
+    state = ServiceState.create(tiny_settings)
+    store, storage = state.store, state.storage
+    try:
+        now = time.time()
+
+        def finished(temp: bool, expires_at: float | None, webhook: str | None = None) -> int:
+            job = store.create("o", {**REQUEST, "temp": temp, "webhook": webhook})
+            relative = storage.write_output(f"{job.id}.png", b"png", temp, False)
+            store.finish(job.id, {"outputs": [relative]}, 1.0, expires_at)
+            return job.id
+
+        expired = finished(True, now - 1)
+        kept_forever = finished(False, None)
+        not_yet = finished(True, now + 3600)
+        hook_pending = finished(True, now - 1, webhook="http://127.0.0.1/hook")
+        running = store.create("o", REQUEST).id
+        store.claim("w", 60)
+
+        assert state.cleanup(now) == 1
+        assert store.get(expired) is None
+        assert not (storage.root / "temp" / f"{expired}.png").exists()
+        # Still fetchable, so still on disk: no expiry, not expired yet, a webhook still to
+        # deliver (its payload carries the URL), or not finished at all.
+        for job_id in (kept_forever, not_yet, hook_pending):
+            job = store.get(job_id)
+            assert job is not None and job.status == SUCCESS
+            assert storage.resolve(job.result["outputs"][0]) is not None
+        assert store.get(running).status == RUNNING
+        store.record_webhook(hook_pending, "failed", None, None)
+        assert state.cleanup(now) == 1 and store.get(hook_pending) is None
+        assert store.get(kept_forever).status == SUCCESS
+    finally:
+        state.webhooks.close()
