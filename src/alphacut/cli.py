@@ -5,12 +5,15 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from alphacut.config import Settings
 from alphacut.errors import AlphacutError
+
+if TYPE_CHECKING:
+    from alphacut.pipeline.compose import ComposeOptions
 
 app = typer.Typer(help="alphacut: background removal and masks, as a CLI, library and server.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -79,16 +82,57 @@ def _collect_inputs(inputs: list[Path]) -> list[tuple[Path, Path | None]]:
     return found
 
 
-def _output_path(src: Path, root: Path | None, out: Path | None, many: bool) -> Path:
-    name = src.with_suffix(".png").name
+def _output_path(src: Path, root: Path | None, out: Path | None, many: bool,
+                 ext: str = "png") -> Path:
+    name = src.with_suffix(f".{ext}").name
     if root is not None:
         base = out or root.with_name(root.name + "-alphacut")
-        return base / src.relative_to(root).with_suffix(".png")
+        return base / src.relative_to(root).with_suffix(f".{ext}")
     if out is None:
-        return src.with_name(src.stem + ".out.png")
+        return src.with_name(f"{src.stem}.out.{ext}")
     if many or out.is_dir():
         return out / name
     return out
+
+
+def _compose_options(bg_color: str | None, bg_image: str | None, crop: bool, crop_margin: str,
+                     scale: str | None, position: str | None, output_format: str,
+                     quality: int | None, only_mask: bool) -> ComposeOptions:
+    """Check the output options with the API's rules, and load the background image."""
+    from alphacut.pipeline.compose import ComposeOptions
+    from alphacut.pipeline.decode import decode_image
+    from alphacut.pipeline.encode import FORMATS
+
+    if output_format not in FORMATS:
+        _fail(f"--format must be one of {', '.join(FORMATS)}")
+    if only_mask and (bg_color or bg_image):
+        _fail("--bg-color and --bg-image fill the cutout's background; not with --only-mask")
+    if quality is not None and output_format == "png":
+        _fail("--quality applies to webp and jpg only; png is always lossless")
+    background = None
+    if bg_image:
+        try:
+            if bg_image.lower().startswith(("http://", "https://")):
+                from alphacut.io.fetch import FetchPolicy, fetch_url
+
+                data = fetch_url(bg_image, FetchPolicy()).content
+            else:
+                data = Path(bg_image).read_bytes()
+            background = decode_image(data)
+        except AlphacutError as exc:
+            _fail(f"--bg-image: {exc.message}")
+        except OSError as exc:
+            _fail(f"--bg-image: {exc}")
+    try:
+        compose = ComposeOptions(bg_color=bg_color, bg_image=background, crop=crop,
+                                 crop_margin=crop_margin, scale=scale, position=position)
+    except ValueError as exc:
+        _fail(f"invalid output option: {exc}")
+    opaque = background is not None or (compose.bg_color is not None
+                                        and compose.bg_color[3] == 255)
+    if output_format == "jpg" and not only_mask and not opaque:
+        _fail("--format jpg cannot store transparency: add an opaque --bg-color or a --bg-image")
+    return compose
 
 
 @app.command()
@@ -107,27 +151,45 @@ def remove(
                                     help="Alpha matting erode size")] = 5,
     inverse_mask: Annotated[bool, typer.Option("--inverse-mask")] = False,
     model: Annotated[str | None, typer.Option("--model", help="Model name")] = None,
+    bg_color: Annotated[str | None, typer.Option(
+        "--bg-color", help="Background colour: #rgb, #rrggbb, #rrggbbaa or r,g,b[,a]")] = None,
+    bg_image: Annotated[str | None, typer.Option(
+        "--bg-image", help="Background image (file or URL), resized to cover")] = None,
+    crop: Annotated[bool, typer.Option("--crop", help="Crop to the subject")] = False,
+    crop_margin: Annotated[str, typer.Option(
+        "--crop-margin", help="Margin around the crop: pixels or '10%'")] = "0",
+    scale: Annotated[str | None, typer.Option(
+        "--scale", help="Subject size relative to the canvas: 0.8 or '80%'")] = None,
+    position: Annotated[str | None, typer.Option(
+        "--position", help="center, top, bottom, left, right or 'x%,y%'")] = None,
+    output_format: Annotated[str, typer.Option(
+        "--format", help="png, webp or jpg (jpg needs a background)")] = "png",
+    quality: Annotated[int | None, typer.Option(
+        "--quality", min=1, max=100, help="Lossy quality for webp/jpg")] = None,
 ) -> None:
-    """Remove the background of images (files or folders) and write PNG cutouts or masks."""
+    """Remove the background of images (files or folders) and write cutouts or masks."""
     from tqdm import tqdm
 
     from alphacut.engine import Engine
-    from alphacut.pipeline.encode import encode_png
+    from alphacut.pipeline.encode import FORMATS, encode_image
     from alphacut.pipeline.matting import AlphaMattingParams
     from alphacut.pipeline.remove import RemoveOptions
 
     files = _collect_inputs(inputs)
     if not files:
         _fail("no images found")
+    output_format = {"jpeg": "jpg"}.get(output_format.lower(), output_format.lower())
+    compose = _compose_options(bg_color, bg_image, crop, crop_margin, scale, position,
+                               output_format, quality, only_mask)
     options = RemoveOptions(
         only_mask=only_mask, post_process_mask=post_process_mask, alpha_matting=alpha_matting,
-        matting=AlphaMattingParams(af, ab, ae), inverse_mask=inverse_mask)
+        matting=AlphaMattingParams(af, ab, ae), inverse_mask=inverse_mask, compose=compose)
     engine = Engine()
     many = len(files) > 1
     failures = 0
     bar = tqdm(files, unit="img", disable=not many, file=sys.stderr)
     for src, root in bar:
-        dest = _output_path(src, root, output, many)
+        dest = _output_path(src, root, output, many, FORMATS[output_format][0])
         try:
             result = engine.remove(src.read_bytes(), options, model=model)
         except AlphacutError as exc:
@@ -137,7 +199,8 @@ def remove(
             tqdm.write(f"skipped {src}: {exc.message}", file=sys.stderr)
             continue
         dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.write_bytes(encode_png(result.output, engine.settings.png_compress_level))
+        dest.write_bytes(encode_image(result.output, output_format, quality,
+                                      engine.settings.png_compress_level))
         if not many:
             typer.echo(str(dest))
     if many:
@@ -160,8 +223,9 @@ def serve(
     from alphacut.service.logs import configure_logging
 
     configure_logging(log_level)
+    # alphacut writes its own access log (no query strings, with request and job ids).
     uvicorn.run(create_app(Settings.from_env()), host=host, port=port, log_config=None,
-                log_level=log_level)
+                log_level=log_level, access_log=False)
 
 
 @app.command("eval")
