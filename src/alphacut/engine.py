@@ -16,7 +16,7 @@ from alphacut.config import Settings
 from alphacut.errors import ModelNotAvailable
 from alphacut.models.registry import ModelSpec, resolve_model
 from alphacut.models.runner import ModelRunner
-from alphacut.models.session import create_session
+from alphacut.models.session import InputSizeMismatch, create_session
 from alphacut.pipeline.decode import decode_image
 from alphacut.pipeline.remove import RemoveOptions, RemoveResult, remove_background
 
@@ -54,9 +54,13 @@ class Engine:
                 else f"copy {spec.filename} into {model_dir}"
             )
             raise ModelNotAvailable(f"model {spec.name!r} is not installed ({path}); {hint}")
-        session = create_session(
-            path, self.settings.providers, cache_dir=Path(model_dir) / "cache"
-        )
+        try:
+            session = create_session(
+                path, self.settings.providers, cache_dir=Path(model_dir) / "cache",
+                input_size=spec.input_size, batch_size=self.settings.batch_size,
+            )
+        except InputSizeMismatch as exc:
+            raise ModelNotAvailable(str(exc)) from exc
         runner = ModelRunner(
             session, spec, self.settings.batch_size, self.settings.batch_wait_ms
         )

@@ -53,6 +53,7 @@ class ModelRunner:
         self.batches_run = 0
         self.items_run = 0
         self.inference_seconds = 0.0
+        self._closed = False
         self._queue: queue.Queue[_Request | None] = queue.Queue()
         self._thread = threading.Thread(target=self._loop, name="alphacut-inference", daemon=True)
         self._thread.start()
@@ -66,11 +67,16 @@ class ModelRunner:
         return self.predict_tensor(preprocess(image, self.spec))
 
     def predict_tensor(self, tensor: np.ndarray) -> np.ndarray:
+        if self._closed:
+            raise RuntimeError("the model runner is closed")
         request = _Request(tensor)
         self._queue.put(request)
-        return request.future.result()
+        # The output transform runs here, in the caller's thread, so that the inference thread
+        # can start the next run at once.
+        return to_probability(request.future.result(), self.spec)
 
     def close(self) -> None:
+        self._closed = True
         self._queue.put(None)
         self._thread.join(timeout=5)
 
@@ -104,7 +110,7 @@ class ModelRunner:
                 self.batches_run += 1
                 self.items_run += len(batch)
                 for i, req in enumerate(batch):
-                    req.future.set_result(to_probability(raw[i], self.spec))
+                    req.future.set_result(raw[i])
             except BaseException as exc:  # a failed run must fail its callers, not the thread
                 log.exception("inference failed")
                 for req in batch:

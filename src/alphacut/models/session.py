@@ -1,10 +1,13 @@
-"""ONNX Runtime session creation: execution providers, threads, on-disk graph cache."""
+"""ONNX Runtime session creation: execution providers, threads, memory, on-disk graph cache."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import platform
 from pathlib import Path
+from typing import Any
 
 import onnxruntime as ort
 
@@ -17,22 +20,51 @@ PROVIDER_NAMES = {
     "cpu": "CPUExecutionProvider",
 }
 GPU_PROVIDERS = {"TensorrtExecutionProvider", "CUDAExecutionProvider"}
+# Symbolic dimension names written by our fp32 conversion (see convert.py).
+BATCH_DIM, HEIGHT_DIM, WIDTH_DIM = "batch", "height", "width"
+
+
+class InputSizeMismatch(ValueError):
+    """The model file has fixed spatial dims that differ from the requested input size."""
 
 
 def physical_cores() -> int:
     """Physical cores available to this process: ONNX Runtime gains nothing from SMT siblings."""
     try:
-        available = len(os.sched_getaffinity(0))
+        cpus = sorted(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
-        available = os.cpu_count() or 1
+        return os.cpu_count() or 1
     siblings: set[str] = set()
     try:
-        for cpu in os.sched_getaffinity(0):
+        for cpu in cpus:
             path = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list")
             siblings.add(path.read_text().strip())
-    except (OSError, AttributeError):
-        return available
-    return max(1, min(available, len(siblings) or available))
+    except OSError:
+        return len(cpus)
+    return max(1, min(len(cpus), len(siblings) or len(cpus)))
+
+
+def cpu_fingerprint() -> str:
+    """Short hash of the CPU model and its instruction-set flags.
+
+    A graph saved at ORT_ENABLE_ALL contains NCHWc layout nodes whose block size follows the
+    vector width of the CPU that optimised it (AVX2: 8, AVX-512: 16). A model folder can be
+    shared (NFS, a baked container image), so the cache file name carries the CPU it was made on.
+    """
+    model, flags = platform.processor() or platform.machine(), ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "model name" and not model.startswith("cpu:"):
+                    model = "cpu:" + value.strip()
+                elif key == "flags":
+                    flags = value.strip()
+                    break
+    except OSError:
+        pass
+    return hashlib.sha256(f"{model}|{flags}".encode()).hexdigest()[:10]
 
 
 def choose_providers(requested: tuple[str, ...]) -> list[str]:
@@ -56,36 +88,119 @@ def choose_providers(requested: tuple[str, ...]) -> list[str]:
     return chosen
 
 
-def create_session(
-    model_path: Path,
-    providers: tuple[str, ...] = (),
-    threads: int = 0,
-    cache_dir: Path | None = None,
-) -> ort.InferenceSession:
-    """One session per model per process; callers must reuse it (it is thread-safe)."""
-    chosen = choose_providers(providers)
+def provider_options(provider: str, cache_dir: Path | None) -> dict[str, Any]:
+    """Per-provider options: TensorRT builds engines for minutes, so keep them on disk."""
+    if provider == "TensorrtExecutionProvider" and cache_dir is not None:
+        return {"trt_engine_cache_enable": True,
+                "trt_engine_cache_path": str(cache_dir / "tensorrt"),
+                "trt_timing_cache_enable": True}
+    if provider == "CUDAExecutionProvider":
+        # Grow the GPU arena by what is asked, not by doubling: a second 1024^2 batch should
+        # not reserve twice the memory it needs.
+        return {"arena_extend_strategy": "kSameAsRequested"}
+    return {}
+
+
+def session_options(threads: int = 0, input_size: int = 0, batch_size: int = 1,
+                    ) -> ort.SessionOptions:
     options = ort.SessionOptions()
+    # Single-flight inference (runner.py) means one run at a time: all physical cores go to
+    # that run, and inter-op parallelism would only oversubscribe them.
     options.intra_op_num_threads = threads or physical_cores()
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     # Let idle intra-op threads sleep instead of spinning: with a single-flight queue the
-    # threads sit idle between requests, and spinning would steal CPU from decode/encode.
+    # threads sit idle between requests, and spinning would steal CPU from decode/encode
+    # running for the next request (measured: no inference slowdown, see bench/README.md).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # Pin symbolic dims so ORT plans memory and folds shape arithmetic as for a static graph.
+    # Names that the model does not use are ignored by ORT.
+    if batch_size <= 1:
+        options.add_free_dimension_override_by_name(BATCH_DIM, 1)
+    if input_size > 0:
+        options.add_free_dimension_override_by_name(HEIGHT_DIM, input_size)
+        options.add_free_dimension_override_by_name(WIDTH_DIM, input_size)
+    return options
+
+
+def cache_path(cache_dir: Path, model_path: Path, input_size: int, batch_size: int) -> Path:
+    batch = "1" if batch_size <= 1 else "n"
+    size = str(input_size) if input_size > 0 else "model"
+    return cache_dir / (f"{model_path.stem}.ort{ort.__version__}.{cpu_fingerprint()}"
+                        f".b{batch}.s{size}.opt.onnx")
+
+
+def create_session(
+    model_path: Path,
+    providers: tuple[str, ...] = (),
+    threads: int = 0,
+    cache_dir: Path | None = None,
+    input_size: int = 0,
+    batch_size: int = 1,
+) -> ort.InferenceSession:
+    """One session per model per process; callers must reuse it (it is thread-safe).
+
+    ``input_size`` (0: the model's own) and ``batch_size`` pin the model's symbolic dims;
+    a model with fixed spatial dims that differ from ``input_size`` raises InputSizeMismatch.
+    """
+    chosen = choose_providers(providers)
+    options = session_options(threads, input_size, batch_size)
+    load_path, written, cached = model_path, None, None
     if cache_dir is not None and chosen[0] == "CPUExecutionProvider":
         # Optimising the graph takes seconds; save the result once and reuse it on start-up.
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        cached = cache_dir / f"{model_path.stem}.ort{ort.__version__}.opt.onnx"
+        cached = cache_path(cache_dir, model_path, input_size, batch_size)
         if cached.is_file() and cached.stat().st_mtime >= model_path.stat().st_mtime:
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-            model_path = cached
+            load_path = cached
         else:
-            options.optimized_model_filepath = str(cached)
-    session = ort.InferenceSession(str(model_path), sess_options=options, providers=chosen)
-    log.info(
-        "loaded model %s with providers %s (%d threads)",
-        model_path.name,
-        session.get_providers(),
-        options.intra_op_num_threads,
-    )
+            try:
+                cache_dir.mkdir(parents=True, exist_ok=True)
+                # Write under a temporary name: another process starting at the same moment
+                # must never load a half-written file.
+                written = cached.with_name(f".{cached.name}.{os.getpid()}.tmp")
+                options.optimized_model_filepath = str(written)
+                # ORT warns that NCHWc nodes are hardware specific; the cache name carries the
+                # CPU fingerprint, so the warning does not apply here.
+                options.log_severity_level = 3
+            except OSError as exc:
+                log.warning("cannot write the optimised-model cache in %s: %s", cache_dir, exc)
+    provider_list = [(name, provider_options(name, cache_dir)) for name in chosen]
+    try:
+        session = ort.InferenceSession(str(load_path), sess_options=options,
+                                       providers=provider_list)
+    except BaseException:
+        if written is not None:
+            written.unlink(missing_ok=True)
+        raise
+    if written is not None and cached is not None and written.is_file():
+        try:
+            os.replace(written, cached)
+        except OSError as exc:
+            log.warning("cannot write the optimised-model cache %s: %s", cached, exc)
+            written.unlink(missing_ok=True)
+    _check_session(session, chosen, input_size, model_path)
+    log.info("loaded model %s with providers %s (%d threads%s)", load_path.name,
+             session.get_providers(), options.intra_op_num_threads,
+             ", cached graph" if load_path != model_path else "")
     return session
+
+
+def _check_session(session: ort.InferenceSession, chosen: list[str], input_size: int,
+                   model_path: Path) -> None:
+    active = session.get_providers()
+    wanted_gpu = [p for p in chosen if p in GPU_PROVIDERS]
+    if wanted_gpu and not any(p in GPU_PROVIDERS for p in active):
+        # ORT lists CUDA as available whenever onnxruntime-gpu is installed, then quietly
+        # runs on the CPU if the CUDA/cuDNN libraries fail to load: say so loudly.
+        log.warning("requested %s but the session runs on %s: check the CUDA/cuDNN install "
+                    "(ONNX Runtime's own error is above)", ", ".join(wanted_gpu), active)
+    inputs = session.get_inputs()
+    shape = inputs[0].shape if inputs else []
+    if input_size > 0 and len(shape) == 4:
+        fixed = [d for d in shape[2:] if isinstance(d, int)]
+        if fixed and any(d != input_size for d in fixed):
+            raise InputSizeMismatch(
+                f"{model_path.name} has a fixed input size of {shape[2]}x{shape[3]}, so input "
+                f"size {input_size} cannot be used; regenerate the fp32 conversion with "
+                "`alphacut models pull` (it makes the size dynamic) or use the model's size")

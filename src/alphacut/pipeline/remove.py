@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from alphacut.pipeline.compose import cutout, invert
+from alphacut.pipeline.compose import Box, ComposeOptions, compose_output, cutout, invert
 from alphacut.pipeline.matting import AlphaMattingParams, alpha_matting
 from alphacut.pipeline.postprocess import post_process_mask
 from alphacut.pipeline.segment import probability_to_mask, upsample_probability
@@ -25,17 +25,20 @@ class RemoveOptions:
     alpha_matting: bool = False
     matting: AlphaMattingParams = field(default_factory=AlphaMattingParams)
     inverse_mask: bool = False
+    # Output options (background, crop, scale, position); the defaults change nothing.
+    compose: ComposeOptions = field(default_factory=ComposeOptions)
 
 
 @dataclass
 class RemoveResult:
     mask: np.ndarray  # final alpha, uint8 HxW (after inversion, if asked)
-    output: np.ndarray  # HxW mask or HxWx4 RGBA cutout
+    output: np.ndarray  # HxW mask, HxWx4 RGBA cutout (HxWx3 over an opaque background)
     timings: dict[str, float] = field(default_factory=dict)
+    foreground: Box | None = None  # subject box in the input image; None: no subject found
 
     @property
     def mode(self) -> str:
-        return "L" if self.output.ndim == 2 else "RGBA"
+        return "L" if self.output.ndim == 2 else "RGBA" if self.output.shape[2] == 4 else "RGB"
 
 
 class _Stopwatch:
@@ -81,5 +84,6 @@ def remove_background(image: Image.Image, predict: Predictor,
     else:
         rgb = np.asarray(image.convert("RGB") if image.mode != "RGB" else image)
         output = cutout(rgb, mask)
+    output, box = compose_output(output, mask, options.compose)
     watch.lap("compose", t)
-    return RemoveResult(mask=mask, output=output, timings=watch.timings)
+    return RemoveResult(mask=mask, output=output, timings=watch.timings, foreground=box)

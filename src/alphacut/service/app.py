@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.responses import RedirectResponse
+from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
 from alphacut import __version__
 from alphacut.config import Settings
 from alphacut.engine import Engine
 from alphacut.service.errors import install_error_handlers
+from alphacut.service.examples import restore_null_examples
 from alphacut.service.logs import request_id_var
+from alphacut.service.metrics import Metrics
+from alphacut.service.metrics import router as metrics_router
 from alphacut.service.routes import router
 from alphacut.service.state import ServiceState
 
@@ -29,6 +33,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = ServiceState.create(settings, engine)
         app.state.service = state
+        app.state.metrics.bind(state)
         await state.start()
         try:
             yield
@@ -43,25 +48,39 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.metrics = Metrics()  # per app: tests build many apps in one process
     install_error_handlers(app)
     app.include_router(router)
+    app.include_router(metrics_router)
+    default_openapi = app.openapi  # builds once, then returns its cached document
+
+    def openapi() -> dict:
+        return restore_null_examples(default_openapi())
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     @app.middleware("http")
     async def request_id(request: Request, call_next):
         rid = request.headers.get("x-request-id") or uuid.uuid4().hex[:16]
         token = request_id_var.set(rid)
+        started, status = time.perf_counter(), 500
         try:
             response = await call_next(request)
+            status = response.status_code
         finally:
+            # Inside the request id's context, so the access-log line carries it.
+            app.state.metrics.observe_request(request, status, time.perf_counter() - started)
             request_id_var.reset(token)
         response.headers["X-Request-Id"] = rid
         return response
 
     if settings.web_ui and (STATIC_DIR / "index.html").is_file():
-        app.mount("/ui", StaticFiles(directory=STATIC_DIR, html=True), name="ui")
+        # The page lives at / and loads its assets relatively (ui/app.js), so it also works
+        # behind a reverse proxy that serves alphacut under a path prefix.
+        app.mount("/ui", StaticFiles(directory=STATIC_DIR), name="ui")
 
         @app.get("/", include_in_schema=False)
-        async def index() -> RedirectResponse:
-            return RedirectResponse("/ui/")
+        async def index() -> FileResponse:
+            return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
 
     return app

@@ -21,10 +21,14 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        if (request_id := request_id_var.get()) is not None:
+        # A record may carry its request id (formatted later, outside the request's context).
+        if (request_id := getattr(record, "request_id", None) or request_id_var.get()) is not None:
             entry["request_id"] = request_id
         if (job_id := getattr(record, "job_id", None) or job_id_var.get()) is not None:
             entry["job_id"] = job_id
+        fields = getattr(record, "fields", None)  # structured extras, e.g. the access log's
+        if isinstance(fields, dict):
+            entry.update({k: v for k, v in fields.items() if k not in entry})
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry)

@@ -75,7 +75,9 @@ def validate(model: type[BaseModel], fields: dict[str, Any]) -> Any:
                 missing = True
                 problems.append(f"{where} is required")
             else:
-                problems.append(f"{where}: {error['msg']}")
+                # Our own validators raise ValueError; pydantic's "Value error, " prefix is noise.
+                message = error["msg"].removeprefix("Value error, ")
+                problems.append(f"{where}: {message}" if error["loc"] else message)
         raise InvalidRequest("; ".join(problems), 400 if missing else 422) from exc
 
 

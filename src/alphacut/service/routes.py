@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 import uuid
 from typing import Annotated, Any
 
@@ -13,6 +14,19 @@ from fastapi.responses import FileResponse, JSONResponse
 from alphacut.errors import AlphacutError, InvalidRequest, TooManyJobs
 from alphacut.io.fetch import check_url
 from alphacut.pipeline.decode import decode_image
+from alphacut.pipeline.encode import FORMATS
+from alphacut.service.examples import (
+    ERROR_MESSAGES,
+    FAILED_EXAMPLE,
+    FETCH_PROCESSING_EXAMPLE,
+    NOT_FOUND_EXAMPLE,
+    PROCESSING_EXAMPLE,
+    REQUEST_EXAMPLES,
+    SUCCESS_EXAMPLE,
+    json_examples,
+)
+from alphacut.service.logs import job_id_var
+from alphacut.service.metrics import observe_stage
 from alphacut.service.parsing import fetch_policy, load_image_bytes, read_body, validate
 from alphacut.service.responses import (
     NOT_FOUND_BODY,
@@ -48,10 +62,22 @@ FETCH_BY_BODY = ("/api/v4/dreambooth/fetch", "/api/v1/enterprise/fetch")
 MAX_HANDOFF = 8  # decoded images kept in memory for the worker; the rest re-decode from disk
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse, "description": text}
-    for code, text in [(400, "Malformed body or unusable image URL"), (401, "Bad API key"),
-                       (413, "Image too large"), (415, "Not a supported image"),
-                       (422, "Invalid field value"), (429, "Too many queued jobs")]
+    code: {"model": ErrorResponse, "description": text,
+           "content": {"application/json": {"example": {"status": "error", "message": message}}}}
+    for code, (text, message) in ERROR_MESSAGES.items()
+}
+REMOVEBG_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "Done (success), or still running (processing: fetch it later)",
+          "content": json_examples(success=SUCCESS_EXAMPLE, processing=PROCESSING_EXAMPLE)},
+    **ERROR_RESPONSES,
+}
+FETCH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "The job's state; a job that failed, or is unknown to this key, "
+          "answers status failed",
+          "content": json_examples(fetch_success=SUCCESS_EXAMPLE,
+                                   fetch_processing=FETCH_PROCESSING_EXAMPLE,
+                                   fetch_failed=FAILED_EXAMPLE, fetch_not_found=NOT_FOUND_EXAMPLE)},
+    401: ERROR_RESPONSES[401],
 }
 
 
@@ -62,8 +88,13 @@ def get_state(request: Request) -> ServiceState:
 StateDep = Annotated[ServiceState, Depends(get_state)]
 
 
-def _meta(req: RemoveBgRequest, image_url: str, file_name: str, seed: int) -> dict[str, Any]:
-    """meta exactly as the hosted API: mixed "0"/"1", "yes"/"no" and boolean types."""
+def _meta(req: RemoveBgRequest, image_url: str, file_name: str, seed: int,
+          size: tuple[int, int], model: str, bg_url: str | None) -> dict[str, Any]:
+    """meta exactly as the hosted API: mixed "0"/"1", "yes"/"no" and boolean types.
+
+    The keys after "temp" are alphacut's additions; "foreground" joins them once the job is
+    done (see responses.success_body).
+    """
     return {
         "alpha_matting": "1" if req.alpha_matting else "0",
         "alpha_matting_background_threshold": req.alpha_matting_background_threshold,
@@ -79,10 +110,32 @@ def _meta(req: RemoveBgRequest, image_url: str, file_name: str, seed: int) -> di
         "post_process_mask": "1" if req.post_process_mask else "0",
         "seed": seed,
         "temp": "yes" if req.temp else "no",
+        "model": model, "width": size[0], "height": size[1],
+        "format": req.format, "quality": req.quality, "bg_color": req.bg_color,
+        "bg_image": bg_url, "crop": req.crop, "crop_margin": req.crop_margin,
+        "scale": req.scale, "position": req.position, "channels": req.channels,
     }
 
 
+async def _save_background(request: Request, req: RemoveBgRequest, state: ServiceState,
+                           file_id: str) -> tuple[str | None, str | None]:
+    """Fetch (same SSRF rules as ``image``) and check bg_image now, so a bad one fails the
+    request rather than the job. Returns its stored path and what meta reports for it."""
+    if req.bg_image is None:
+        return None, None
+    try:
+        started = time.perf_counter()
+        data, url = await asyncio.to_thread(load_image_bytes, req.bg_image, state.settings)
+        observe_stage(request, "fetch", time.perf_counter() - started)
+        await asyncio.to_thread(decode_image, data, state.settings.max_pixels)
+    except AlphacutError as exc:
+        raise AlphacutError(f"bg_image: {exc.message}", exc.status_code) from exc
+    path = await asyncio.to_thread(state.storage.save_input, f"{file_id}.bg", data)
+    return str(path), url
+
+
 async def _removebg_mask(request: Request, state: StateDep):
+    request.state.api_endpoint = "removebg_mask"  # for the metrics, by body status
     settings = state.settings
     fields, upload = await read_body(request)
     req: RemoveBgRequest = validate(RemoveBgRequest, fields)
@@ -95,15 +148,21 @@ async def _removebg_mask(request: Request, state: StateDep):
         await asyncio.to_thread(check_url, req.webhook, fetch_policy(settings), label="webhook")
     pending = await asyncio.to_thread(state.store.pending_for_owner, owner)
     if pending >= settings.max_queued_per_key:
-        retry = int((state.store.mean_generation_time() or 3.0) * pending / settings.workers) + 1
+        retry = await asyncio.to_thread(state.retry_after, pending)
         raise TooManyJobs(f"too many queued jobs for this key ({pending}); retry later", retry)
     if upload is not None:
         data, image_url = upload, "upload"
     else:
+        started = time.perf_counter()
         data, image_url = await asyncio.to_thread(load_image_bytes, req.image, settings)
+        if image_url != "data-uri":
+            observe_stage(request, "fetch", time.perf_counter() - started)
+    started = time.perf_counter()
     image = await asyncio.to_thread(decode_image, data, settings.max_pixels)
+    observe_stage(request, "decode", time.perf_counter() - started)
     file_id = str(uuid.uuid4())
-    file_name = f"{file_id}.png"
+    file_name = f"{file_id}.{FORMATS[req.format][0]}"
+    bg_path, bg_url = await _save_background(request, req, state, file_id)
     input_path = await asyncio.to_thread(state.storage.save_input, f"{file_id}.input", data)
     seed = req.seed if req.seed is not None else random.randint(0, 2**32 - 1)
     job_request = {
@@ -114,20 +173,28 @@ async def _removebg_mask(request: Request, state: StateDep):
         "model": model, "file_name": file_name, "input_path": str(input_path),
         "temp": req.temp, "base64": req.base64, "webhook": req.webhook,
         "track_id": req.track_id, "base_url": state.base_url(request),
-        "meta": _meta(req, image_url, file_name, seed),
+        "compose": {**req.compose_options(), "bg_image_path": bg_path},
+        "format": req.format, "quality": req.quality,
+        "meta": _meta(req, image_url, file_name, seed, image.size, model, bg_url),
     }
     if len(state.pool.handoff) < MAX_HANDOFF:
         state.pool.handoff[str(input_path)] = image
     job = await asyncio.to_thread(state.store.create, owner, job_request)
+    request.state.job_id = job.id  # for the access log
+    job_id_var.set(job.id)  # and any other log line of this request
     state.pool.notify()
-    wait = 0.0 if req.instant_response else settings.sync_wait
-    done = await state.pool.wait_for(job.id, wait)
+    # instant_response always answers "processing", even if a fast job is already done, so
+    # such clients see one flow; the job is in the store either way, so a client that goes
+    # away during the wait (or a cancelled handler) loses nothing: fetch still finds it.
+    done = None if req.instant_response else await state.pool.wait_for(job.id, settings.sync_wait)
     if done is None:
         eta = await asyncio.to_thread(state.eta_for, job.id)
         fetch = f"{job_request['base_url']}/api/v5/fetch/{job.id}"
+        request.state.api_status = "processing"
         return processing_body(job, eta, fetch)
     if done.status == "failed":
         raise AlphacutError(done.error or "processing failed", done.error_status or 500)
+    request.state.api_status = "success"
     return success_body(done)
 
 
@@ -135,9 +202,10 @@ for _path in REMOVEBG_PATHS:
     router.add_api_route(
         _path, _removebg_mask, methods=["POST"], tags=["removebg_mask"],
         summary="Remove the background of an image and create its mask",
-        response_model=SuccessResponse | ProcessingResponse, responses=ERROR_RESPONSES,
+        response_model=SuccessResponse | ProcessingResponse, responses=REMOVEBG_RESPONSES,
         openapi_extra={"requestBody": {"required": True, "content": {
-            "application/json": {"schema": RemoveBgRequest.model_json_schema()},
+            "application/json": {"schema": RemoveBgRequest.model_json_schema(),
+                                 "examples": REQUEST_EXAMPLES},
             "application/x-www-form-urlencoded": {"schema": {"type": "object"}},
             "multipart/form-data": {"schema": {"type": "object"}}}}},
         include_in_schema=_path == REMOVEBG_PATHS[0] or _path == REMOVEBG_PATHS[1],
@@ -150,6 +218,8 @@ async def _fetch(state: ServiceState, key: str, raw_id: Any) -> Any:
         job_id = int(str(raw_id).strip())
     except (TypeError, ValueError):
         return NOT_FOUND_BODY
+    if not 0 < job_id < 2**63:  # SQLite integers are 64-bit; a bigger one would raise
+        return NOT_FOUND_BODY
     job = await asyncio.to_thread(state.store.get, job_id)
     if job is None or job.owner != owner:
         return NOT_FOUND_BODY  # another key's job is "not found", not "forbidden": no oracle
@@ -159,26 +229,39 @@ async def _fetch(state: ServiceState, key: str, raw_id: Any) -> Any:
 
 async def _fetch_by_path(job_id: str, request: Request,
                          state: StateDep):
+    request.state.api_endpoint = "fetch"
     fields, _ = await read_body(request) if await request.body() else ({}, None)
     req: FetchRequest = validate(FetchRequest, fields)
-    return await _fetch(state, req.key, job_id)
+    body = await _fetch(state, req.key, job_id)
+    request.state.api_status = body["status"]
+    return body
 
 
 async def _fetch_by_body(request: Request, state: StateDep):
+    request.state.api_endpoint = "fetch"
     fields, _ = await read_body(request)
     req: FetchRequest = validate(FetchRequest, fields)
     if req.request_id is None:
         raise InvalidRequest("request_id is required", 400)
-    return await _fetch(state, req.key, req.request_id)
+    body = await _fetch(state, req.key, req.request_id)
+    request.state.api_status = body["status"]
+    return body
 
 
+_FETCH_BODY_DOC = {"requestBody": {"required": False, "content": {"application/json": {
+    "schema": FetchRequest.model_json_schema(),
+    "examples": {"by_path": {"summary": "fetch/{id}: the key only", "value": {"key": ""}},
+                 "by_body": {"summary": "request_id in the body (dreambooth/enterprise paths)",
+                             "value": {"key": "", "request_id": 2}}}}}}}
 for _path in FETCH_BY_PATH:
     router.add_api_route(_path, _fetch_by_path, methods=["POST"], tags=["fetch"],
                          summary="Fetch the result of a queued request",
+                         responses=FETCH_RESPONSES, openapi_extra=_FETCH_BODY_DOC,
                          include_in_schema=_path == FETCH_BY_PATH[0])
 for _path in FETCH_BY_BODY:
     router.add_api_route(_path, _fetch_by_body, methods=["POST"], tags=["fetch"],
-                         summary="Fetch a result by request_id in the body")
+                         summary="Fetch a result by request_id in the body",
+                         responses=FETCH_RESPONSES, openapi_extra=_FETCH_BODY_DOC)
 
 
 _MEDIA_TYPES = {".png": "image/png", ".base64": "text/plain", ".webp": "image/webp",

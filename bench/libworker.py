@@ -1,0 +1,180 @@
+"""One side of the library benchmark, in its own process: ``libworker.py IMPL MODEL``.
+
+IMPL is ``alphacut`` (run with alphacut's venv) or ``rembg`` (run with bench/.rembg-venv).
+Commands arrive as JSON lines on stdin and each gets one JSON line back on stdout, so the
+orchestrator can alternate the two sides request by request (load from other processes then
+hits both alike). Every timed call is bytes in -> PNG bytes out, as a user of either library
+gets it. Only the standard library is imported at module level: this file runs in both venvs.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sys
+import time
+from typing import Any
+
+MATTING = {"foreground_threshold": 240, "background_threshold": 20, "erode_size": 5}
+
+
+def memory() -> dict[str, int]:
+    out: dict[str, int] = {}
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                out[line.split(":")[0]] = int(line.split()[1])
+    return out
+
+
+def reset_peak() -> None:
+    """Reset VmHWM to the current RSS (Linux >= 4.0), so the next peak is this call's."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        pass
+
+
+class AlphacutSide:
+    def __init__(self, model: str) -> None:
+        from alphacut.config import Settings
+        from alphacut.engine import Engine
+
+        self.settings = Settings.from_env()
+        self.engine = Engine(self.settings)
+        self.runner = self.engine.runner()  # loads and warms the model, as the server does
+        self.model = model
+
+    def remove(self, data: bytes, mode: str) -> tuple[bytes, dict[str, float]]:
+        from alphacut.pipeline.encode import encode_png
+        from alphacut.pipeline.matting import AlphaMattingParams
+        from alphacut.pipeline.remove import RemoveOptions
+
+        options = RemoveOptions(only_mask=mode == "only_mask",
+                                post_process_mask=mode == "post_process_mask",
+                                alpha_matting=mode == "alpha_matting",
+                                matting=AlphaMattingParams(**MATTING))
+        before = self.runner.inference_seconds
+        result = self.engine.remove(data, options)
+        started = time.perf_counter()
+        png = encode_png(result.output, self.settings.png_compress_level)
+        stages = dict(result.timings)
+        stages["encode"] = time.perf_counter() - started
+        stages["session_run"] = self.runner.inference_seconds - before
+        return png, stages
+
+    def alpha(self, data: bytes, mode: str) -> Any:
+        from alphacut.pipeline.matting import AlphaMattingParams
+        from alphacut.pipeline.remove import RemoveOptions
+
+        options = RemoveOptions(alpha_matting=mode == "alpha_matting",
+                                post_process_mask=mode == "post_process_mask",
+                                matting=AlphaMattingParams(**MATTING))
+        return self.engine.remove(data, options).mask
+
+
+class RembgSide:
+    def __init__(self, model: str) -> None:
+        from rembg import new_session
+
+        # DisCustomSession: ISNet pre/post-processing (1024 px, mean 0.5, std 1 after dividing
+        # by the image's max, min-max normalised output) on any ISNet file.
+        self.session = new_session("dis_custom", model_path=model)
+        self.remove(_warmup_jpeg(), "only_mask")
+
+    def remove(self, data: bytes, mode: str) -> tuple[bytes, dict[str, float]]:
+        from rembg import remove
+
+        png = remove(data, session=self.session, only_mask=mode == "only_mask",
+                     post_process_mask=mode == "post_process_mask",
+                     alpha_matting=mode == "alpha_matting",
+                     alpha_matting_foreground_threshold=MATTING["foreground_threshold"],
+                     alpha_matting_background_threshold=MATTING["background_threshold"],
+                     alpha_matting_erode_size=MATTING["erode_size"])
+        return png, {}
+
+    def alpha(self, data: bytes, mode: str) -> Any:
+        import numpy as np
+        from PIL import Image
+
+        png, _ = self.remove(data, mode)
+        image = Image.open(io.BytesIO(png))
+        return np.asarray(image.getchannel("A") if image.mode == "RGBA" else image.convert("L"))
+
+
+def _warmup_jpeg() -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (320, 240), (120, 140, 160)).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+class Bare:
+    """session.run alone on a plain ONNX Runtime session with default options: the floor."""
+
+    def __init__(self, model: str) -> None:
+        import numpy as np
+        import onnxruntime as ort
+
+        self.session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+        self.feed = {self.session.get_inputs()[0].name:
+                     np.random.default_rng(0).random((1, 3, 1024, 1024), dtype=np.float32)}
+        self.session.run(None, self.feed)
+
+    def run(self) -> float:
+        started = time.perf_counter()
+        self.session.run(None, self.feed)
+        return time.perf_counter() - started
+
+
+def main() -> None:
+    impl, model = sys.argv[1], sys.argv[2]
+    started = time.perf_counter()
+    side = AlphacutSide(model) if impl == "alphacut" else RembgSide(model)
+    bare: Bare | None = None
+    reply(ready=True, load_seconds=time.perf_counter() - started, pid=os.getpid(), **memory())
+    for line in sys.stdin:
+        command = json.loads(line)
+        op = command["op"]
+        try:
+            if op == "quit":
+                reply(bye=True)
+                return
+            if op == "remove":
+                data = open(command["path"], "rb").read()
+                if command.get("reset_peak"):
+                    reset_peak()
+                t = time.perf_counter()
+                png, stages = side.remove(data, command["mode"])
+                reply(seconds=time.perf_counter() - t, bytes=len(png), stages=stages, **memory())
+            elif op == "alpha":
+                import numpy as np
+                from PIL import Image
+
+                data = open(command["path"], "rb").read()
+                t = time.perf_counter()
+                alpha = np.asarray(side.alpha(data, command["mode"]), dtype=np.uint8)
+                seconds = time.perf_counter() - t
+                Image.fromarray(alpha).save(command["out"])
+                reply(seconds=seconds, **memory())
+            elif op == "bare":
+                bare = bare or Bare(model)
+                reply(seconds=[bare.run() for _ in range(int(command.get("reps", 1)))])
+            elif op == "memory":
+                reply(**memory())
+            else:
+                reply(error=f"unknown op {op}")
+        except Exception as exc:  # report, keep serving: one failure must not end the run
+            reply(error=f"{type(exc).__name__}: {exc}")
+
+
+def reply(**fields: Any) -> None:
+    sys.stdout.write(json.dumps(fields) + "\n")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,185 @@
+"""alphacut vs rembg on the same ISNet weights: library, HTTP, memory soak, matting, input size.
+
+    .venv/bin/python bench/run.py                      # everything (long on 2 cores: ~1.5 h)
+    .venv/bin/python bench/run.py --only library --quick
+    .venv/bin/python bench/run.py --only http,memory
+
+See bench/README.md for what each part measures and the figures it gave.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `bench.*` from any cwd
+
+from bench.common import (  # noqa: E402
+    BENCH,
+    FP16,
+    FP32,
+    GENERAL,
+    ensure_rembg_venv,
+    fmt_table,
+    image_set,
+    machine_info,
+    median,
+)
+
+PARTS = ("library", "http", "memory", "matting", "inputsize")
+
+
+@dataclass
+class Context:
+    tmp: Path
+    quick: bool
+    reps: int
+    weights_alphacut: Path
+    weights_rembg: Path
+    rembg_python: Path
+    big_source: str
+    http_requests: int
+    soak_requests: int
+    soak_concurrency: int
+    eval_sample: int
+    lines: list[str] = field(default_factory=list)
+
+    def log(self, text: str) -> None:
+        print(text, flush=True)
+        self.lines.append(text)
+
+
+def run_inputsize(ctx: Context, sizes: tuple[int, ...]) -> dict[str, Any]:
+    """Latency (session.run alone) and mask quality per input size, on a spread subset of
+    evaldata/general (every k-th pair, so sod_, davis_ and horse_ are all present)."""
+    import numpy as np
+
+    from alphacut.models.session import create_session
+
+    pairs = sorted(p for p in (GENERAL / "images").iterdir() if p.is_file())
+    count = 12 if ctx.quick else ctx.eval_sample * 6
+    subset = ctx.tmp / "eval-subset"
+    for sub in ("images", "masks"):
+        (subset / sub).mkdir(parents=True, exist_ok=True)
+    for path in pairs[::max(1, len(pairs) // count)][:count]:
+        for src, dest in ((path, subset / "images" / path.name),
+                          (GENERAL / "masks" / f"{path.stem}.png",
+                           subset / "masks" / f"{path.stem}.png")):
+            if not dest.exists():
+                dest.symlink_to(src)
+    rows, out = [], {}
+    for size in sizes:
+        session = create_session(ctx.weights_alphacut, ("cpu",), input_size=size)
+        feed = {"input": np.random.default_rng(0).random((1, 3, size, size), dtype=np.float32)}
+        session.run(None, feed)
+        runs = []
+        for _ in range(2 if ctx.quick else 4):
+            started = time.perf_counter()
+            session.run(None, feed)
+            runs.append(time.perf_counter() - started)
+        del session
+        report = ctx.tmp / f"eval-{size}"
+        subprocess.run([str(Path(sys.executable).with_name("alphacut")), "eval", str(subset),
+                        "--input-size", str(size), "--out", str(report)], check=True,
+                       stdout=subprocess.DEVNULL)
+        summary = json.loads((report / "summary.json").read_text())
+        overall, groups = summary["overall"], summary.get("groups", {})
+        out[size] = {"session_run_s": median(runs), "overall": overall, "groups": groups,
+                     "pairs": summary["pairs"], "seconds_per_image": summary["seconds_per_image"]}
+        rows.append([size, median(runs), summary["seconds_per_image"], overall["iou"],
+                     overall["mae"], *(groups.get(g, {}).get("iou", float("nan"))
+                                       for g in ("davis", "horse", "sod"))])
+        ctx.log(f"  input {size}: session.run {median(runs):.2f}s, IoU {overall['iou']:.4f}, "
+                f"MAE {overall['mae']:.4f}")
+    ctx.log(f"\ninput size on {len(list((subset / 'images').iterdir()))} pairs of "
+            "evaldata/general (every k-th id):")
+    ctx.log(fmt_table(["input", "session.run s", "eval s/image", "IoU", "MAE", "IoU davis",
+                       "IoU horse", "IoU sod"], rows))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", default=",".join(PARTS[:4]),
+                        help=f"comma-separated parts: {', '.join(PARTS)} "
+                        "(default: all but inputsize)")
+    parser.add_argument("--quick", action="store_true", help="fewer images and repetitions")
+    parser.add_argument("--reps", type=int, default=3, help="repetitions per image and mode")
+    parser.add_argument("--rembg-weights", choices=("fp32", "fp16"), default="fp32",
+                        help="weights file for rembg: our fp32 conversion (same file as "
+                        "alphacut: compares the pipelines) or the original fp16 file")
+    parser.add_argument("--big-source", default="girl-1.jpg",
+                        help="photo upscaled to 4000x3000 for the 12 MP case")
+    parser.add_argument("--http-requests", type=int, default=40)
+    parser.add_argument("--soak-requests", type=int, default=200)
+    parser.add_argument("--soak-concurrency", type=int, default=4)
+    parser.add_argument("--eval-sample", type=int, default=8,
+                        help="evaldata/general images in the library part (x6 for inputsize)")
+    parser.add_argument("--sizes", default="1024,768,640,512", help="for the inputsize part")
+    parser.add_argument("--out", type=Path, default=BENCH / "results")
+    args = parser.parse_args()
+    parts = [p.strip() for p in args.only.split(",") if p.strip()]
+    unknown = set(parts) - set(PARTS)
+    if unknown:
+        parser.error(f"unknown parts: {', '.join(sorted(unknown))}")
+    if not FP32.is_file():
+        parser.error(f"{FP32} is missing: run `alphacut models pull medium`")
+    with tempfile.TemporaryDirectory(prefix="alphacut-bench-") as tmp_name:
+        ctx = Context(tmp=Path(tmp_name), quick=args.quick, reps=1 if args.quick else args.reps,
+                      weights_alphacut=FP32,
+                      weights_rembg=FP32 if args.rembg_weights == "fp32" else FP16,
+                      rembg_python=Path(), big_source=args.big_source,
+                      http_requests=args.http_requests, soak_requests=args.soak_requests,
+                      soak_concurrency=args.soak_concurrency, eval_sample=args.eval_sample)
+        if {"library", "http", "matting"} & set(parts):
+            ctx.rembg_python = ensure_rembg_venv(ctx.log)
+        results: dict[str, Any] = {"machine": machine_info(), "args": vars(args) | {
+            "out": str(args.out)}, "parts": {}}
+        ctx.log(f"machine: {results['machine']}")
+        started = time.time()
+        for part in parts:
+            ctx.log(f"\n== {part} (load {os.getloadavg()[0]:.2f}) ==")
+            part_started = time.time()
+            if part == "library":
+                from bench.library import run_library
+
+                images = image_set(ctx.tmp, ctx.quick, args.eval_sample, args.big_source)
+                results["parts"][part] = run_library(ctx, images)
+            elif part == "matting":
+                from bench.library import run_matting
+
+                results["parts"][part] = run_matting(ctx)
+            elif part == "http":
+                from bench.http_load import run_http
+
+                results["parts"][part] = run_http(ctx)
+            elif part == "memory":
+                from bench.http_load import run_soak
+
+                results["parts"][part] = run_soak(ctx)
+            elif part == "inputsize":
+                sizes = tuple(int(s) for s in args.sizes.split(","))
+                results["parts"][part] = run_inputsize(ctx, sizes)
+            results["parts"][part]["seconds"] = time.time() - part_started
+            results["parts"][part]["loadavg_end"] = os.getloadavg()
+        results["seconds"] = time.time() - started
+        results["machine"]["loadavg_end"] = os.getloadavg()
+        results["log"] = ctx.lines
+        args.out.mkdir(parents=True, exist_ok=True)
+        path = args.out / f"{time.strftime('%Y%m%d-%H%M%S')}.json"
+        path.write_text(json.dumps(results, indent=1, default=str))
+        ctx.log(f"\nwrote {path} ({results['seconds'] / 60:.1f} min; load at end "
+                f"{os.getloadavg()[0]:.2f})")
+
+
+if __name__ == "__main__":
+    main()
