@@ -206,3 +206,11 @@ def test_unknown_route_is_json(server):
 def test_health(server):
     assert httpx.get(server.url + "/healthz").json()["status"] == "ok"
     assert httpx.get(server.url + "/readyz").json()["status"] == "ok"
+
+
+def test_docs_are_served_without_cdn(server):
+    page = httpx.get(server.url + "/docs")
+    assert page.status_code == 200 and "cdn" not in page.text.lower()
+    assert "docs-assets/swagger-ui-bundle.js" in page.text
+    assert httpx.get(server.url + "/docs-assets/swagger-ui-bundle.js").status_code == 200
+    assert httpx.get(server.url + "/openapi.json").json()["paths"]["/api/v5/removebg_mask"]

@@ -27,6 +27,7 @@ from alphacut.pipeline.remove import RemoveOptions, RemoveResult
 log = logging.getLogger(__name__)
 
 LEASE_SECONDS = 60.0
+HANDOFF_MAX_PIXELS = 64_000_000  # about 190 MB of decoded RGB waiting for workers
 # On shutdown, running jobs get this long to finish; any still running stay RUNNING in the store
 # and the next start requeues them.
 DRAIN_SECONDS = 20.0
@@ -75,13 +76,20 @@ class WorkerPool:
         self.concurrency = max(1, settings.workers)
         self.executor = ThreadPoolExecutor(max_workers=self.concurrency,
                                            thread_name_prefix="alphacut-job")
-        # Images decoded by the request handler, handed over to skip a second decode.
+        # Images decoded by the request handler, handed over to skip a second decode. Bounded
+        # by pixels, not count: eight 50 MP images would hold over a gigabyte.
         self.handoff: dict[str, Image.Image] = {}  # keyed by input path
         self._wakeup = asyncio.Event()
         self._waiters: dict[int, list[asyncio.Future[None]]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._inflight: set[Future[None]] = set()
         self.running = 0
+
+    def offer_decoded(self, key: str, image: Image.Image) -> None:
+        """Keep a decoded input for the worker if the memory budget allows."""
+        used = sum(held.width * held.height for held in list(self.handoff.values()))
+        if used + image.width * image.height <= HANDOFF_MAX_PIXELS:
+            self.handoff[key] = image
 
     async def start(self) -> None:
         requeued = await asyncio.to_thread(self.store.requeue_dead_local, self.identity)

@@ -9,7 +9,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 from alphacut import __version__
@@ -46,6 +47,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         description="Background removal and masks, compatible with the hosted "
         "removebg_mask API (POST /api/v5/removebg_mask).",
         lifespan=lifespan,
+        docs_url=None,  # served below from local files: many deployments have no internet
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.metrics = Metrics()  # per app: tests build many apps in one process
@@ -74,6 +77,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         response.headers["X-Request-Id"] = rid
         return response
 
+    _install_local_docs(app)
+
     if settings.web_ui and (STATIC_DIR / "index.html").is_file():
         # The page lives at / and loads its assets relatively (ui/app.js), so it also works
         # behind a reverse proxy that serves alphacut under a path prefix.
@@ -84,3 +89,21 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
             return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
 
     return app
+
+
+def _install_local_docs(app: FastAPI) -> None:
+    """Swagger UI at /docs from the swagger-ui-bundle package instead of FastAPI's CDN links."""
+    import swagger_ui_bundle
+
+    app.mount("/docs-assets", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path),
+              name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{app.title} API",
+            swagger_js_url="docs-assets/swagger-ui-bundle.js",
+            swagger_css_url="docs-assets/swagger-ui.css",
+            swagger_favicon_url="docs-assets/favicon-32x32.png",
+        )

@@ -59,7 +59,6 @@ FETCH_BY_PATH = (
     "/api/v1/enterprise/image_editing/fetch/{job_id}",
 )
 FETCH_BY_BODY = ("/api/v4/dreambooth/fetch", "/api/v1/enterprise/fetch")
-MAX_HANDOFF = 8  # decoded images kept in memory for the worker; the rest re-decode from disk
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text,
@@ -177,9 +176,12 @@ async def _removebg_mask(request: Request, state: StateDep):
         "format": req.format, "quality": req.quality,
         "meta": _meta(req, image_url, file_name, seed, image.size, model, bg_url),
     }
-    if len(state.pool.handoff) < MAX_HANDOFF:
-        state.pool.handoff[str(input_path)] = image
-    job = await asyncio.to_thread(state.store.create, owner, job_request)
+    state.pool.offer_decoded(str(input_path), image)
+    try:
+        job = await asyncio.to_thread(state.store.create, owner, job_request)
+    except BaseException:
+        state.pool.handoff.pop(str(input_path), None)
+        raise
     request.state.job_id = job.id  # for the access log
     job_id_var.set(job.id)  # and any other log line of this request
     state.pool.notify()
