@@ -24,6 +24,17 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".ti
                   ".avif"}
 
 
+# Options shared by `remove` and `eval` (the same pipeline settings).
+PostProcessOption = Annotated[bool, typer.Option("--post-process-mask")]
+AlphaMattingOption = Annotated[bool, typer.Option("--alpha-matting")]
+ForegroundThresholdOption = Annotated[int, typer.Option(
+    "--af", min=0, max=255, help="Alpha matting foreground threshold")]
+BackgroundThresholdOption = Annotated[int, typer.Option(
+    "--ab", min=0, max=255, help="Alpha matting background threshold")]
+ErodeSizeOption = Annotated[int, typer.Option(
+    "--ae", min=0, max=64, help="Alpha matting erode size")]
+
+
 def _fail(message: str) -> None:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code=1)
@@ -141,14 +152,11 @@ def remove(
     output: Annotated[Path | None, typer.Option("-o", "--output",
                                                 help="Output file, or folder")] = None,
     only_mask: Annotated[bool, typer.Option("--only-mask", help="Write the mask only")] = False,
-    post_process_mask: Annotated[bool, typer.Option("--post-process-mask")] = False,
-    alpha_matting: Annotated[bool, typer.Option("--alpha-matting")] = False,
-    af: Annotated[int, typer.Option("--af", min=0, max=255,
-                                    help="Alpha matting foreground threshold")] = 240,
-    ab: Annotated[int, typer.Option("--ab", min=0, max=255,
-                                    help="Alpha matting background threshold")] = 20,
-    ae: Annotated[int, typer.Option("--ae", min=0, max=64,
-                                    help="Alpha matting erode size")] = 5,
+    post_process_mask: PostProcessOption = False,
+    alpha_matting: AlphaMattingOption = False,
+    af: ForegroundThresholdOption = 240,
+    ab: BackgroundThresholdOption = 20,
+    ae: ErodeSizeOption = 5,
     inverse_mask: Annotated[bool, typer.Option("--inverse-mask")] = False,
     model: Annotated[str | None, typer.Option("--model", help="Model name")] = None,
     bg_color: Annotated[str | None, typer.Option(
@@ -232,14 +240,11 @@ def serve(
 def eval_command(
     dataset_dir: Annotated[Path, typer.Argument(help="Folder with images/ and masks/")],
     model: Annotated[str | None, typer.Option("--model", help="Model name")] = None,
-    post_process_mask: Annotated[bool, typer.Option("--post-process-mask")] = False,
-    alpha_matting: Annotated[bool, typer.Option("--alpha-matting")] = False,
-    af: Annotated[int, typer.Option("--af", min=0, max=255,
-                                    help="Alpha matting foreground threshold")] = 240,
-    ab: Annotated[int, typer.Option("--ab", min=0, max=255,
-                                    help="Alpha matting background threshold")] = 20,
-    ae: Annotated[int, typer.Option("--ae", min=0, max=64,
-                                    help="Alpha matting erode size")] = 5,
+    post_process_mask: PostProcessOption = False,
+    alpha_matting: AlphaMattingOption = False,
+    af: ForegroundThresholdOption = 240,
+    ab: BackgroundThresholdOption = 20,
+    ae: ErodeSizeOption = 5,
     input_size: Annotated[int | None, typer.Option(
         "--input-size", min=1, help="Override the model's input size")] = None,
     out: Annotated[Path | None, typer.Option(
