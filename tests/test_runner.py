@@ -146,3 +146,51 @@ def test_a_failed_run_fails_its_callers_and_the_runner_goes_on(tiny_path):
         runner.close()
     with pytest.raises(RuntimeError, match="closed"):
         runner.predict_tensor(tensor)
+
+
+
+def test_partial_batches_are_padded_to_warmed_shapes(tiny_model_dir):
+    """Only the shapes 1, 2, 4, ..., max_batch reach the session (each tuned once at start)."""
+    import threading
+
+    import onnxruntime as ort
+
+    from alphacut.models.registry import load_sidecar_spec
+    from alphacut.models.runner import ModelRunner
+
+    spec = load_sidecar_spec(tiny_model_dir / "tiny.json")
+    session = ort.InferenceSession(str(tiny_model_dir / "tiny.onnx"),
+                                   providers=["CPUExecutionProvider"])
+    seen: list[int] = []
+
+    class RecordingSession:
+        def __getattr__(self, name):
+            return getattr(session, name)
+
+        def run(self, outputs, feed):
+            seen.append(next(iter(feed.values())).shape[0])
+            return session.run(outputs, feed)
+
+    runner = ModelRunner(RecordingSession(), spec, max_batch=6, max_wait_ms=500)
+    try:
+        assert runner.batch_sizes == [1, 2, 4, 6]
+        runner.warm_up()
+        assert seen == [1, 2, 4, 6]
+        values = {-1.0: 0.0, 0.0: 0.5, 1.0: 1.0}
+        results: dict[float, float] = {}
+
+        def client(value: float) -> None:
+            tensor = np.full((3, spec.input_size, spec.input_size), value, np.float32)
+            results[value] = float(runner.predict_tensor(tensor).mean())
+
+        threads = [threading.Thread(target=client, args=(v,)) for v in values]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=10)
+        assert set(seen[4:]) <= {1, 2, 4, 6} and sum(seen[4:]) >= 3
+        assert 4 in seen[4:] or 2 in seen[4:]  # batched, and padded where partial
+        for value, expected in values.items():
+            assert abs(results[value] - expected) < 0.01
+    finally:
+        runner.close()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
 from alphacut.config import Settings
@@ -66,7 +65,7 @@ class Engine:
         )
         # The first run allocates buffers and picks kernels (seconds for ISNet); pay that at
         # start-up rather than on the first user's request.
-        runner.predict_tensor(np.zeros((3, spec.input_size, spec.input_size), np.float32))
+        runner.warm_up()
         return runner
 
     @property
