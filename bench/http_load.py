@@ -117,7 +117,8 @@ def start_alphacut(ctx: Any) -> Server:
         return png.content
 
     env = {"ALPHACUT_HOME": str(ctx.tmp / "alphacut-home"), "ALPHACUT_MODEL_DIR": str(MODEL_DIR),
-           "ALPHACUT_SYNC_WAIT": "600", "ALPHACUT_MAX_QUEUED_PER_KEY": "1000"}
+           "ALPHACUT_SYNC_WAIT": "600", "ALPHACUT_MAX_QUEUED_PER_KEY": "1000",
+           **ctx.server_env}
     alphacut_bin = str(Path(sys.executable).with_name("alphacut"))
     server = Server("alphacut", [alphacut_bin, "serve", "--port", str(port), "--log-level",
                                  "warning"], env, url, send, ctx.tmp / "alphacut-serve.log")

@@ -32,6 +32,7 @@ from bench.common import (  # noqa: E402
     image_set,
     machine_info,
     median,
+    static_copy,
 )
 
 PARTS = ("library", "http", "memory", "matting", "inputsize")
@@ -50,6 +51,7 @@ class Context:
     soak_requests: int
     soak_concurrency: int
     eval_sample: int
+    server_env: dict[str, str] = field(default_factory=dict)
     lines: list[str] = field(default_factory=list)
 
     def log(self, text: str) -> None:
@@ -119,12 +121,18 @@ def main() -> None:
                         "alphacut: compares the pipelines) or the original fp16 file")
     parser.add_argument("--big-source", default="girl-1.jpg",
                         help="photo upscaled to 4000x3000 for the 12 MP case")
+    parser.add_argument("--big-grain", type=float, default=0.0,
+                        help="Gaussian noise sigma added to the 12 MP photo (real-photo texture)")
+    parser.add_argument("--only-big", action="store_true",
+                        help="library part: the 12 MP photo only")
     parser.add_argument("--http-requests", type=int, default=40)
     parser.add_argument("--soak-requests", type=int, default=200)
     parser.add_argument("--soak-concurrency", type=int, default=4)
     parser.add_argument("--eval-sample", type=int, default=8,
                         help="evaldata/general images in the library part (x6 for inputsize)")
     parser.add_argument("--sizes", default="1024,768,640,512", help="for the inputsize part")
+    parser.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra environment for `alphacut serve` (to try settings)")
     parser.add_argument("--out", type=Path, default=BENCH / "results")
     args = parser.parse_args()
     parts = [p.strip() for p in args.only.split(",") if p.strip()]
@@ -139,9 +147,11 @@ def main() -> None:
                       weights_rembg=FP32 if args.rembg_weights == "fp32" else FP16,
                       rembg_python=Path(), big_source=args.big_source,
                       http_requests=args.http_requests, soak_requests=args.soak_requests,
-                      soak_concurrency=args.soak_concurrency, eval_sample=args.eval_sample)
+                      soak_concurrency=args.soak_concurrency, eval_sample=args.eval_sample,
+                      server_env=dict(kv.split("=", 1) for kv in args.server_env))
         if {"library", "http", "matting"} & set(parts):
             ctx.rembg_python = ensure_rembg_venv(ctx.log)
+            ctx.weights_rembg = static_copy(ctx.weights_rembg, ctx.tmp)
         results: dict[str, Any] = {"machine": machine_info(), "args": vars(args) | {
             "out": str(args.out)}, "parts": {}}
         ctx.log(f"machine: {results['machine']}")
@@ -152,7 +162,8 @@ def main() -> None:
             if part == "library":
                 from bench.library import run_library
 
-                images = image_set(ctx.tmp, ctx.quick, args.eval_sample, args.big_source)
+                images = image_set(ctx.tmp, ctx.quick, args.eval_sample, args.big_source,
+                                   args.big_grain, args.only_big)
                 results["parts"][part] = run_library(ctx, images)
             elif part == "matting":
                 from bench.library import run_matting

@@ -289,6 +289,9 @@ def eval_command(
 
 
 def main() -> None:
+    from alphacut.malloc import tune_malloc
+
+    tune_malloc()  # before any thread starts: keeps the server's RSS flat (see malloc.py)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     app()
 

@@ -114,6 +114,11 @@ def session_options(threads: int = 0, input_size: int = 0, batch_size: int = 1,
     # threads sit idle between requests, and spinning would steal CPU from decode/encode
     # running for the next request (measured: no inference slowdown, see bench/README.md).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # Memory: keep the CPU arena (its blocks are reused run after run, so RSS stays flat) but
+    # no memory pattern. With the pattern, ORT allocates the planned block for the 2nd run on
+    # top of the arena chunks the 1st run left behind: ISNet peaked at 1145 MB instead of 702
+    # MB, at the same speed (bench/README.md). Without the arena, RSS wanders with malloc.
+    options.enable_mem_pattern = False
     # Pin symbolic dims so ORT plans memory and folds shape arithmetic as for a static graph.
     # Names that the model does not use are ignored by ORT.
     if batch_size <= 1:

@@ -10,12 +10,15 @@ import numpy as np
 from PIL import Image
 
 from alphacut.pipeline.compose import Box, ComposeOptions, compose_output, cutout, invert
+from alphacut.pipeline.foreground import estimate_foreground
 from alphacut.pipeline.matting import AlphaMattingParams, alpha_matting
 from alphacut.pipeline.postprocess import post_process_mask
-from alphacut.pipeline.segment import probability_to_mask, upsample_probability
+from alphacut.pipeline.refine import upsample_to_image
+from alphacut.pipeline.segment import probability_to_mask
 
 # Takes an RGB image, returns the model's 0..1 probability map at model resolution.
 Predictor = Callable[[Image.Image], np.ndarray]
+MASK_QUALITIES = ("normal", "high")
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,10 @@ class RemoveOptions:
     inverse_mask: bool = False
     # Output options (background, crop, scale, position); the defaults change nothing.
     compose: ComposeOptions = field(default_factory=ComposeOptions)
+    # "high": the model also sees the mirrored photo (about twice the inference time).
+    mask_quality: str = "normal"
+    # Give the cutout's soft edge pixels the subject's own colour (see pipeline/foreground.py).
+    decontaminate: bool = True
 
 
 @dataclass
@@ -51,16 +58,33 @@ class _Stopwatch:
         return now
 
 
+def predict_probability(image: Image.Image, predict: Predictor, quality: str = "normal"
+                        ) -> np.ndarray:
+    """The model's probability map; with quality "high", averaged with the mirrored photo's.
+
+    The two maps are averaged as logits, not probabilities: where one pass is sure and the
+    other hesitates, the answer stays sure (a plain mean turned such edges grey and raised
+    MAE on davis and horse; the logit mean lowered it).
+    """
+    prob = predict(image)
+    if quality != "high":
+        return prob
+    mirrored = predict(image.transpose(Image.Transpose.FLIP_LEFT_RIGHT))[:, ::-1]
+    eps = 1e-6
+    logits = [np.log(np.clip(p, eps, 1.0 - eps) / np.clip(1.0 - p, eps, 1.0))
+              for p in (prob, mirrored)]
+    return (1.0 / (1.0 + np.exp(-0.5 * (logits[0] + logits[1])))).astype(np.float32)
+
+
 def compute_mask(image: Image.Image, predict: Predictor, options: RemoveOptions,
                  watch: _Stopwatch | None = None) -> np.ndarray:
     """The uint8 alpha the options ask for (before inversion)."""
     watch = watch or _Stopwatch()
     t = time.perf_counter()
     rgb_image = image.convert("RGB") if image.mode != "RGB" else image
-    prob = predict(rgb_image)
+    prob = predict_probability(rgb_image, predict, options.mask_quality)
     t = watch.lap("inference", t)
-    width, height = image.size
-    mask = probability_to_mask(upsample_probability(prob, width, height))
+    mask = probability_to_mask(upsample_to_image(prob, np.asarray(rgb_image)))
     if options.post_process_mask:
         mask = post_process_mask(mask)
     t = watch.lap("postprocess", t)
@@ -83,7 +107,9 @@ def remove_background(image: Image.Image, predict: Predictor,
         output = mask
     else:
         rgb = np.asarray(image.convert("RGB") if image.mode != "RGB" else image)
-        output = cutout(rgb, mask)
+        colour = estimate_foreground(rgb, mask) if options.decontaminate else None
+        t = watch.lap("foreground", t)
+        output = cutout(rgb, mask, colour)
     output, box = compose_output(output, mask, options.compose)
     watch.lap("compose", t)
     return RemoveResult(mask=mask, output=output, timings=watch.timings, foreground=box)
