@@ -75,14 +75,15 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def tiny_settings(tmp_path: Path, tiny_model_dir: Path) -> Settings:
     return Settings(home=tmp_path / "home", model_dir=tiny_model_dir, model="tiny",
-                    url_allowlist=("127.0.0.1",), sync_wait=20.0, workers=2)
+                    url_allowlist=("127.0.0.1",), sync_wait=120.0, workers=2)
 
 
 def real_settings(home: Path) -> Settings:
     """Settings for the real model: weights from the normal model folder, state in ``home``."""
     model_dir = Settings.from_env().models_path
+    # A generous sync wait: a loaded CI machine must not turn a success into "processing".
     return Settings(home=home, model_dir=model_dir, model="medium",
-                    url_allowlist=("127.0.0.1",), workers=2)
+                    url_allowlist=("127.0.0.1",), workers=2, sync_wait=120.0)
 
 
 def real_model_installed() -> bool:
