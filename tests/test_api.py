@@ -38,7 +38,7 @@ def server(live_server, tiny_settings):
 
 
 def post(server, body, path="/api/v5/removebg_mask", **kwargs) -> httpx.Response:
-    return httpx.post(server.url + path, json=body, timeout=60, **kwargs)
+    return httpx.post(server.url + path, json=body, timeout=150, **kwargs)
 
 
 def test_seed_body_gives_seed_shape(server, served_subject):
@@ -107,11 +107,11 @@ def test_data_uri_form_and_multipart(server, served_subject):
     body = post(server, {"image": uri, "track_id": 7, "seed": None}).json()
     assert body["status"] == "success" and body["meta"]["image_url"] == "data-uri"
     assert isinstance(body["meta"]["seed"], int)
-    form = httpx.post(server.url + "/api/v5/removebg_mask", timeout=60,
+    form = httpx.post(server.url + "/api/v5/removebg_mask", timeout=150,
                       data={"image": uri, "only_mask": "yes", "seed": "3"}).json()
     assert form["status"] == "success" and form["meta"]["only_mask"] is True
     assert form["meta"]["seed"] == 3
-    multipart = httpx.post(server.url + "/api/v5/removebg_mask", timeout=60,
+    multipart = httpx.post(server.url + "/api/v5/removebg_mask", timeout=150,
                            data={"post_process_mask": "1"},
                            files={"image": ("s.png", png_bytes(image), "image/png")}).json()
     assert multipart["status"] == "success" and multipart["meta"]["post_process_mask"] == "1"

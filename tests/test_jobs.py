@@ -209,7 +209,7 @@ def test_webhook_retries_until_accepted(real_server, subject_url):
         assert fetch(server.url, answer["id"])["webhook_status"] in ("waiting", "pending")
         done = wait_done(server.url, answer["id"])
         wait_until(lambda: fetch(server.url, answer["id"])["webhook_status"] == "delivered",
-                   timeout=60, what="webhook delivery")
+                   timeout=150, what="webhook delivery")
     assert [call["answered"] for call in receiver.calls] == [500, 500, 200]
     assert all(call["verified"] for call in receiver.calls)
     attempts = server.state.store.get(answer["id"]).webhook_attempts
@@ -297,5 +297,5 @@ def test_stop_lets_running_jobs_finish(real_engine, tmp_path, subject_url):
     store = server.state.store
     stopper = threading.Thread(target=server.__exit__, args=(None, None, None))
     stopper.start()
-    stopper.join(timeout=60)
+    stopper.join(timeout=150)
     assert [store.get(i).status for i in ids] == ["success", "queued"]

@@ -68,7 +68,7 @@ def test_metrics_count_requests_stages_jobs_and_webhooks(live_server, tiny_setti
     live_server(tiny_settings, home=tmp_path / "other-home")
     api = server.url + "/api/v5/removebg_mask"
     assert httpx.post(api, json={"image": served_subject, "webhook": hook,
-                                 "alpha_matting": True}, timeout=60).status_code == 200
+                                 "alpha_matting": True}, timeout=150).status_code == 200
     assert httpx.post(api, json={"image": served_subject, "bg_color": "nope"}).status_code == 422
     queued = httpx.post(api, json={"image": served_subject, "instant_response": True}).json()
     for _ in range(100):
@@ -108,7 +108,7 @@ def test_access_log_has_ids_and_no_secrets(live_server, tiny_settings, served_su
     server = live_server(tiny_settings, api_keys=("s3cret-key",))
     caplog.set_level(logging.INFO, logger="alphacut.access")
     uri = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8"
-    httpx.post(server.url + "/api/v5/removebg_mask?key=s3cret-key", timeout=60,
+    httpx.post(server.url + "/api/v5/removebg_mask?key=s3cret-key", timeout=150,
                json={"key": "s3cret-key", "image": served_subject},
                headers={"X-Request-Id": "req-123"})
     httpx.post(server.url + "/api/v5/removebg_mask", json={"key": "s3cret-key", "image": uri})
@@ -129,7 +129,7 @@ def test_openapi_has_examples_for_every_shape(live_server, tiny_settings, served
     server = live_server(tiny_settings)
     # The documented shapes are the real ones: same keys as live answers.
     api = server.url + "/api/v5/removebg_mask"
-    success = httpx.post(api, json={"image": served_subject}, timeout=60).json()
+    success = httpx.post(api, json={"image": served_subject}, timeout=150).json()
     processing = httpx.post(api, json={"image": served_subject, "instant_response": 1}).json()
     assert set(success) == set(SUCCESS_EXAMPLE)
     assert set(success["meta"]) == set(SUCCESS_EXAMPLE["meta"])

@@ -168,7 +168,7 @@ def served(file_server):
 
 
 def post(server, body) -> httpx.Response:
-    return httpx.post(server.url + "/api/v5/removebg_mask", json=body, timeout=60)
+    return httpx.post(server.url + "/api/v5/removebg_mask", json=body, timeout=150)
 
 
 def fetch_output(body) -> tuple[httpx.Response, Image.Image]:

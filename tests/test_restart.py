@@ -53,7 +53,7 @@ class ServerProcess:
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(timeout=60)
+                self.proc.wait(timeout=150)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
@@ -74,7 +74,7 @@ def test_kill_9_then_restart_finishes_every_job(tmp_path, file_server):
         assert all(answer["status"] == "processing" for answer in answers), answers
         ids = [answer["id"] for answer in answers]
         store = SQLiteJobStore(home / "jobs.sqlite3")  # read alongside the server (WAL)
-        wait_until(lambda: store.get(ids[0]).status == RUNNING, timeout=60,
+        wait_until(lambda: store.get(ids[0]).status == RUNNING, timeout=150,
                    what="the first job to run")
         first.proc.send_signal(signal.SIGKILL)
         first.proc.wait(timeout=30)

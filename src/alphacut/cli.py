@@ -27,6 +27,8 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".ti
 # Options shared by `remove` and `eval` (the same pipeline settings).
 PostProcessOption = Annotated[bool, typer.Option("--post-process-mask")]
 AlphaMattingOption = Annotated[bool, typer.Option("--alpha-matting")]
+MaskQualityOption = Annotated[str, typer.Option(
+    "--mask-quality", help="normal, or high: also the mirrored image (~2x inference)")]
 ForegroundThresholdOption = Annotated[int, typer.Option(
     "--af", min=0, max=255, help="Alpha matting foreground threshold")]
 BackgroundThresholdOption = Annotated[int, typer.Option(
@@ -146,6 +148,11 @@ def _compose_options(bg_color: str | None, bg_image: str | None, crop: bool, cro
     return compose
 
 
+def _check_mask_quality(value: str) -> None:
+    if value.lower() not in ("normal", "high"):
+        _fail("--mask-quality must be normal or high")
+
+
 @app.command()
 def remove(
     inputs: Annotated[list[Path], typer.Argument(help="Image files or folders")],
@@ -174,6 +181,7 @@ def remove(
         "--format", help="png, webp or jpg (jpg needs a background)")] = "png",
     quality: Annotated[int | None, typer.Option(
         "--quality", min=1, max=100, help="Lossy quality for webp/jpg")] = None,
+    mask_quality: MaskQualityOption = "normal",
 ) -> None:
     """Remove the background of images (files or folders) and write cutouts or masks."""
     from tqdm import tqdm
@@ -189,9 +197,11 @@ def remove(
     output_format = {"jpeg": "jpg"}.get(output_format.lower(), output_format.lower())
     compose = _compose_options(bg_color, bg_image, crop, crop_margin, scale, position,
                                output_format, quality, only_mask)
+    _check_mask_quality(mask_quality)
     options = RemoveOptions(
         only_mask=only_mask, post_process_mask=post_process_mask, alpha_matting=alpha_matting,
-        matting=AlphaMattingParams(af, ab, ae), inverse_mask=inverse_mask, compose=compose)
+        matting=AlphaMattingParams(af, ab, ae), inverse_mask=inverse_mask, compose=compose,
+        mask_quality=mask_quality.lower())
     engine = Engine()
     many = len(files) > 1
     failures = 0
@@ -251,6 +261,11 @@ def eval_command(
         "--out", help="Write summary.json, per_image.csv and worst.png here")] = None,
     limit: Annotated[int | None, typer.Option("--limit", min=1,
                                               help="Only the first N images")] = None,
+    mask_quality: MaskQualityOption = "normal",
+    bilinear: Annotated[bool, typer.Option(
+        "--bilinear-upsampling",
+        help="Upsample the model's map bilinearly, not edge-aware (to measure the difference)")
+    ] = False,
 ) -> None:
     """Measure mask quality against ground truth (MAE, maxF, IoU, SAD, MSE, boundary)."""
     import dataclasses
@@ -264,8 +279,10 @@ def eval_command(
     settings = Settings.from_env()
     if input_size:
         settings = dataclasses.replace(settings, input_size=input_size)
+    _check_mask_quality(mask_quality)
     options = RemoveOptions(post_process_mask=post_process_mask, alpha_matting=alpha_matting,
-                            matting=AlphaMattingParams(af, ab, ae))
+                            matting=AlphaMattingParams(af, ab, ae),
+                            mask_quality=mask_quality.lower(), guided_upsampling=not bilinear)
     engine = Engine(settings)
     try:
         summary = run_eval(dataset_dir, engine, options, model=model, out_dir=out,

@@ -56,6 +56,7 @@ def options_from_request(request: dict[str, Any], max_pixels: int = 50_000_000) 
         ),
         inverse_mask=opts["inverse_mask"],
         compose=compose_from_request(request, max_pixels),
+        mask_quality=opts.get("mask_quality", "normal"),  # absent from older servers' jobs
     )
 
 

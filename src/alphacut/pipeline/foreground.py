@@ -119,10 +119,12 @@ def estimate_foreground(image: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     fg = _correct(small, small_a, mean_f, mean_b)
     mean_f, mean_b = _means(fg, mean_b, small_a, max(1, round(narrow * scale)))
     # The final correction at full resolution, on the soft pixels only.
-    ys, xs = np.nonzero(soft[y0:y1, x0:x1])
+    region = soft[y0:y1, x0:x1]
+    ys, xs = np.nonzero(region)
     sy, sx = grid_h / crop_h, grid_w / crop_w
-    pixel = image[y0 + ys, x0 + xs].astype(np.float32) * (1.0 / 255.0)
-    a = alpha[y0 + ys, x0 + xs].astype(np.float32) * (1.0 / 255.0)
-    colour = _correct(pixel, a, _sample(mean_f, ys, xs, sy, sx), _sample(mean_b, ys, xs, sy, sx))
-    out[y0 + ys, x0 + xs] = (colour * 255.0 + 0.5).astype(np.uint8)
+    means = _sample(np.concatenate([mean_f, mean_b], axis=-1), ys, xs, sy, sx)
+    pixel = image[y0:y1, x0:x1][region].astype(np.float32) * (1.0 / 255.0)
+    a = alpha[y0:y1, x0:x1][region].astype(np.float32) * (1.0 / 255.0)
+    colour = _correct(pixel, a, means[:, :3], means[:, 3:])
+    out[y0:y1, x0:x1][region] = (colour * 255.0 + 0.5).astype(np.uint8)
     return out

@@ -68,52 +68,65 @@ def _apply(a: np.ndarray, b: np.ndarray, guide: np.ndarray) -> np.ndarray:
     return np.einsum("...c,...c->...", a, guide) + b
 
 
-def _resize_rows(array: np.ndarray, width: int, height: int, top: int, bottom: int
-                 ) -> np.ndarray:
-    """Rows ``top:bottom`` of ``cv2.resize(array, (width, height), INTER_LINEAR)``.
+def _resize_region(array: np.ndarray, width: int, height: int, rows: tuple[int, int],
+                   cols: tuple[int, int]) -> np.ndarray:
+    """``cv2.resize(array, (width, height), INTER_LINEAR)[top:bottom, left:right]``.
 
     cv2.resize has no region of interest; remap with the same pixel-centre mapping gives the
-    same values, so large outputs can be produced a strip at a time.
+    same values, so a large output can be produced a tile at a time.
     """
     src_h, src_w = array.shape[:2]
-    xs = (np.arange(width, dtype=np.float32) + 0.5) * (src_w / width) - 0.5
-    ys = (np.arange(top, bottom, dtype=np.float32) + 0.5) * (src_h / height) - 0.5
-    map_x = np.broadcast_to(xs, (bottom - top, width))
-    map_y = np.broadcast_to(ys[:, None], (bottom - top, width))
-    return cv2.remap(array, np.ascontiguousarray(map_x), np.ascontiguousarray(map_y),
-                     cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    xs = (np.arange(*cols, dtype=np.float32) + 0.5) * (src_w / width) - 0.5
+    ys = (np.arange(*rows, dtype=np.float32) + 0.5) * (src_h / height) - 0.5
+    map_x = np.ascontiguousarray(np.broadcast_to(xs, (ys.size, xs.size)))
+    map_y = np.ascontiguousarray(np.broadcast_to(ys[:, None], (ys.size, xs.size)))
+    return cv2.remap(array, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
 def fast_guided_upsample(guide: np.ndarray, src: np.ndarray, radius: int = 1,
-                         eps: float = 1e-4, strip: int = 512) -> np.ndarray:
+                         eps: float = 1e-4, tile: int = 256) -> np.ndarray:
     """Guided filter of a low-resolution ``src`` to the size of the full-resolution ``guide``.
 
-    The linear coefficients are fitted at ``src``'s resolution against a downscaled guide and
-    upsampled bilinearly (the fast guided filter, He & Sun 2015): the cost at full resolution
-    is a bilinear resize and a dot product, yet edges follow the full-resolution guide.
-    ``radius`` is in ``src`` pixels; ``guide`` is uint8 RGB (or grey). The full-resolution
-    work runs in strips of ``strip`` rows, so a 12 MP image never holds float copies of
-    itself. The result is clipped to 0..1, float32 HxW.
+    The linear coefficients ``q = a . I + b`` are fitted at ``src``'s resolution against a
+    downscaled guide and upsampled bilinearly (the fast guided filter, He & Sun 2015): edges
+    follow the full-resolution guide at the cost of a bilinear resize. Where ``src`` is flat
+    (most of a photo: sure subject, sure background) ``a`` is zero and the answer is the
+    resized ``b``, so the per-pixel dot product runs only on the tiles that hold an edge.
+    ``radius`` is in ``src`` pixels; ``guide`` is uint8 RGB (or grey). Returns float32 HxW
+    clipped to 0..1.
     """
     height, width = guide.shape[:2]
     small_h, small_w = src.shape
     small_guide = cv2.resize(guide, (small_w, small_h), interpolation=cv2.INTER_AREA)
     small_guide = small_guide.astype(np.float32) * (1.0 / 255.0)
     a, b = _coefficients(small_guide, np.asarray(src, np.float32), radius, eps)
+    out = cv2.resize(b, (width, height), interpolation=cv2.INTER_LINEAR)
+    # |a| under 1e-4 moves the answer by under 0.1 of a grey level: such cells count as flat.
+    active = cv2.dilate((np.abs(a).max(axis=-1) > 1e-4).astype(np.uint8), np.ones((3, 3)))
     coeffs = np.concatenate([a, b[..., None]], axis=-1)  # one remap for a and b together
-    out = np.empty((height, width), np.float32)
-    for top in range(0, height, strip):
-        bottom = min(height, top + strip)
-        part = _resize_rows(coeffs, width, height, top, bottom)
-        rows = guide[top:bottom].astype(np.float32) * (1.0 / 255.0)
-        if rows.ndim == 2:
-            rows = rows[..., None]
-        value = np.einsum("...c,...c->...", part[..., :-1], rows) + part[..., -1]
-        np.clip(value, 0.0, 1.0, out=out[top:bottom])
-    return out
+    channels = a.shape[-1]
+    sy, sx = small_h / height, small_w / width
+    for top in range(0, height, tile):
+        bottom = min(height, top + tile)
+        y0, y1 = int(top * sy), min(small_h, int(bottom * sy) + 2)
+        for left in range(0, width, tile):
+            right = min(width, left + tile)
+            x0, x1 = int(left * sx), min(small_w, int(right * sx) + 2)
+            if not active[y0:y1, x0:x1].any():
+                continue
+            part = _resize_region(coeffs, width, height, (top, bottom), (left, right))
+            pixels = guide[top:bottom, left:right].astype(np.float32) * (1.0 / 255.0)
+            if pixels.ndim == 2:
+                pixels = pixels[..., None]
+            value = part[..., channels].copy()
+            for c in range(channels):
+                value += part[..., c] * pixels[..., c]
+            out[top:bottom, left:right] = value
+    return np.clip(out, 0.0, 1.0, out=out)
 
 
-def upsample_to_image(prob: np.ndarray, image: np.ndarray) -> np.ndarray:
+def upsample_to_image(prob: np.ndarray, image: np.ndarray, guided: bool = True
+                      ) -> np.ndarray:
     """The model's probability map at the size of ``image`` (uint8 HxWx3), float32 0..1.
 
     When the photo is larger than the map (in either axis), plain bilinear upsampling blurs
@@ -123,7 +136,7 @@ def upsample_to_image(prob: np.ndarray, image: np.ndarray) -> np.ndarray:
     bilinear, as before.
     """
     height, width = image.shape[:2]
-    if height <= prob.shape[0] and width <= prob.shape[1]:
+    if not guided or (height <= prob.shape[0] and width <= prob.shape[1]):
         from alphacut.pipeline.segment import upsample_probability
 
         return upsample_probability(prob, width, height)

@@ -34,6 +34,8 @@ class RemoveOptions:
     mask_quality: str = "normal"
     # Give the cutout's soft edge pixels the subject's own colour (see pipeline/foreground.py).
     decontaminate: bool = True
+    # Edge-aware upsampling of the model's map to photos larger than it (pipeline/refine.py).
+    guided_upsampling: bool = True
 
 
 @dataclass
@@ -84,7 +86,8 @@ def compute_mask(image: Image.Image, predict: Predictor, options: RemoveOptions,
     rgb_image = image.convert("RGB") if image.mode != "RGB" else image
     prob = predict_probability(rgb_image, predict, options.mask_quality)
     t = watch.lap("inference", t)
-    mask = probability_to_mask(upsample_to_image(prob, np.asarray(rgb_image)))
+    mask = probability_to_mask(upsample_to_image(prob, np.asarray(rgb_image),
+                                                 guided=options.guided_upsampling))
     if options.post_process_mask:
         mask = post_process_mask(mask)
     t = watch.lap("postprocess", t)

@@ -58,7 +58,7 @@ _META: dict[str, Any] = {
     "post_process_mask": "0", "seed": 12345, "temp": "no",
     "model": "medium", "width": 512, "height": 512, "format": "png", "quality": None,
     "bg_color": None, "bg_image": None, "crop": False, "crop_margin": 0, "scale": None,
-    "position": None, "channels": "rgba",
+    "position": None, "channels": "rgba", "mask_quality": "normal",
 }
 
 SUCCESS_EXAMPLE: dict[str, Any] = {

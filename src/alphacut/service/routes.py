@@ -113,6 +113,7 @@ def _meta(req: RemoveBgRequest, image_url: str, file_name: str, seed: int,
         "format": req.format, "quality": req.quality, "bg_color": req.bg_color,
         "bg_image": bg_url, "crop": req.crop, "crop_margin": req.crop_margin,
         "scale": req.scale, "position": req.position, "channels": req.channels,
+        "mask_quality": req.mask_quality,
     }
 
 
@@ -168,7 +169,7 @@ async def _removebg_mask(request: Request, state: StateDep):
         "options": req.model_dump(include={
             "only_mask", "post_process_mask", "alpha_matting", "inverse_mask",
             "alpha_matting_foreground_threshold", "alpha_matting_background_threshold",
-            "alpha_matting_erode_size"}),
+            "alpha_matting_erode_size", "mask_quality"}),
         "model": model, "file_name": file_name, "input_path": str(input_path),
         "temp": req.temp, "base64": req.base64, "webhook": req.webhook,
         "track_id": req.track_id, "base_url": state.base_url(request),

@@ -118,6 +118,9 @@ class RemoveBgRequest(BaseModel):
         False, description="Answer 'processing' at once and let the client fetch the result")
     model: Annotated[str | None, BeforeValidator(_none_to(None))] = Field(
         None, description="Installed model name (default: the server's)")
+    mask_quality: Annotated[Literal["normal", "high"], BeforeValidator(_choice("normal"))] = \
+        Field("normal", description="'high' also runs the model on the mirrored image: "
+                                    "better edges, about twice the inference time")
     # Output options (alphacut additions). Their defaults give the hosted API's output.
     bg_color: Annotated[str | None, BeforeValidator(_none_to(None)), AfterValidator(_color)] = \
         Field(None, description="Background colour: #rgb, #rrggbb, #rrggbbaa or 'r,g,b[,a]'")
