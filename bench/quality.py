@@ -13,6 +13,7 @@ per image instead of six.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import sys
@@ -23,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from alphacut.config import Settings
 from alphacut.engine import Engine
 from alphacut.evaluate.metrics import METRIC_NAMES, compute_metrics
 from alphacut.evaluate.runner import find_pairs, group_of, load_gt, mean_metrics
@@ -73,11 +75,15 @@ def main() -> None:
     parser.add_argument("dataset", type=Path)
     parser.add_argument("--matting", action="store_true", help="add the alpha matting rows")
     parser.add_argument("--limit", type=int)
+    parser.add_argument("--input-size", type=int, help="model input size (default: the model's)")
     parser.add_argument("--out", type=Path, help="write the JSON result here")
     args = parser.parse_args()
 
     variants = BASE_VARIANTS + (MATTING_VARIANTS if args.matting else ())
-    engine = Engine()
+    settings = Settings.from_env()
+    if args.input_size:
+        settings = dataclasses.replace(settings, input_size=args.input_size)
+    engine = Engine(settings)
     runner = engine.runner()
     pairs = find_pairs(args.dataset)[:args.limit]
     rows: dict[str, list[tuple[str, dict[str, float]]]] = {v.name: [] for v in variants}
@@ -95,7 +101,8 @@ def main() -> None:
               file=sys.stderr, flush=True)
     print(file=sys.stderr)
 
-    result = {"dataset": str(args.dataset), "model": runner.spec.name, "variants": []}
+    result = {"dataset": str(args.dataset), "model": runner.spec.name,
+              "input_size": settings.input_size, "variants": []}
     header = ("variant", "subset", "pairs", *METRIC_NAMES)
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))

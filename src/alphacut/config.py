@@ -62,6 +62,8 @@ class Settings:
     providers: tuple[str, ...] = ()
     input_size: int = 0  # 0 = the model's own input size
     workers: int = 2
+    # Image pixels in the pipeline at once across workers (jobs/budget.py); 0: no limit.
+    max_inflight_pixels: int = 16_000_000
     batch_size: int = 1
     batch_wait_ms: float = 5.0
     web_ui: bool = True
@@ -112,6 +114,7 @@ class Settings:
             providers=_env_list("PROVIDERS"),
             input_size=_env_int("INPUT_SIZE", 0),
             workers=_env_int("WORKERS", 2),
+            max_inflight_pixels=_env_int("MAX_INFLIGHT_PIXELS", 16_000_000),
             batch_size=_env_int("BATCH_SIZE", 1),
             batch_wait_ms=_env_float("BATCH_WAIT_MS", 5.0),
             web_ui=_env_bool("WEB_UI", True),

@@ -17,6 +17,7 @@ from alphacut.config import Settings
 from alphacut.engine import Engine
 from alphacut.errors import AlphacutError
 from alphacut.io.storage import OutputStorage
+from alphacut.jobs.budget import PixelBudget
 from alphacut.jobs.store import FAILED, SUCCESS, Job, SQLiteJobStore, worker_identity
 from alphacut.pipeline.compose import ComposeOptions
 from alphacut.pipeline.decode import decode_image
@@ -75,6 +76,7 @@ class WorkerPool:
         self.on_finished = on_finished
         self.identity = worker_identity()
         self.concurrency = max(1, settings.workers)
+        self.budget = PixelBudget(settings.max_inflight_pixels)
         self.executor = ThreadPoolExecutor(max_workers=self.concurrency,
                                            thread_name_prefix="alphacut-job")
         # Images decoded by the request handler, handed over to skip a second decode. Bounded
@@ -180,22 +182,25 @@ class WorkerPool:
             image = self.handoff.pop(str(input_path), None)
             if image is None:
                 image = decode_image(input_path.read_bytes(), self.settings.max_pixels)
-            result: RemoveResult = self.engine.remove(
-                image, options_from_request(request, self.settings.max_pixels),
-                model=request.get("model"))
-            t = time.perf_counter()
-            data = encode_image(result.output, request.get("format", "png"),
-                                request.get("quality"), self.settings.png_compress_level)
-            result.timings["encode"] = time.perf_counter() - t
+            with self.budget.hold(image.width * image.height):
+                result: RemoveResult = self.engine.remove(
+                    image, options_from_request(request, self.settings.max_pixels),
+                    model=request.get("model"))
+                t = time.perf_counter()
+                data = encode_image(result.output, request.get("format", "png"),
+                                    request.get("quality"), self.settings.png_compress_level)
+                result.timings["encode"] = time.perf_counter() - t
+                timings, foreground = result.timings, result.foreground
+                del result  # the encoded bytes are what is kept: free the arrays now
             relative = self.storage.write_output(
                 request["file_name"], data, request["temp"], request["base64"])
             generation_time = time.perf_counter() - started
             ttl = self.settings.temp_ttl if request["temp"] else self.settings.output_ttl
             self.store.finish(
                 job.id,
-                {"outputs": [relative], "timings": result.timings,
+                {"outputs": [relative], "timings": timings,
                  "width": image.width, "height": image.height,
-                 "foreground": result.foreground.as_dict() if result.foreground else None},
+                 "foreground": foreground.as_dict() if foreground else None},
                 generation_time,
                 time.time() + ttl if ttl > 0 else None,
             )
