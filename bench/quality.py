@@ -41,7 +41,7 @@ class Variant:
 
 
 BASE_VARIANTS = (
-    Variant("bilinear (rembg's way)", "--bilinear-upsampling",
+    Variant("bilinear upsampling", "--bilinear-upsampling",
             RemoveOptions(guided_upsampling=False)),
     Variant("default", "", RemoveOptions()),
     Variant("post_process_mask", "--post-process-mask", RemoveOptions(post_process_mask=True)),
@@ -75,11 +75,15 @@ def main() -> None:
     parser.add_argument("dataset", type=Path)
     parser.add_argument("--matting", action="store_true", help="add the alpha matting rows")
     parser.add_argument("--limit", type=int)
+    parser.add_argument("--variants", help="comma-separated variant names (default: all)")
     parser.add_argument("--input-size", type=int, help="model input size (default: the model's)")
     parser.add_argument("--out", type=Path, help="write the JSON result here")
     args = parser.parse_args()
 
     variants = BASE_VARIANTS + (MATTING_VARIANTS if args.matting else ())
+    if args.variants:
+        wanted = {name.strip() for name in args.variants.split(",")}
+        variants = tuple(v for v in variants if v.name.split(" ")[0] in wanted)
     settings = Settings.from_env()
     if args.input_size:
         settings = dataclasses.replace(settings, input_size=args.input_size)
