@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from alphacut.models.registry import ISNET_IMGLY_MEAN, ISNET_IMGLY_STD, ModelSpec
-from alphacut.pipeline import segment
+from alphacut.pipeline import parallel, segment
 
 SPEC = ModelSpec("isnet", "isnet.onnx", 64, ISNET_IMGLY_MEAN, ISNET_IMGLY_STD, "test")
 
@@ -42,7 +42,7 @@ def test_preprocess_matches_the_plain_pipeline(size, mode):
 def test_banded_resize_of_large_images_is_bit_identical(monkeypatch, source, size):
     image = _photo(*source)
     monkeypatch.setattr(segment, "TILED_RESIZE_MIN_PIXELS", 1)
-    monkeypatch.setattr(segment.os, "sched_getaffinity", lambda pid: {0, 1, 2})
+    monkeypatch.setattr(parallel.os, "sched_getaffinity", lambda pid: {0, 1, 2})
     spec = ModelSpec("isnet", "isnet.onnx", size, ISNET_IMGLY_MEAN, ISNET_IMGLY_STD, "test")
     banded = segment.resize_bilinear(image, size)
     whole = np.asarray(image.resize((size, size), Image.Resampling.BILINEAR))

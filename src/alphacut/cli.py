@@ -149,7 +149,9 @@ def _compose_options(bg_color: str | None, bg_image: str | None, crop: bool, cro
 
 
 def _check_mask_quality(value: str) -> None:
-    if value.lower() not in ("normal", "high"):
+    from alphacut.pipeline.remove import MASK_QUALITIES
+
+    if value.lower() not in MASK_QUALITIES:
         _fail("--mask-quality must be normal or high")
 
 

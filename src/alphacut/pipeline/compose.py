@@ -13,6 +13,8 @@ from typing import Any, NamedTuple
 import numpy as np
 from PIL import Image, ImageColor, ImageOps
 
+from alphacut.pipeline.refine import nonzero_box
+
 RGBA = tuple[int, int, int, int]
 
 # Alpha above this (about 4 %) counts as subject when finding its box: the model leaves a faint
@@ -195,13 +197,11 @@ def invert(alpha: np.ndarray) -> np.ndarray:
 
 def foreground_box(alpha: np.ndarray, threshold: int = FOREGROUND_THRESHOLD) -> Box | None:
     """Bounding box of the pixels more than ``threshold`` opaque, or None if there are none."""
-    solid = alpha > threshold
-    rows = np.flatnonzero(solid.any(axis=1))
-    if rows.size == 0:
+    found = nonzero_box(alpha > threshold)
+    if found is None:
         return None
-    cols = np.flatnonzero(solid.any(axis=0))
-    return Box(int(cols[0]), int(rows[0]), int(cols[-1] - cols[0] + 1),
-               int(rows[-1] - rows[0] + 1))
+    y0, y1, x0, x1 = found
+    return Box(x0, y0, x1 - x0, y1 - y0)
 
 
 def _window(array: np.ndarray, left: int, top: int, width: int, height: int) -> np.ndarray:

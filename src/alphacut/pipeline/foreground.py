@@ -20,6 +20,8 @@ import math
 import cv2
 import numpy as np
 
+from alphacut.pipeline.refine import box, nonzero_box
+
 # Radii of the two passes as a share of the image diagonal (the paper's 90 and 6 pixels on
 # its ~1-2 MP images), with floors so that thumbnails still average over a neighbourhood.
 WIDE_RADIUS = 0.045
@@ -28,11 +30,6 @@ NARROW_CELLS = 3  # the coarse grid keeps at least this many cells in the narrow
 WIDE_CELLS = 24  # and the wide pass runs on a grid with about this many cells in its radius
 SOFT_LOW, SOFT_HIGH = 1, 254  # alpha (uint8) strictly between these is a soft edge pixel
 _EPS = 1e-5
-
-
-def _box(array: np.ndarray, radius: int) -> np.ndarray:
-    size = 2 * radius + 1
-    return cv2.boxFilter(array, -1, (size, size), borderType=cv2.BORDER_REFLECT)
 
 
 def _means(fg: np.ndarray, bg: np.ndarray, alpha: np.ndarray, radius: int,
@@ -48,11 +45,11 @@ def _means(fg: np.ndarray, bg: np.ndarray, alpha: np.ndarray, radius: int,
         h, w = alpha.shape
         size = (max(1, round(w * scale)), max(1, round(h * scale)))
         small_radius = max(1, round(radius * scale))
-        stacks = [cv2.resize(_box(cv2.resize(s, size, interpolation=cv2.INTER_AREA),
+        stacks = [cv2.resize(box(cv2.resize(s, size, interpolation=cv2.INTER_AREA),
                                   small_radius), (w, h), interpolation=cv2.INTER_LINEAR)
                   for s in stacks]
     else:
-        stacks = [_box(s, radius) for s in stacks]
+        stacks = [box(s, radius) for s in stacks]
     mean_a, mean_fa, mean_bb = stacks
     mean_f = mean_fa / (mean_a[..., None] + _EPS)
     mean_b = mean_bb / (1.0 - mean_a[..., None] + _EPS)
@@ -91,17 +88,13 @@ def estimate_foreground(image: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     """
     soft = (alpha > SOFT_LOW) & (alpha < SOFT_HIGH)
     out = np.array(image, dtype=np.uint8, copy=True)
-    rows = np.flatnonzero(soft.any(axis=1))
-    if rows.size == 0:
-        return out
-    cols = np.flatnonzero(soft.any(axis=0))
-    height, width = alpha.shape
-    diagonal = math.hypot(height, width)
+    diagonal = math.hypot(*alpha.shape)
     wide = max(4, round(WIDE_RADIUS * diagonal))
     narrow = max(1, round(NARROW_RADIUS * diagonal))
-    pad = wide + narrow
-    y0, y1 = max(0, rows[0] - pad), min(height, rows[-1] + pad + 1)
-    x0, x1 = max(0, cols[0] - pad), min(width, cols[-1] + pad + 1)
+    region_box = nonzero_box(soft, margin=wide + narrow)
+    if region_box is None:
+        return out
+    y0, y1, x0, x1 = region_box
     crop_h, crop_w = y1 - y0, x1 - x0
     # The coarse grid: both passes' means live here.
     scale = min(1.0, NARROW_CELLS / narrow)

@@ -50,9 +50,9 @@ def unknown_system(image: np.ndarray, trimap: np.ndarray, epsilon: float = 1e-7
     centres[0, :] = centres[-1, :] = False
     centres[:, 0] = centres[:, -1] = False
     cy, cx = np.nonzero(centres)
-    index = np.full(h * w, -1, np.int64)  # pixel -> row of the system (-1: known)
-    index[unknown.ravel()] = np.arange(int(np.count_nonzero(unknown)))
     count = int(np.count_nonzero(unknown))
+    index = np.full(h * w, -1, np.int64)  # pixel -> row of the system (-1: known)
+    index[unknown.ravel()] = np.arange(count)
     known_fg = (trimap == 255).ravel().astype(np.float64)
     flat = image.reshape(-1, 3).astype(np.float64)
     matrix = sparse.csr_matrix((count, count), dtype=np.float32)

@@ -23,7 +23,7 @@ import numpy as np
 from scipy import sparse
 
 from alphacut.pipeline.laplacian import unknown_system
-from alphacut.pipeline.refine import fast_guided_upsample
+from alphacut.pipeline.refine import fast_guided_upsample, nonzero_box
 
 log = logging.getLogger(__name__)
 
@@ -69,17 +69,6 @@ def build_trimap(mask: np.ndarray, params: AlphaMattingParams,
     trimap[foreground == 1] = 255
     trimap[background == 1] = 0
     return trimap
-
-
-def _nonzero_box(flags: np.ndarray, margin: int) -> tuple[int, int, int, int] | None:
-    """Box (y0, y1, x0, x1) around the nonzero pixels of ``flags``, widened by ``margin``."""
-    rows = np.flatnonzero(flags.any(axis=1))
-    if rows.size == 0:
-        return None
-    cols = np.flatnonzero(flags.any(axis=0))
-    h, w = flags.shape
-    return (max(0, int(rows[0]) - margin), min(h, int(rows[-1]) + margin + 1),
-            max(0, int(cols[0]) - margin), min(w, int(cols[-1]) + margin + 1))
 
 
 def conjugate_gradient(matrix: sparse.csr_matrix, rhs: np.ndarray, x0: np.ndarray,
@@ -163,7 +152,7 @@ def alpha_matting(image: np.ndarray, mask: np.ndarray, params: AlphaMattingParam
     # Outside the unknown band the answer is the sure value, exactly as in rembg's trimap.
     out = cv2.LUT(mask, np.where(levels > fg_t, 255, np.where(levels < bg_t, 0, levels))
                   .astype(np.uint8))
-    box = _nonzero_box(unsure, margin=kernel + 2)
+    box = nonzero_box(unsure, margin=kernel + 2)
     if box is None:
         return out
     y0, y1, x0, x1 = box

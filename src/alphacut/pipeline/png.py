@@ -11,40 +11,19 @@ faster again when a core is free. See bench/README.md for the measurements.
 
 from __future__ import annotations
 
-import os
 import struct
-import threading
 import zlib
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+
+from alphacut.pipeline.parallel import parts_for_this_machine, shared_pool
 
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
 COLOUR_TYPES = {1: 0, 3: 2, 4: 6}  # channels -> PNG colour type: grey, RGB, RGBA
 FILTER_UP = 2
 # Below this many bytes, threads cost more than they save.
 PARALLEL_MIN_BYTES = 4 << 20
-MAX_PARTS = 4
 _ADLER_BASE = 65521
-
-_executor: ThreadPoolExecutor | None = None
-_executor_lock = threading.Lock()
-
-
-def _pool() -> ThreadPoolExecutor:
-    global _executor
-    with _executor_lock:
-        if _executor is None:
-            _executor = ThreadPoolExecutor(MAX_PARTS, thread_name_prefix="alphacut-png")
-        return _executor
-
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
-
 
 def supports(array: np.ndarray) -> bool:
     channels = 1 if array.ndim == 2 else array.shape[2] if array.ndim == 3 else 0
@@ -110,7 +89,7 @@ def encode(array: np.ndarray, compress_level: int = 1, parts: int = 0) -> bytes:
     rows = np.ascontiguousarray(array).reshape(height, width * channels)
     if parts <= 0:
         big = rows.nbytes >= PARALLEL_MIN_BYTES
-        parts = min(_cores(), MAX_PARTS) if big else 1
+        parts = parts_for_this_machine() if big else 1
     parts = max(1, min(parts, height))
     bounds = [height * i // parts for i in range(parts + 1)]
     jobs = [(rows, bounds[i], bounds[i + 1], compress_level, i == 0, i == parts - 1)
@@ -118,7 +97,7 @@ def encode(array: np.ndarray, compress_level: int = 1, parts: int = 0) -> bytes:
     if parts == 1:
         results = [_compress_part(*jobs[0])]
     else:
-        results = list(_pool().map(lambda job: _compress_part(*job), jobs))
+        results = list(shared_pool().map(lambda job: _compress_part(*job), jobs))
     pieces = [body for body, _, _ in results]
     if parts > 1:
         adler = results[0][1]

@@ -10,6 +10,19 @@ import cv2
 import numpy as np
 
 
+def nonzero_box(flags: np.ndarray, margin: int = 0) -> tuple[int, int, int, int] | None:
+    """Box (y0, y1, x0, x1) around the nonzero pixels of ``flags`` (HxW), widened by
+    ``margin`` and clipped to the array; None if there are none. The filters here only need
+    to run inside it."""
+    rows = np.flatnonzero(flags.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(flags.any(axis=0))
+    h, w = flags.shape
+    return (max(0, int(rows[0]) - margin), min(h, int(rows[-1]) + margin + 1),
+            max(0, int(cols[0]) - margin), min(w, int(cols[-1]) + margin + 1))
+
+
 def box(array: np.ndarray, radius: int) -> np.ndarray:
     """Mean over a (2r+1)² window; the border is reflected, so edges are not darkened."""
     size = 2 * radius + 1

@@ -2,28 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
-
 import cv2
 import numpy as np
 from PIL import Image
 
 from alphacut.models.registry import ModelSpec
+from alphacut.pipeline.parallel import parts_for_this_machine, shared_pool
 
 # Sources with at least this many pixels are resized in horizontal bands on several threads.
 TILED_RESIZE_MIN_PIXELS = 4_000_000
-_resize_pool: ThreadPoolExecutor | None = None
-_resize_lock = threading.Lock()
-
-
-def _pool() -> ThreadPoolExecutor:
-    global _resize_pool
-    with _resize_lock:
-        if _resize_pool is None:
-            _resize_pool = ThreadPoolExecutor(4, thread_name_prefix="alphacut-resize")
-        return _resize_pool
 
 
 def resize_bilinear(rgb: Image.Image, size: int) -> np.ndarray:
@@ -39,7 +26,7 @@ def resize_bilinear(rgb: Image.Image, size: int) -> np.ndarray:
     width, height = rgb.size
     exact = size & (size - 1) == 0 and width >= size and height >= size
     big = width * height >= TILED_RESIZE_MIN_PIXELS
-    bands = min(len(os.sched_getaffinity(0)), 4) if exact and big else 1
+    bands = parts_for_this_machine() if exact and big else 1
     if bands <= 1:
         return np.asarray(rgb.resize((size, size), Image.Resampling.BILINEAR))
     rows = [size * i // bands for i in range(bands + 1)]
@@ -49,7 +36,7 @@ def resize_bilinear(rgb: Image.Image, size: int) -> np.ndarray:
         return np.asarray(rgb.resize((size, rows[i + 1] - rows[i]), Image.Resampling.BILINEAR,
                                      box=box))
 
-    return np.concatenate(list(_pool().map(band, range(bands))))
+    return np.concatenate(list(shared_pool().map(band, range(bands))))
 
 
 def preprocess(image: Image.Image, spec: ModelSpec) -> np.ndarray:
