@@ -23,14 +23,15 @@ from alphacut.pipeline.matting import (
 )
 from alphacut.pipeline.postprocess import post_process_mask
 from alphacut.pipeline.refine import (
+    _coefficients,
     _resize_region,
     box,
-    fast_guided_upsample,
     guided_filter,
-    upsample_to_image,
+    guided_upsample_mask,
+    upsample_mask,
 )
 from alphacut.pipeline.remove import RemoveOptions, predict_probability, remove_background
-from alphacut.pipeline.segment import upsample_probability
+from alphacut.pipeline.segment import probability_to_mask, upsample_probability
 from tests.conftest import subject_image
 
 RNG = np.random.default_rng(7)
@@ -88,20 +89,40 @@ def test_fast_guided_upsampling_puts_the_edge_on_the_photo():
     truth = _disc(400, 130)
     photo = np.where(truth[..., None] > 0, [200, 60, 40], [30, 90, 200]).astype(np.uint8)
     low = cv2.resize(truth, (100, 100), interpolation=cv2.INTER_AREA)  # a 4x coarser map
-    guided = fast_guided_upsample(photo, low)
+    guided = guided_upsample_mask(photo, low).astype(np.float32) / 255
     bilinear = cv2.resize(low, (400, 400), interpolation=cv2.INTER_LINEAR)
-    assert guided.dtype == np.float32 and guided.shape == truth.shape
-    assert 0.0 <= guided.min() and guided.max() <= 1.0
+    assert guided.shape == truth.shape
     assert np.abs(guided - truth).mean() < np.abs(bilinear - truth).mean() / 2
     assert ((guided > 0.1) & (guided < 0.9)).sum() < ((bilinear > 0.1) & (bilinear < 0.9)).sum()
 
 
-def test_upsample_to_image_is_bilinear_when_the_photo_is_not_larger():
+def test_guided_upsample_mask_matches_the_float_filter():
+    """The uint8 shortcut on flat tiles gives what the float filter would, within a level."""
+    photo = RNG.integers(0, 256, (700, 900, 3), dtype=np.uint8)
+    photo[:, :450] = (RNG.random((700, 450, 3)) * 40 + 100).astype(np.uint8)
+    low = np.zeros((100, 100), np.float32)
+    low[30:70, 20:45] = 1.0
+    low = cv2.GaussianBlur(low, (5, 5), 1.0)
+    mask = guided_upsample_mask(photo, low, tile=64)
+    assert mask.dtype == np.uint8 and mask.shape == (700, 900)
+    assert mask[:100].max() == 0 and mask[350, 250] == 255  # flat tiles: exact 0 and 255
+    small_guide = cv2.resize(photo, (100, 100), interpolation=cv2.INTER_AREA) / 255.0
+    a, b = _coefficients(small_guide.astype(np.float32), low, 1, 1e-4)
+    a_up = cv2.resize(a, (900, 700), interpolation=cv2.INTER_LINEAR)
+    b_up = cv2.resize(b, (900, 700), interpolation=cv2.INTER_LINEAR)
+    reference = probability_to_mask(np.clip((a_up * (photo / 255.0)).sum(-1) + b_up, 0, 1)
+                                    .astype(np.float32))
+    assert np.abs(mask.astype(int) - reference).max() <= 1
+
+
+def test_upsample_mask_is_bilinear_when_the_photo_is_not_larger():
     prob = RNG.random((64, 64)).astype(np.float32)
     photo = np.zeros((50, 60, 3), np.uint8)
-    assert np.array_equal(upsample_to_image(prob, photo), upsample_probability(prob, 60, 50))
+    assert np.array_equal(upsample_mask(prob, photo),
+                          probability_to_mask(upsample_probability(prob, 60, 50)))
     big = np.zeros((70, 60, 3), np.uint8)  # taller than the map: guided
-    assert upsample_to_image(prob, big).shape == (70, 60)
+    mask = upsample_mask(prob, big)
+    assert mask.shape == (70, 60) and mask.dtype == np.uint8
 
 
 # ---------------------------------------------------------------- trimap and matting

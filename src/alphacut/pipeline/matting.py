@@ -23,7 +23,7 @@ import numpy as np
 from scipy import sparse
 
 from alphacut.pipeline.laplacian import unknown_system
-from alphacut.pipeline.refine import fast_guided_upsample, nonzero_box
+from alphacut.pipeline.refine import guided_upsample_mask, nonzero_box
 
 log = logging.getLogger(__name__)
 
@@ -184,12 +184,13 @@ def alpha_matting(image: np.ndarray, mask: np.ndarray, params: AlphaMattingParam
                     "plain mask", mask.shape[1], mask.shape[0])
     if scale < 1.0:
         # Edge-aware return to full size: the fine structure follows the photo.
-        alpha = fast_guided_upsample(crop_img, alpha)
+        refined = guided_upsample_mask(crop_img, alpha)
         trimap = cv2.resize(trimap, (w, h), interpolation=cv2.INTER_NEAREST)
         if revert is not None:
             revert = cv2.resize(revert.astype(np.uint8), (w, h),
                                 interpolation=cv2.INTER_NEAREST) > 0
-    refined = np.clip(alpha * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    else:
+        refined = np.clip(alpha * 255.0 + 0.5, 0, 255).astype(np.uint8)
     band = (trimap == 128) | (unsure[y0:y1, x0:x1] > 0)
     out_crop = out[y0:y1, x0:x1]
     if revert is not None:

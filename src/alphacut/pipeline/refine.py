@@ -96,24 +96,36 @@ def _resize_region(array: np.ndarray, width: int, height: int, rows: tuple[int, 
     return cv2.remap(array, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
-def fast_guided_upsample(guide: np.ndarray, src: np.ndarray, radius: int = 1,
+def _to_alpha(value: np.ndarray) -> np.ndarray:
+    """0..1 float to uint8 0..255, rounded (the same arithmetic as ``probability_to_mask``)."""
+    value *= 255.0
+    value += 0.5
+    np.clip(value, 0, 255, out=value)
+    return value.astype(np.uint8)
+
+
+def guided_upsample_mask(guide: np.ndarray, src: np.ndarray, radius: int = 1,
                          eps: float = 1e-4, tile: int = 256) -> np.ndarray:
-    """Guided filter of a low-resolution ``src`` to the size of the full-resolution ``guide``.
+    """Guided filter of a low-resolution ``src`` (0..1) to the size of the full-resolution
+    ``guide``, as a uint8 alpha (HxW, 0..255).
 
     The linear coefficients ``q = a . I + b`` are fitted at ``src``'s resolution against a
     downscaled guide and upsampled bilinearly (the fast guided filter, He & Sun 2015): edges
     follow the full-resolution guide at the cost of a bilinear resize. Where ``src`` is flat
     (most of a photo: sure subject, sure background) ``a`` is zero and the answer is the
-    resized ``b``, so the per-pixel dot product runs only on the tiles that hold an edge.
-    ``radius`` is in ``src`` pixels; ``guide`` is uint8 RGB (or grey). Returns float32 HxW
-    clipped to 0..1.
+    resized ``b``, so the per-pixel dot product runs only on the tiles that hold an edge, and
+    everything else is a uint8 resize: no full-size float map is ever made (a 12 MP one is
+    48 MB, and quantising it alone took 0.16 s). ``radius`` is in ``src`` pixels; ``guide``
+    is uint8 RGB (or grey).
     """
     height, width = guide.shape[:2]
     small_h, small_w = src.shape
     small_guide = cv2.resize(guide, (small_w, small_h), interpolation=cv2.INTER_AREA)
     small_guide = small_guide.astype(np.float32) * (1.0 / 255.0)
     a, b = _coefficients(small_guide, np.asarray(src, np.float32), radius, eps)
-    out = cv2.resize(b, (width, height), interpolation=cv2.INTER_LINEAR)
+    # Flat tiles: b is 0 or 1 there, exact in uint8, so resizing the quantised b gives the
+    # same answer as quantising the resized float (to one level where b is fractional).
+    out = cv2.resize(_to_alpha(b.copy()), (width, height), interpolation=cv2.INTER_LINEAR)
     # |a| under 1e-4 moves the answer by under 0.1 of a grey level: such cells count as flat.
     active = cv2.dilate((np.abs(a).max(axis=-1) > 1e-4).astype(np.uint8), np.ones((3, 3)))
     coeffs = np.concatenate([a, b[..., None]], axis=-1)  # one remap for a and b together
@@ -134,13 +146,12 @@ def fast_guided_upsample(guide: np.ndarray, src: np.ndarray, radius: int = 1,
             value = part[..., channels].copy()
             for c in range(channels):
                 value += part[..., c] * pixels[..., c]
-            out[top:bottom, left:right] = value
-    return np.clip(out, 0.0, 1.0, out=out)
+            out[top:bottom, left:right] = _to_alpha(value)
+    return out
 
 
-def upsample_to_image(prob: np.ndarray, image: np.ndarray, guided: bool = True
-                      ) -> np.ndarray:
-    """The model's probability map at the size of ``image`` (uint8 HxWx3), float32 0..1.
+def upsample_mask(prob: np.ndarray, image: np.ndarray, guided: bool = True) -> np.ndarray:
+    """The model's probability map as a uint8 alpha at the size of ``image`` (uint8 HxWx3).
 
     When the photo is larger than the map (in either axis), plain bilinear upsampling blurs
     the edge over several photo pixels; the fast guided filter puts it on the photo's own edge
@@ -150,7 +161,7 @@ def upsample_to_image(prob: np.ndarray, image: np.ndarray, guided: bool = True
     """
     height, width = image.shape[:2]
     if not guided or (height <= prob.shape[0] and width <= prob.shape[1]):
-        from alphacut.pipeline.segment import upsample_probability
+        from alphacut.pipeline.segment import probability_to_mask, upsample_probability
 
-        return upsample_probability(prob, width, height)
-    return fast_guided_upsample(image, prob, radius=1, eps=1e-4)
+        return probability_to_mask(upsample_probability(prob, width, height))
+    return guided_upsample_mask(image, prob, radius=1, eps=1e-4)

@@ -10,11 +10,10 @@ import numpy as np
 from PIL import Image
 
 from alphacut.pipeline.compose import Box, ComposeOptions, compose_output, cutout, invert
-from alphacut.pipeline.foreground import estimate_foreground
+from alphacut.pipeline.foreground import soft_edge_colours
 from alphacut.pipeline.matting import AlphaMattingParams, alpha_matting
 from alphacut.pipeline.postprocess import post_process_mask
-from alphacut.pipeline.refine import upsample_to_image
-from alphacut.pipeline.segment import probability_to_mask
+from alphacut.pipeline.refine import upsample_mask
 
 # Takes an RGB image, returns the model's 0..1 probability map at model resolution.
 Predictor = Callable[[Image.Image], np.ndarray]
@@ -95,7 +94,7 @@ def _compute_mask(rgb_image: Image.Image, rgb: np.ndarray, predict: Predictor,
     t = time.perf_counter()
     prob = predict_probability(rgb_image, predict, options.mask_quality)
     t = watch.lap("inference", t)
-    mask = probability_to_mask(upsample_to_image(prob, rgb, guided=options.guided_upsampling))
+    mask = upsample_mask(prob, rgb, guided=options.guided_upsampling)
     if options.post_process_mask:
         mask = post_process_mask(mask)
     t = watch.lap("postprocess", t)
@@ -118,9 +117,12 @@ def remove_background(image: Image.Image, predict: Predictor,
     if options.only_mask:
         output = mask
     else:
-        colour = estimate_foreground(rgb, mask) if options.decontaminate else None
+        output = cutout(rgb, mask)
+        t = watch.lap("compose", t)
+        found = soft_edge_colours(rgb, mask) if options.decontaminate else None
+        if found is not None:  # only the soft edge changes colour: write it in place
+            output.reshape(-1, 4)[found[0], :3] = found[1]
         t = watch.lap("foreground", t)
-        output = cutout(rgb, mask, colour)
     output, box = compose_output(output, mask, options.compose)
     watch.lap("compose", t)
     return RemoveResult(mask=mask, output=output, timings=watch.timings, foreground=box)
