@@ -164,6 +164,16 @@ def run_matting(ctx: Any) -> dict[str, Any]:
                     metrics = compute_metrics(pred, gt / 255.0)
                     row[f"{worker.impl}/{mode}/sad"] = metrics["sad"]
                     row[f"{worker.impl}/{mode}/mse"] = metrics["mse"]
+            # The solvers alone, on the same trimap (alphacut's, from its own mask): rembg's
+            # closed form (pymatting) against alphacut's alpha matting above.
+            trimap = ctx.tmp / f"trimap-{image.stem}.png"
+            out = ctx.tmp / f"rembg-cf-{image.stem}.png"
+            alphacut.call(op="trimap", path=str(image), out=str(trimap))
+            rembg.call(op="closed_form", path=str(image), trimap=str(trimap), out=str(out))
+            pred = np.asarray(Image.open(out), dtype=np.float64) / 255.0
+            metrics = compute_metrics(pred, gt / 255.0)
+            row["rembg/cf_on_alphacut_trimap/sad"] = metrics["sad"]
+            row["rembg/cf_on_alphacut_trimap/mse"] = metrics["mse"]
             quality.append(row)
     finally:
         alphacut.close()
@@ -178,5 +188,7 @@ def run_matting(ctx: Any) -> dict[str, Any]:
     ctx.log(fmt_table(["side", "mode", "SAD", "MSE"], [
         [impl, mode, means.get(f"{impl}/{mode}/sad", float("nan")),
          means.get(f"{impl}/{mode}/mse", float("nan"))]
-        for impl in ("alphacut", "rembg") for mode in ("default", "alpha_matting")]))
+        for impl, mode in (("alphacut", "default"), ("alphacut", "alpha_matting"),
+                           ("rembg", "default"), ("rembg", "alpha_matting"),
+                           ("rembg", "cf_on_alphacut_trimap"))]))
     return {"timing": timing, "quality": quality, "quality_means": means, "reps": reps}

@@ -74,6 +74,16 @@ class AlphacutSide:
                                 matting=AlphaMattingParams(**MATTING))
         return self.engine.remove(data, options).mask
 
+    def trimap(self, data: bytes) -> Any:
+        """The full-resolution trimap alphacut's alpha matting builds from its own mask."""
+        from alphacut.pipeline.decode import decode_image
+        from alphacut.pipeline.matting import AlphaMattingParams, build_trimap
+        from alphacut.pipeline.remove import RemoveOptions, compute_mask
+
+        image = decode_image(data, self.settings.max_pixels)
+        mask = compute_mask(image, self.runner.predict, RemoveOptions())
+        return build_trimap(mask, AlphaMattingParams(**MATTING))
+
 
 class RembgSide:
     def __init__(self, model: str) -> None:
@@ -102,6 +112,18 @@ class RembgSide:
         png, _ = self.remove(data, mode)
         image = Image.open(io.BytesIO(png))
         return np.asarray(image.getchannel("A") if image.mode == "RGBA" else image.convert("L"))
+
+    def closed_form(self, data: bytes, trimap_path: str) -> Any:
+        """rembg's matting solver (pymatting's closed form, as in ``alpha_matting_cutout``) on
+        a given trimap: the solver alone, compared on the same trimap as alphacut's."""
+        import numpy as np
+        from PIL import Image
+        from pymatting import estimate_alpha_cf
+
+        image = np.asarray(Image.open(io.BytesIO(data)).convert("RGB")) / 255.0
+        trimap = np.asarray(Image.open(trimap_path).convert("L")) / 255.0
+        alpha = estimate_alpha_cf(image, trimap)
+        return np.clip(alpha * 255, 0, 255).astype(np.uint8)
 
 
 def _warmup_jpeg() -> bytes:
@@ -166,6 +188,16 @@ def main() -> None:
                 alpha = np.asarray(side.alpha(data, command["mode"]), dtype=np.uint8)
                 seconds = time.perf_counter() - t
                 Image.fromarray(alpha).save(command["out"])
+                reply(seconds=seconds, **memory())
+            elif op in ("trimap", "closed_form"):
+                from PIL import Image
+
+                data = open(command["path"], "rb").read()
+                t = time.perf_counter()
+                result = (side.trimap(data) if op == "trimap"
+                          else side.closed_form(data, command["trimap"]))
+                seconds = time.perf_counter() - t
+                Image.fromarray(result).save(command["out"])
                 reply(seconds=seconds, **memory())
             elif op == "bare":
                 bare = bare or Bare(model)
