@@ -123,3 +123,18 @@ def test_cli_remove_folder_of_photos(tmp_path):
                            "--only-mask"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert Image.open(single).mode == "L"
+
+
+def test_heic_photo_gives_the_same_cutout_as_its_png(engine):
+    """An iPhone-style HEIC upload (optional `pillow-heif`, installed by `make setup`)."""
+    pillow_heif = pytest.importorskip("pillow_heif")
+    pillow_heif.register_heif_opener()
+    stem = next(s for s in _stems() if s.startswith("davis_"))  # 854x480
+    image = Image.open(_image_path(stem)).convert("RGB")
+    buffer = io.BytesIO()
+    image.save(buffer, format="HEIF", quality=90)
+    from_heic = engine.remove(buffer.getvalue())
+    from_png = engine.remove(image)
+    assert from_heic.output.shape == (image.height, image.width, 4)
+    assert _iou(from_heic.mask > 127, from_png.mask > 127) > 0.97
+    assert _iou(from_heic.mask > 127, _gt(stem)) > 0.75
