@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import httpcore
-import httpx
 import pytest
 
 from alphacut.errors import FetchError, ImageTooLarge
-from alphacut.io import fetch
+from alphacut.io import fetch, pinned
 from alphacut.io.fetch import FetchPolicy, check_url, fetch_url, post_json
+from alphacut.io.pinned import PinnedBackend
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 200
 LOOPBACK = ("127.0.0.1",)
@@ -430,8 +430,7 @@ def test_resolver_called_once_per_hop(
 
 
 def test_pinned_backend_refuses_other_destinations() -> None:
-    target = fetch._Target(httpx.URL("http://a.test/"), "a.test", 80, ("127.0.0.1",))
-    backend = fetch._PinnedBackend(target, time.monotonic() + 5, 1.0)
+    backend = PinnedBackend("a.test", 80, ("127.0.0.1",), time.monotonic() + 5, 1.0)
     with pytest.raises(httpcore.ConnectError):
         backend.connect_tcp("b.test", 80)
     with pytest.raises(httpcore.ConnectError):
@@ -459,7 +458,7 @@ def test_tls_verifies_the_original_hostname(
     cert, key = tls_files
     server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server_ctx.load_cert_chain(cert, key)
-    monkeypatch.setattr(fetch, "_ssl_context", lambda: ssl.create_default_context(cafile=cert))
+    monkeypatch.setattr(pinned, "_ssl_context", lambda: ssl.create_default_context(cafile=cert))
     fake_dns["rebind.test"] = fake_dns["other.test"] = ["127.0.0.1"]
     policy = FetchPolicy(allowlist=("rebind.test", "other.test"))
     with _start(server_ctx) as tls_server:

@@ -14,17 +14,14 @@ import functools
 import ipaddress
 import re
 import socket
-import ssl
 import time
 import urllib.parse
-from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
-import httpcore
 import httpx
 
 from alphacut.errors import FetchError, ImageTooLarge
+from alphacut.io.pinned import norm_host, pinned_client
 
 __all__ = ["FetchPolicy", "FetchedResource", "check_url", "fetch_url", "post_json"]
 
@@ -86,15 +83,6 @@ class _Target:
     addresses: tuple[str, ...]
 
 
-def _norm_host(host: str) -> str:
-    """Canonical form used to compare hosts: lowercase, no trailing dot, compressed IP."""
-    host = host.strip().lower().rstrip(".")
-    try:
-        return str(ipaddress.ip_address(host))
-    except ValueError:
-        return host
-
-
 @functools.lru_cache(maxsize=64)
 def _parse_allowlist(entries: tuple[str, ...]) -> frozenset[tuple[str, int | None]]:
     """Allow-list entries as (normalised host, port or None for any port)."""
@@ -111,7 +99,7 @@ def _parse_allowlist(entries: tuple[str, ...]) -> frozenset[tuple[str, int | Non
             raise ValueError(f"bad allow-list entry {entry!r}") from None
         if not host or port == 0 or split.path or split.username is not None:
             raise ValueError(f"bad allow-list entry {entry!r}")
-        parsed.add((_norm_host(host), port))
+        parsed.add((norm_host(host), port))
     return frozenset(parsed)
 
 
@@ -182,7 +170,7 @@ def _prepare(url: str | httpx.URL, policy: FetchPolicy, label: str) -> _Target:
         raise FetchError(f"invalid {label}: port must be between 1 and 65535")
 
     allow = _parse_allowlist(policy.allowlist)
-    allowed = (_norm_host(host), None) in allow or (_norm_host(host), port) in allow
+    allowed = (norm_host(host), None) in allow or (norm_host(host), port) in allow
     if ":" in host and "%" in host:  # IPv6 zone IDs name a local interface, not a server
         raise FetchError(f"invalid {label}: IPv6 zone IDs are not allowed")
     try:
@@ -212,117 +200,6 @@ def _prepare(url: str | httpx.URL, policy: FetchPolicy, label: str) -> _Target:
             "(private, loopback, link-local or reserved) address"
         )
     return _Target(parsed, host, port, tuple(addresses))
-
-
-class _DeadlineStream(httpcore.NetworkStream):
-    """Clamps every socket timeout to the fetch-wide deadline.
-
-    httpx timeouts are per operation: without this, a server dripping a byte per second would
-    keep a fetch alive forever.
-    """
-
-    def __init__(self, inner: httpcore.NetworkStream, deadline: float) -> None:
-        self._inner = inner
-        self._deadline = deadline
-
-    def _budget(self, timeout: float | None, exc: type[Exception]) -> float:
-        left = self._deadline - time.monotonic()
-        if left <= 0:
-            raise exc("total time limit reached")
-        return left if timeout is None else min(timeout, left)
-
-    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return self._inner.read(max_bytes, self._budget(timeout, httpcore.ReadTimeout))
-
-    def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        self._inner.write(buffer, self._budget(timeout, httpcore.WriteTimeout))
-
-    def close(self) -> None:
-        self._inner.close()
-
-    def start_tls(
-        self,
-        ssl_context: ssl.SSLContext,
-        server_hostname: str | None = None,
-        timeout: float | None = None,
-    ) -> httpcore.NetworkStream:
-        budget = self._budget(timeout, httpcore.ConnectTimeout)
-        return _DeadlineStream(
-            self._inner.start_tls(ssl_context, server_hostname, budget), self._deadline
-        )
-
-    def get_extra_info(self, info: str) -> Any:
-        return self._inner.get_extra_info(info)
-
-
-class _PinnedBackend(httpcore.NetworkBackend):
-    """Connects only to the checked addresses of one checked host:port, never re-resolving."""
-
-    def __init__(self, target: _Target, deadline: float, connect_timeout: float) -> None:
-        self._target = target
-        self._deadline = deadline
-        self._connect_timeout = connect_timeout
-        self._inner = httpcore.SyncBackend()
-
-    def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.NetworkStream:
-        if _norm_host(host) != _norm_host(self._target.host) or port != self._target.port:
-            # Cannot happen with one client per hop; guards against a future change reusing it.
-            raise httpcore.ConnectError("destination does not match the checked URL")
-        options = list(socket_options) if socket_options is not None else None
-        last_error: Exception = httpcore.ConnectError("no address to connect to")
-        for address in self._target.addresses:  # same fallback order as getaddrinfo gave
-            left = self._deadline - time.monotonic()
-            if left <= 0:
-                raise httpcore.ConnectTimeout("total time limit reached")
-            try:
-                stream = self._inner.connect_tcp(
-                    address,
-                    port,
-                    timeout=min(self._connect_timeout, left),
-                    local_address=local_address,
-                    socket_options=options,
-                )
-            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
-                last_error = exc
-                continue
-            return _DeadlineStream(stream, self._deadline)
-        raise last_error
-
-
-@functools.cache
-def _ssl_context() -> ssl.SSLContext:
-    # Built once: loading the CA bundle is the slow part, and SSLContext is safe to share.
-    return httpx.create_ssl_context()
-
-
-class _PinnedTransport(httpx.HTTPTransport):
-    def __init__(self, backend: _PinnedBackend) -> None:
-        super().__init__(verify=_ssl_context(), trust_env=False)
-        # httpx has no public hook for a network backend, but HTTPTransport.handle_request only
-        # talks to self._pool, so swap in a pool that dials through the pinned backend.
-        self._pool = httpcore.ConnectionPool(
-            ssl_context=_ssl_context(), max_connections=1, network_backend=backend
-        )
-
-
-def _client(target: _Target, policy: FetchPolicy, deadline: float) -> httpx.Client:
-    """A one-hop client: a fresh pin per hop means every redirect is checked on its own."""
-    left = max(deadline - time.monotonic(), 0.001)
-    backend = _PinnedBackend(target, deadline, policy.connect_timeout)
-    # trust_env=False: an environment proxy would resolve the host itself, undoing the pin.
-    return httpx.Client(
-        transport=_PinnedTransport(backend),
-        timeout=httpx.Timeout(left, connect=min(policy.connect_timeout, left)),
-        follow_redirects=False,
-        trust_env=False,
-    )
 
 
 def _network_error(
@@ -374,7 +251,8 @@ def fetch_url(url: str, policy: FetchPolicy) -> FetchedResource:
 def _get_once(target: _Target, policy: FetchPolicy, deadline: float) -> FetchedResource | httpx.URL:
     """One GET: the resource, or the next URL when the upstream redirects."""
     with (
-        _client(target, policy, deadline) as client,
+        pinned_client(target.host, target.port, target.addresses, deadline,
+                          policy.connect_timeout) as client,
         client.stream("GET", target.url, headers=_GET_HEADERS) as response,
     ):
         status = response.status_code
@@ -426,7 +304,8 @@ def post_json(
     sent.update(headers)
     try:
         with (
-            _client(target, policy, deadline) as client,
+            pinned_client(target.host, target.port, target.addresses, deadline,
+                          policy.connect_timeout) as client,
             client.stream("POST", target.url, content=body, headers=sent) as response,
         ):
             return response.status_code
