@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from PIL import Image, ImageColor, ImageOps
 
+from alphacut.pipeline.parallel import in_parts, parts_for
 from alphacut.pipeline.refine import nonzero_box
 
 RGBA = tuple[int, int, int, int]
@@ -186,8 +187,12 @@ def cutout(rgb: np.ndarray, alpha: np.ndarray, foreground: np.ndarray | None = N
     """RGBA array: colour from ``foreground`` (decontaminated) if given, else the image."""
     colour = foreground if foreground is not None else rgb
     out = np.empty((*alpha.shape, 4), dtype=np.uint8)
-    out[..., :3] = colour
-    out[..., 3] = alpha
+
+    def rows(top: int, bottom: int) -> None:
+        out[top:bottom, :, :3] = colour[top:bottom]
+        out[top:bottom, :, 3] = alpha[top:bottom]
+
+    in_parts(rows, alpha.shape[0], parts_for(alpha.size))
     return out
 
 

@@ -20,6 +20,7 @@ import math
 import cv2
 import numpy as np
 
+from alphacut.pipeline.parallel import in_parts, parts_for
 from alphacut.pipeline.refine import box
 
 # Radii of the two passes as a share of the image diagonal (the paper's 90 and 6 pixels on
@@ -120,12 +121,20 @@ def soft_edge_colours(image: np.ndarray, alpha: np.ndarray
     fg = _correct(small, small_a, mean_f, mean_b)
     mean_f, mean_b = _means(fg, mean_b, small_a, max(1, round(narrow * scale)))
     # The final correction at full resolution, on the soft pixels only.
-    means = _sample(np.concatenate([mean_f, mean_b], axis=-1), ys - y0, xs - x0,
-                    grid_h / crop_h, grid_w / crop_w)
-    pixel = image.reshape(-1, 3)[flat].astype(np.float32) * (1.0 / 255.0)
-    a = alpha.ravel()[flat].astype(np.float32) * (1.0 / 255.0)
-    colour = _correct(pixel, a, means[:, :3], means[:, 3:])
-    return flat, (colour * 255.0 + 0.5).astype(np.uint8)
+    grid = np.concatenate([mean_f, mean_b], axis=-1)
+    colours = np.empty((flat.size, 3), np.uint8)
+
+    def correct(first: int, stop: int) -> None:
+        means = _sample(grid, ys[first:stop] - y0, xs[first:stop] - x0,
+                        grid_h / crop_h, grid_w / crop_w)
+        pixel = image.reshape(-1, 3)[flat[first:stop]].astype(np.float32) * (1.0 / 255.0)
+        a = alpha.ravel()[flat[first:stop]].astype(np.float32) * (1.0 / 255.0)
+        colour = _correct(pixel, a, means[:, :3], means[:, 3:])
+        colours[first:stop] = (colour * 255.0 + 0.5).astype(np.uint8)
+
+    # A 12 MP photo can have a million soft pixels: spread them over the cores.
+    in_parts(correct, flat.size, parts_for(flat.size * 8))
+    return flat, colours
 
 
 def estimate_foreground(image: np.ndarray, alpha: np.ndarray) -> np.ndarray:
