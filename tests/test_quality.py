@@ -238,6 +238,10 @@ def test_decontamination_removes_the_background_colour_from_edge_pixels():
     assert after < before / 4
     # The green cast is gone: the edge pixels' green is the subject's, not the screen's.
     assert np.abs(out[soft][:, 1] - fg[soft][:, 1]).mean() < 15
+    # Any memory layout gives the same answer (a Fortran-ordered copy must not be lost).
+    assert np.array_equal(estimate_foreground(np.asfortranarray(photo), a8), out)
+    with pytest.raises(ValueError):
+        estimate_foreground(np.dstack([photo, a8]), a8)  # RGBA, not RGB
     # Opaque and transparent pixels are untouched.
     hard = (a8 <= 1) | (a8 >= 254)
     assert np.array_equal(out[hard], photo[hard])

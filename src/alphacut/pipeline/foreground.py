@@ -30,6 +30,7 @@ NARROW_RADIUS = 0.003
 NARROW_CELLS = 3  # the coarse grid keeps at least this many cells in the narrow radius
 WIDE_CELLS = 24  # and the wide pass runs on a grid with about this many cells in its radius
 SOFT_LOW, SOFT_HIGH = 1, 254  # alpha (uint8) strictly between these is a soft edge pixel
+SOFT_PIXEL_COST = 8  # see soft_edge_colours
 _SOFT_LUT = ((np.arange(256) > SOFT_LOW) & (np.arange(256) < SOFT_HIGH)).astype(np.uint8)
 _EPS = 1e-5
 
@@ -92,6 +93,9 @@ def soft_edge_colours(image: np.ndarray, alpha: np.ndarray
     (the RGBA cutout) instead of copying the whole photo first (36 MB on 12 MP). Only the box
     around the soft pixels (plus the filters' reach) is read.
     """
+    if alpha.dtype != np.uint8 or image.shape != (*alpha.shape, 3):
+        raise ValueError(f"need uint8 alpha HxW and image HxWx3, got {alpha.dtype} "
+                         f"{alpha.shape} and {image.shape}")
     soft = cv2.LUT(alpha, _SOFT_LUT)
     flat = np.flatnonzero(soft)
     if flat.size == 0:
@@ -123,24 +127,27 @@ def soft_edge_colours(image: np.ndarray, alpha: np.ndarray
     # The final correction at full resolution, on the soft pixels only.
     grid = np.concatenate([mean_f, mean_b], axis=-1)
     colours = np.empty((flat.size, 3), np.uint8)
+    image_pixels = np.ascontiguousarray(image).reshape(-1, 3)  # a view for a PIL array
+    alpha_pixels = alpha.ravel()
 
     def correct(first: int, stop: int) -> None:
         means = _sample(grid, ys[first:stop] - y0, xs[first:stop] - x0,
                         grid_h / crop_h, grid_w / crop_w)
-        pixel = image.reshape(-1, 3)[flat[first:stop]].astype(np.float32) * (1.0 / 255.0)
-        a = alpha.ravel()[flat[first:stop]].astype(np.float32) * (1.0 / 255.0)
+        pixel = image_pixels[flat[first:stop]].astype(np.float32) * (1.0 / 255.0)
+        a = alpha_pixels[flat[first:stop]].astype(np.float32) * (1.0 / 255.0)
         colour = _correct(pixel, a, means[:, :3], means[:, 3:])
         colours[first:stop] = (colour * 255.0 + 0.5).astype(np.uint8)
 
-    # A 12 MP photo can have a million soft pixels: spread them over the cores.
-    in_parts(correct, flat.size, parts_for(flat.size * 8))
+    # A 12 MP photo can have a million soft pixels: spread them over the cores. Each soft
+    # pixel costs about as much as eight pixels of the other full-resolution steps.
+    in_parts(correct, flat.size, parts_for(flat.size * SOFT_PIXEL_COST))
     return flat, colours
 
 
 def estimate_foreground(image: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     """The photo with the soft pixels of ``alpha`` given the subject's own colour (uint8
     HxWx3); see ``soft_edge_colours``."""
-    out = np.array(image, dtype=np.uint8, copy=True)
+    out = np.array(image, dtype=np.uint8, order="C")  # C order: the flat view below writes
     found = soft_edge_colours(image, alpha)
     if found is not None:
         out.reshape(-1, 3)[found[0]] = found[1]

@@ -17,6 +17,7 @@ MAX_PARTS = 4  # parts per image, and threads in the pool
 # steps take milliseconds and handing them to threads would cost more than it saves.
 PARALLEL_PIXELS = 2_000_000
 
+_POOL_PREFIX = "alphacut-parts"
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 
@@ -26,7 +27,7 @@ def shared_pool() -> ThreadPoolExecutor:
     global _pool
     with _pool_lock:
         if _pool is None:
-            _pool = ThreadPoolExecutor(MAX_PARTS, thread_name_prefix="alphacut-parts")
+            _pool = ThreadPoolExecutor(MAX_PARTS, thread_name_prefix=_POOL_PREFIX)
         return _pool
 
 
@@ -52,6 +53,10 @@ def in_parts(work: Callable[[int, int], None], total: int, parts: int) -> None:
     photo they would otherwise leave the second core idle while a lone request finishes.
     """
     parts = max(1, min(parts, total))
+    # A task of the pool must never wait on the pool (it could wait on itself): from inside
+    # the pool, run in this thread.
+    if threading.current_thread().name.startswith(_POOL_PREFIX):
+        parts = 1
     if parts == 1:
         work(0, total)
         return

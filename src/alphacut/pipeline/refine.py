@@ -1,7 +1,8 @@
 """Edge-aware filtering: the guided filter (He et al.) and its fast, subsampled variant.
 
 OpenCV's headless wheels have no ``ximgproc``, so the filter is written here with box filters
-(``cv2.boxFilter``), which cost the same whatever the radius. Everything is float32.
+(``cv2.boxFilter``), which cost the same whatever the radius. The arithmetic is float32; the
+upsampled result is a uint8 alpha.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import cv2
 import numpy as np
 
 from alphacut.pipeline.parallel import in_parts, parts_for
+from alphacut.pipeline.segment import probability_to_mask, upsample_probability
 
 
 def nonzero_box(flags: np.ndarray, margin: int = 0) -> tuple[int, int, int, int] | None:
@@ -98,14 +100,6 @@ def _resize_region(array: np.ndarray, width: int, height: int, rows: tuple[int, 
     return cv2.remap(array, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
-def _to_alpha(value: np.ndarray) -> np.ndarray:
-    """0..1 float to uint8 0..255, rounded (the same arithmetic as ``probability_to_mask``)."""
-    value *= 255.0
-    value += 0.5
-    np.clip(value, 0, 255, out=value)
-    return value.astype(np.uint8)
-
-
 def guided_upsample_mask(guide: np.ndarray, src: np.ndarray, radius: int = 1,
                          eps: float = 1e-4, tile: int = 256) -> np.ndarray:
     """Guided filter of a low-resolution ``src`` (0..1) to the size of the full-resolution
@@ -125,9 +119,10 @@ def guided_upsample_mask(guide: np.ndarray, src: np.ndarray, radius: int = 1,
     small_guide = cv2.resize(guide, (small_w, small_h), interpolation=cv2.INTER_AREA)
     small_guide = small_guide.astype(np.float32) * (1.0 / 255.0)
     a, b = _coefficients(small_guide, np.asarray(src, np.float32), radius, eps)
-    # Flat tiles: b is 0 or 1 there, exact in uint8, so resizing the quantised b gives the
-    # same answer as quantising the resized float (to one level where b is fractional).
-    out = cv2.resize(_to_alpha(b.copy()), (width, height), interpolation=cv2.INTER_LINEAR)
+    # Flat tiles (a = 0): the answer is the resized b. Resizing the quantised b instead of
+    # quantising the resized float is exact where b is 0 or 1 (sure subject, sure background)
+    # and within one level where it is fractional.
+    out = cv2.resize(probability_to_mask(b), (width, height), interpolation=cv2.INTER_LINEAR)
     # |a| under 1e-4 moves the answer by under 0.1 of a grey level: such cells count as flat.
     # (Channel by channel: numpy's max over a last axis of 3 is several times slower.)
     steep = np.abs(a[..., 0]) > 1e-4
@@ -154,7 +149,7 @@ def guided_upsample_mask(guide: np.ndarray, src: np.ndarray, radius: int = 1,
                 value = part[..., channels].copy()
                 for c in range(channels):
                     value += part[..., c] * pixels[..., c]
-                out[top:bottom, left:right] = _to_alpha(value)
+                out[top:bottom, left:right] = probability_to_mask(value)
 
     rows = -(-height // tile)
     in_parts(tile_rows, rows, parts_for(height * width))
@@ -172,7 +167,5 @@ def upsample_mask(prob: np.ndarray, image: np.ndarray, guided: bool = True) -> n
     """
     height, width = image.shape[:2]
     if not guided or (height <= prob.shape[0] and width <= prob.shape[1]):
-        from alphacut.pipeline.segment import probability_to_mask, upsample_probability
-
         return probability_to_mask(upsample_probability(prob, width, height))
     return guided_upsample_mask(image, prob, radius=1, eps=1e-4)
