@@ -179,25 +179,20 @@ def main() -> None:
                 t = time.perf_counter()
                 png, stages = side.remove(data, command["mode"])
                 reply(seconds=time.perf_counter() - t, bytes=len(png), stages=stages, **memory())
-            elif op == "alpha":
+            elif op in ("alpha", "trimap", "closed_form"):  # a uint8 array, saved as a PNG
                 import numpy as np
                 from PIL import Image
 
                 data = open(command["path"], "rb").read()
                 t = time.perf_counter()
-                alpha = np.asarray(side.alpha(data, command["mode"]), dtype=np.uint8)
+                if op == "alpha":
+                    result = side.alpha(data, command["mode"])
+                elif op == "trimap":
+                    result = side.trimap(data)
+                else:
+                    result = side.closed_form(data, command["trimap"])
                 seconds = time.perf_counter() - t
-                Image.fromarray(alpha).save(command["out"])
-                reply(seconds=seconds, **memory())
-            elif op in ("trimap", "closed_form"):
-                from PIL import Image
-
-                data = open(command["path"], "rb").read()
-                t = time.perf_counter()
-                result = (side.trimap(data) if op == "trimap"
-                          else side.closed_form(data, command["trimap"]))
-                seconds = time.perf_counter() - t
-                Image.fromarray(result).save(command["out"])
+                Image.fromarray(np.asarray(result, dtype=np.uint8)).save(command["out"])
                 reply(seconds=seconds, **memory())
             elif op == "bare":
                 bare = bare or Bare(model)

@@ -183,16 +183,21 @@ class ComposeOptions:
         return self.bg_color is not None or self.bg_image is not None
 
 
-def cutout(rgb: np.ndarray, alpha: np.ndarray, foreground: np.ndarray | None = None) -> np.ndarray:
-    """RGBA array: colour from ``foreground`` (decontaminated) if given, else the image."""
-    colour = foreground if foreground is not None else rgb
+def cutout(rgb: np.ndarray, alpha: np.ndarray,
+           edge_colours: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """RGBA array of the image's colour and ``alpha``; ``edge_colours`` (flat pixel indices
+    and their uint8 colours, from ``foreground.soft_edge_colours``) replace the colour of
+    those pixels."""
     out = np.empty((*alpha.shape, 4), dtype=np.uint8)
 
     def rows(top: int, bottom: int) -> None:
-        out[top:bottom, :, :3] = colour[top:bottom]
+        out[top:bottom, :, :3] = rgb[top:bottom]
         out[top:bottom, :, 3] = alpha[top:bottom]
 
     in_parts(rows, alpha.shape[0], parts_for(alpha.size))
+    if edge_colours is not None:
+        indices, colours = edge_colours
+        out.reshape(-1, 4)[indices, :3] = colours  # a view: ``out`` is C-ordered
     return out
 
 

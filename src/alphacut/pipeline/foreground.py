@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 
 from alphacut.pipeline.parallel import in_parts, parts_for
-from alphacut.pipeline.refine import box
+from alphacut.pipeline.refine import box, nonzero_box
 
 # Radii of the two passes as a share of the image diagonal (the paper's 90 and 6 pixels on
 # its ~1-2 MP images), with floors so that thumbnails still average over a neighbourhood.
@@ -97,17 +97,16 @@ def soft_edge_colours(image: np.ndarray, alpha: np.ndarray
         raise ValueError(f"need uint8 alpha HxW and image HxWx3, got {alpha.dtype} "
                          f"{alpha.shape} and {image.shape}")
     soft = cv2.LUT(alpha, _SOFT_LUT)
-    flat = np.flatnonzero(soft)
-    if flat.size == 0:
-        return None
     height, width = alpha.shape
     diagonal = math.hypot(height, width)
     wide = max(4, round(WIDE_RADIUS * diagonal))
     narrow = max(1, round(NARROW_RADIUS * diagonal))
+    region = nonzero_box(soft, margin=wide + narrow)
+    if region is None:
+        return None
+    y0, y1, x0, x1 = region
+    flat = np.flatnonzero(soft)
     ys, xs = np.divmod(flat, width)
-    y0, y1 = max(0, int(ys[0]) - wide - narrow), min(height, int(ys[-1]) + wide + narrow + 1)
-    x0 = max(0, int(xs.min()) - wide - narrow)
-    x1 = min(width, int(xs.max()) + wide + narrow + 1)
     crop_h, crop_w = y1 - y0, x1 - x0
     # The coarse grid: both passes' means live here.
     scale = min(1.0, NARROW_CELLS / narrow)

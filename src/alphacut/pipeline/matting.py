@@ -24,6 +24,7 @@ from scipy import sparse
 
 from alphacut.pipeline.laplacian import unknown_system
 from alphacut.pipeline.refine import guided_upsample_mask, nonzero_box
+from alphacut.pipeline.segment import probability_to_mask
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +191,7 @@ def alpha_matting(image: np.ndarray, mask: np.ndarray, params: AlphaMattingParam
             revert = cv2.resize(revert.astype(np.uint8), (w, h),
                                 interpolation=cv2.INTER_NEAREST) > 0
     else:
-        refined = np.clip(alpha * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        refined = probability_to_mask(alpha)
     band = (trimap == 128) | (unsure[y0:y1, x0:x1] > 0)
     out_crop = out[y0:y1, x0:x1]
     if revert is not None:

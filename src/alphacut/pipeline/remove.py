@@ -117,12 +117,9 @@ def remove_background(image: Image.Image, predict: Predictor,
     if options.only_mask:
         output = mask
     else:
-        output = cutout(rgb, mask)
-        t = watch.lap("compose", t)
-        found = soft_edge_colours(rgb, mask) if options.decontaminate else None
-        if found is not None:  # only the soft edge changes colour: write it in place
-            output.reshape(-1, 4)[found[0], :3] = found[1]  # a view: cutout() is C-ordered
+        edge_colours = soft_edge_colours(rgb, mask) if options.decontaminate else None
         t = watch.lap("foreground", t)
+        output = cutout(rgb, mask, edge_colours)
     output, box = compose_output(output, mask, options.compose)
     watch.lap("compose", t)
     return RemoveResult(mask=mask, output=output, timings=watch.timings, foreground=box)

@@ -7,7 +7,7 @@ import numpy as np
 from PIL import Image
 
 from alphacut.models.registry import ModelSpec
-from alphacut.pipeline.parallel import parts_for_this_machine, shared_pool
+from alphacut.pipeline.parallel import in_parts, parts_for_this_machine
 
 # Sources with at least this many pixels are resized in horizontal bands on several threads.
 TILED_RESIZE_MIN_PIXELS = 4_000_000
@@ -29,14 +29,15 @@ def resize_bilinear(rgb: Image.Image, size: int) -> np.ndarray:
     bands = parts_for_this_machine() if exact and big else 1
     if bands <= 1:
         return np.asarray(rgb.resize((size, size), Image.Resampling.BILINEAR))
-    rows = [size * i // bands for i in range(bands + 1)]
+    out = np.empty((size, size, 3), np.uint8)
 
-    def band(i: int) -> np.ndarray:
-        box = (0.0, rows[i] * height / size, float(width), rows[i + 1] * height / size)
-        return np.asarray(rgb.resize((size, rows[i + 1] - rows[i]), Image.Resampling.BILINEAR,
-                                     box=box))
+    def band(top: int, bottom: int) -> None:
+        box = (0.0, top * height / size, float(width), bottom * height / size)
+        out[top:bottom] = np.asarray(rgb.resize((size, bottom - top),
+                                                Image.Resampling.BILINEAR, box=box))
 
-    return np.concatenate(list(shared_pool().map(band, range(bands))))
+    in_parts(band, size, bands)
+    return out
 
 
 def preprocess(image: Image.Image, spec: ModelSpec) -> np.ndarray:
