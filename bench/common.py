@@ -73,8 +73,14 @@ def make_big_image(tmp: Path, source: str = "girl-1.jpg", grain: float = 0.0) ->
     return out
 
 
-def image_set(tmp: Path, quick: bool, eval_sample: int, big_source: str, grain: float = 0.0,
-              only_big: bool = False) -> list[BenchImage]:
+def image_set(
+    tmp: Path,
+    quick: bool,
+    eval_sample: int,
+    big_source: str,
+    grain: float = 0.0,
+    only_big: bool = False,
+) -> list[BenchImage]:
     """Sample photos (0.17-1.55 MP), an even sample of evaldata/general, and the 12 MP photo."""
     if only_big:
         big = make_big_image(tmp, big_source, grain)
@@ -142,9 +148,14 @@ def machine_info() -> dict[str, Any]:
         pass
     import onnxruntime
 
-    return {"cpu": model, "cpus": os.cpu_count(), "python": platform.python_version(),
-            "onnxruntime": onnxruntime.__version__, "loadavg_start": os.getloadavg(),
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    return {
+        "cpu": model,
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "onnxruntime": onnxruntime.__version__,
+        "loadavg_start": os.getloadavg(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
 
 
 def ensure_rembg_venv(log: Any = print) -> Path:
@@ -152,17 +163,24 @@ def ensure_rembg_venv(log: Any = print) -> Path:
     python = REMBG_VENV / "bin" / "python"
     if python.is_file():
         # find_spec, not import: importing rembg compiles pymatting's numba code (minutes).
-        probe = subprocess.run([str(python), "-c", "import importlib.util as u, sys; sys.exit("
-                                "not all(u.find_spec(m) for m in ('rembg', 'onnxruntime')))"],
-                               capture_output=True)
+        probe = subprocess.run(
+            [
+                str(python),
+                "-c",
+                "import importlib.util as u, sys; sys.exit("
+                "not all(u.find_spec(m) for m in ('rembg', 'onnxruntime')))",
+            ],
+            capture_output=True,
+        )
         if probe.returncode == 0:
             return python
     log(f"creating {REMBG_VENV} (pip install 'rembg[cli]' onnxruntime; a few minutes)")
     if REMBG_VENV.exists():
         shutil.rmtree(REMBG_VENV)
     # The system interpreter, not alphacut's venv: the two must not share packages.
-    subprocess.run([shutil.which("python3") or sys.executable, "-m", "venv", str(REMBG_VENV)],
-                   check=True)
+    subprocess.run(
+        [shutil.which("python3") or sys.executable, "-m", "venv", str(REMBG_VENV)], check=True
+    )
     pip = [str(REMBG_VENV / "bin" / "pip"), "install", "--quiet"]
     subprocess.run([*pip, "--upgrade", "pip"], check=True)
     subprocess.run([*pip, "rembg[cli]", "onnxruntime"], check=True)
@@ -207,13 +225,22 @@ def rembg_home(tmp: Path, weights: Path) -> Path:
 class Worker:
     """A libworker.py subprocess driven by JSON lines on stdin/stdout."""
 
-    def __init__(self, python: str, impl: str, model: Path, env: dict[str, str] | None = None,
-                 extra: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        python: str,
+        impl: str,
+        model: Path,
+        env: dict[str, str] | None = None,
+        extra: list[str] | None = None,
+    ) -> None:
         self.impl = impl
         self.proc = subprocess.Popen(
             [python, str(BENCH / "libworker.py"), impl, str(model), *(extra or [])],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-            env={**os.environ, **(env or {})})
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **(env or {})},
+        )
         self.ready = self._read()
 
     def _read(self) -> dict[str, Any]:
@@ -253,10 +280,14 @@ def fmt_table(headers: list[str], rows: list[list[Any]]) -> str:
         return str(value)
 
     text = [[cell(v) for v in row] for row in rows]
-    widths = [max(len(h), *(len(r[i]) for r in text)) if text else len(h)
-              for i, h in enumerate(headers)]
-    lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)) + " |",
-             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
-    lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |"
-              for r in text]
+    widths = [
+        max(len(h), *(len(r[i]) for r in text)) if text else len(h) for i, h in enumerate(headers)
+    ]
+    lines = [
+        "| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)) + " |",
+        "|" + "|".join("-" * (w + 2) for w in widths) + "|",
+    ]
+    lines += [
+        "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in text
+    ]
     return "\n".join(lines)

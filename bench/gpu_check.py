@@ -43,24 +43,32 @@ def synthetic_model(path: Path, size: int) -> None:
 
     rng = np.random.default_rng(0)
     nodes, inits, prev, channels = [], [], "input", 3
-    for i, (out, stride) in enumerate([(32, 2), (64, 1), (64, 2), (128, 1), (128, 1),
-                                       (64, 1), (32, 1), (1, 1)]):
+    for i, (out, stride) in enumerate(
+        [(32, 2), (64, 1), (64, 2), (128, 1), (128, 1), (64, 1), (32, 1), (1, 1)]
+    ):
         w = rng.normal(0, (2 / (channels * 9)) ** 0.5, (out, channels, 3, 3)).astype(np.float32)
         inits.append(numpy_helper.from_array(w, f"w{i}"))
-        nodes.append(helper.make_node("Conv", [prev, f"w{i}"], [f"c{i}"], pads=[1, 1, 1, 1],
-                                      strides=[stride, stride]))
+        nodes.append(
+            helper.make_node(
+                "Conv", [prev, f"w{i}"], [f"c{i}"], pads=[1, 1, 1, 1], strides=[stride, stride]
+            )
+        )
         prev, channels = f"c{i}", out
         if out > 1:
             nodes.append(helper.make_node("Relu", [prev], [f"r{i}"]))
             prev = f"r{i}"
     inits.append(numpy_helper.from_array(np.array([1, 1, 4, 4], np.float32), "scales"))
-    nodes += [helper.make_node("Resize", [prev, "", "scales"], ["up"], mode="linear"),
-              helper.make_node("Sigmoid", ["up"], ["output"])]
+    nodes += [
+        helper.make_node("Resize", [prev, "", "scales"], ["up"], mode="linear"),
+        helper.make_node("Sigmoid", ["up"], ["output"]),
+    ]
     graph = helper.make_graph(
-        nodes, "synthetic",
+        nodes,
+        "synthetic",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, size, size])],
         [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 1, size, size])],
-        inits)
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)])
     model.ir_version = 8
     onnx.save(model, str(path))
@@ -80,7 +88,7 @@ def inputs(count: int, size: int) -> list[np.ndarray]:
             image = Image.open(photos[i % len(photos)]).convert("RGB")
         else:
             yy, xx = np.mgrid[0:480, 0:640]
-            blob = ((yy - 240) ** 2 + (xx - 320 - 20 * i) ** 2 < (120 + 10 * i) ** 2)
+            blob = (yy - 240) ** 2 + (xx - 320 - 20 * i) ** 2 < (120 + 10 * i) ** 2
             array = np.where(blob[..., None], [220, 180, 150], [30, 60, 90]).astype(np.uint8)
             image = Image.fromarray(array)
         out.append(preprocess(image, spec))
@@ -92,14 +100,17 @@ def agreement(cpu: np.ndarray, gpu: np.ndarray) -> dict[str, float]:
     union = np.count_nonzero(a | b)
     cpu_u8 = np.clip(cpu * 255 + 0.5, 0, 255).astype(np.int16)
     gpu_u8 = np.clip(gpu * 255 + 0.5, 0, 255).astype(np.int16)
-    return {"max_abs_diff": float(np.abs(cpu - gpu).max()),
-            "mask_levels_max_diff": int(np.abs(cpu_u8 - gpu_u8).max()),
-            "mask_pixels_differing": float(np.mean(cpu_u8 != gpu_u8)),
-            "iou_at_0.5": float(np.count_nonzero(a & b) / union) if union else 1.0}
+    return {
+        "max_abs_diff": float(np.abs(cpu - gpu).max()),
+        "mask_levels_max_diff": int(np.abs(cpu_u8 - gpu_u8).max()),
+        "mask_pixels_differing": float(np.mean(cpu_u8 != gpu_u8)),
+        "iou_at_0.5": float(np.count_nonzero(a & b) / union) if union else 1.0,
+    }
 
 
-def measure(runner: ModelRunner, tensors: list[np.ndarray], requests: int, clients: int
-            ) -> dict[str, float]:
+def measure(
+    runner: ModelRunner, tensors: list[np.ndarray], requests: int, clients: int
+) -> dict[str, float]:
     latencies: list[float] = []
     lock = threading.Lock()
     todo = iter(range(requests))
@@ -124,14 +135,18 @@ def measure(runner: ModelRunner, tensors: list[np.ndarray], requests: int, clien
         thread.join()
     wall = time.perf_counter() - started
     ordered = sorted(latencies)
-    return {"images_per_s": len(latencies) / wall, "p50_s": statistics.median(latencies),
-            "p95_s": ordered[max(0, round(0.95 * len(ordered)) - 1)],
-            "mean_batch": (runner.items_run - items) / max(1, runner.batches_run - batches)}
+    return {
+        "images_per_s": len(latencies) / wall,
+        "p50_s": statistics.median(latencies),
+        "p95_s": ordered[max(0, round(0.95 * len(ordered)) - 1)],
+        "mean_batch": (runner.items_run - items) / max(1, runner.batches_run - batches),
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("model", nargs="?", type=Path)
     parser.add_argument("--synthetic", action="store_true")
     parser.add_argument("--providers", default="cuda", help="e.g. cuda, or tensorrt,cuda")
@@ -153,10 +168,14 @@ def main() -> None:
         synthetic_model(model, args.size)
     batches = [int(b) for b in args.batches.split(",")]
     providers = tuple(p.strip() for p in args.providers.split(","))
-    summary: dict[str, object] = {"model": str(model), "onnxruntime": ort.__version__,
-                                  "available_providers": ort.get_available_providers()}
-    gpu = create_session(model, providers, input_size=args.size, batch_size=max(batches),
-                         cache_dir=tmp / "cache")
+    summary: dict[str, object] = {
+        "model": str(model),
+        "onnxruntime": ort.__version__,
+        "available_providers": ort.get_available_providers(),
+    }
+    gpu = create_session(
+        model, providers, input_size=args.size, batch_size=max(batches), cache_dir=tmp / "cache"
+    )
     active = gpu.get_providers()
     summary["session_providers"] = active
     gpu_active = active[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
@@ -175,12 +194,16 @@ def main() -> None:
     summary["by_max_batch"] = results
     cpu = create_session(model, ("cpu",), input_size=args.size, batch_size=1)
     checks = []
-    for tensor in tensors[:args.cpu_checks]:
+    for tensor in tensors[: args.cpu_checks]:
         reference = cpu.run(None, {"input": tensor[None]})[0][0, 0]
         single = gpu.run(None, {"input": tensor[None]})[0][0, 0]
         pair = gpu.run(None, {"input": np.stack([tensor, tensors[-1]])})[0][0, 0]
-        checks.append({"gpu_batch1_vs_cpu": agreement(reference, single),
-                       "gpu_batch2_vs_cpu": agreement(reference, pair)})
+        checks.append(
+            {
+                "gpu_batch1_vs_cpu": agreement(reference, single),
+                "gpu_batch2_vs_cpu": agreement(reference, pair),
+            }
+        )
     summary["mask_checks"] = checks
     worst_iou = min(c[k]["iou_at_0.5"] for c in checks for k in c)
     summary["masks_match"] = worst_iou >= 0.995

@@ -34,8 +34,9 @@ def run_level(url: str, bodies: list[dict], requests: int, concurrency: int) -> 
                     return
                 started = time.perf_counter()
                 try:
-                    answer = http.post(f"{url}/api/v5/removebg_mask",
-                                       json=bodies[index % len(bodies)])
+                    answer = http.post(
+                        f"{url}/api/v5/removebg_mask", json=bodies[index % len(bodies)]
+                    )
                     body = answer.json()
                     if body.get("status") != "success":
                         raise RuntimeError(str(body)[:200])
@@ -55,16 +56,21 @@ def run_level(url: str, bodies: list[dict], requests: int, concurrency: int) -> 
         thread.join()
     wall = time.perf_counter() - started
     ordered = sorted(latencies) or [float("nan")]
-    return {"concurrency": concurrency, "requests": requests, "errors": len(errors),
-            "first_error": errors[0] if errors else None,
-            "images_per_s": round(len(latencies) / wall, 2),
-            "p50_s": round(statistics.median(ordered), 3),
-            "p95_s": round(ordered[max(0, round(0.95 * len(ordered)) - 1)], 3)}
+    return {
+        "concurrency": concurrency,
+        "requests": requests,
+        "errors": len(errors),
+        "first_error": errors[0] if errors else None,
+        "images_per_s": round(len(latencies) / wall, 2),
+        "p50_s": round(statistics.median(ordered), 3),
+        "p95_s": round(ordered[max(0, round(0.95 * len(ordered)) - 1)], 3),
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--url", default="http://127.0.0.1:7000")
     parser.add_argument("--photos", type=Path, required=True)
     parser.add_argument("--requests", type=int, default=64)
@@ -73,12 +79,22 @@ def main() -> None:
     bodies = []
     for photo in sorted(args.photos.glob("*.jpg")):
         uri = "data:image/jpeg;base64," + base64.b64encode(photo.read_bytes()).decode()
-        bodies.append({"key": "", "seed": 12345, "image": uri, "post_process_mask": False,
-                       "only_mask": False, "alpha_matting": False, "webhook": None,
-                       "track_id": None})
+        bodies.append(
+            {
+                "key": "",
+                "seed": 12345,
+                "image": uri,
+                "post_process_mask": False,
+                "only_mask": False,
+                "alpha_matting": False,
+                "webhook": None,
+                "track_id": None,
+            }
+        )
     run_level(args.url, bodies, 8, 4)  # warm-up
-    levels = [run_level(args.url, bodies, args.requests, int(c))
-              for c in args.concurrency.split(",")]
+    levels = [
+        run_level(args.url, bodies, args.requests, int(c)) for c in args.concurrency.split(",")
+    ]
     print(json.dumps(levels))
 
 

@@ -31,8 +31,7 @@ def strip(src: Path, out_dir: Path) -> None:
         # Only big float tensors travel as "external": small ones (shapes, scales) stay exact.
         if tensor.data_type not in _FLOATS or len(tensor.raw_data) <= 4096:
             if tensor.data_type in _FLOATS and not tensor.raw_data:
-                tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor),
-                                                        tensor.name))
+                tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor), tensor.name))
             continue
         length = len(tensor.raw_data)
         external_data_helper.set_external_data(tensor, WEIGHTS, offset, length)
@@ -40,8 +39,10 @@ def strip(src: Path, out_dir: Path) -> None:
         tensor.data_location = TensorProto.EXTERNAL
         offset += length
     onnx.save(model, str(out_dir / "model.onnx"))
-    print(f"{out_dir / 'model.onnx'}: {(out_dir / 'model.onnx').stat().st_size} bytes, "
-          f"{offset} bytes of weights left behind")
+    print(
+        f"{out_dir / 'model.onnx'}: {(out_dir / 'model.onnx').stat().st_size} bytes, "
+        f"{offset} bytes of weights left behind"
+    )
 
 
 def fill(out_dir: Path, seed: int = 0) -> None:
@@ -56,8 +57,9 @@ def fill(out_dir: Path, seed: int = 0) -> None:
             dims = tuple(tensor.dims)
             fan_in = int(np.prod(dims[1:])) if len(dims) > 1 else 0
             # He-scaled conv weights keep activations bounded through ~100 ReLU convs.
-            values = (rng.standard_normal(dims) * np.sqrt(2.0 / fan_in) if fan_in
-                      else np.zeros(dims)).astype(dtype)
+            values = (
+                rng.standard_normal(dims) * np.sqrt(2.0 / fan_in) if fan_in else np.zeros(dims)
+            ).astype(dtype)
             fh.seek(int(info["offset"]))
             fh.write(values.tobytes())
             assert len(values.tobytes()) == int(info["length"]), tensor.name
@@ -65,8 +67,9 @@ def fill(out_dir: Path, seed: int = 0) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     strip_cmd = sub.add_parser("strip")
     strip_cmd.add_argument("model", type=Path)

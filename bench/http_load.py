@@ -36,8 +36,11 @@ from bench.common import (
     rembg_home,
 )
 
-MODE_FIELDS = {"default": {}, "only_mask": {"only_mask": "true"},
-               "post_process_mask": {"post_process_mask": "true"}}
+MODE_FIELDS = {
+    "default": {},
+    "only_mask": {"only_mask": "true"},
+    "post_process_mask": {"post_process_mask": "true"},
+}
 REMBG_FIELDS = {"default": {}, "only_mask": {"om": "true"}, "post_process_mask": {"ppm": "true"}}
 
 
@@ -48,13 +51,21 @@ def _free_port() -> int:
 
 
 class Server:
-    def __init__(self, name: str, cmd: list[str], env: dict[str, str], url: str,
-                 send: Callable[[httpx.Client, bytes, str], bytes], log_path: Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        cmd: list[str],
+        env: dict[str, str],
+        url: str,
+        send: Callable[[httpx.Client, bytes, str], bytes],
+        log_path: Path,
+    ) -> None:
         self.name, self.url, self.send = name, url, send
         self.log_file = log_path.open("wb")
         started = time.perf_counter()
-        self.proc = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=self.log_file,
-                                     stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            cmd, env={**os.environ, **env}, stdout=self.log_file, stderr=subprocess.STDOUT
+        )
         self.start_seconds = 0.0
         self._started = started
 
@@ -103,9 +114,11 @@ def start_alphacut(ctx: Any) -> Server:
     url = f"http://127.0.0.1:{port}"
 
     def send(client: httpx.Client, data: bytes, mode: str) -> bytes:
-        answer = client.post(f"{url}/api/v5/removebg_mask",
-                             files={"image": ("image.jpg", data, "image/jpeg")},
-                             data={"key": "", **MODE_FIELDS[mode]})
+        answer = client.post(
+            f"{url}/api/v5/removebg_mask",
+            files={"image": ("image.jpg", data, "image/jpeg")},
+            data={"key": "", **MODE_FIELDS[mode]},
+        )
         body = answer.json()
         while body.get("status") == "processing":  # only if a job outlives ALPHACUT_SYNC_WAIT
             time.sleep(0.5)
@@ -116,12 +129,22 @@ def start_alphacut(ctx: Any) -> Server:
         png.raise_for_status()
         return png.content
 
-    env = {"ALPHACUT_HOME": str(ctx.tmp / "alphacut-home"), "ALPHACUT_MODEL_DIR": str(MODEL_DIR),
-           "ALPHACUT_SYNC_WAIT": "600", "ALPHACUT_MAX_QUEUED_PER_KEY": "1000",
-           **ctx.server_env}
+    env = {
+        "ALPHACUT_HOME": str(ctx.tmp / "alphacut-home"),
+        "ALPHACUT_MODEL_DIR": str(MODEL_DIR),
+        "ALPHACUT_SYNC_WAIT": "600",
+        "ALPHACUT_MAX_QUEUED_PER_KEY": "1000",
+        **ctx.server_env,
+    }
     alphacut_bin = str(Path(sys.executable).with_name("alphacut"))
-    server = Server("alphacut", [alphacut_bin, "serve", "--port", str(port), "--log-level",
-                                 "warning"], env, url, send, ctx.tmp / "alphacut-serve.log")
+    server = Server(
+        "alphacut",
+        [alphacut_bin, "serve", "--port", str(port), "--log-level", "warning"],
+        env,
+        url,
+        send,
+        ctx.tmp / "alphacut-serve.log",
+    )
     server.ready(lambda: httpx.get(f"{url}/healthz", timeout=5).status_code == 200)
     return server
 
@@ -130,22 +153,34 @@ def start_rembg(ctx: Any) -> Server:
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     home = rembg_home(ctx.tmp, ctx.weights_rembg)
-    extras = json.dumps({"model_path": str(home / "models" / "dis_custom" /
-                                           ctx.weights_rembg.name)})
+    extras = json.dumps(
+        {"model_path": str(home / "models" / "dis_custom" / ctx.weights_rembg.name)}
+    )
 
     def send(client: httpx.Client, data: bytes, mode: str) -> bytes:
-        answer = client.post(f"{url}/api/remove", params={"extras": extras},
-                             files={"file": ("image.jpg", data, "image/jpeg")},
-                             data={"model": "dis_custom", **REMBG_FIELDS[mode]})
+        answer = client.post(
+            f"{url}/api/remove",
+            params={"extras": extras},
+            files={"file": ("image.jpg", data, "image/jpeg")},
+            data={"model": "dis_custom", **REMBG_FIELDS[mode]},
+        )
         if answer.status_code != 200 or not answer.content.startswith(b"\x89PNG"):
             raise RuntimeError(f"rembg answered {answer.status_code}: {answer.text[:200]}")
         return answer.content
 
     # --no-ui: without the Gradio page, rembg's server idles quieter (its best case here).
-    cmd = [str(REMBG_VENV / "bin" / "rembg"), "s", "--host", "127.0.0.1", "--port", str(port),
-           "--no-ui", "--log_level", "warning"]
-    server = Server("rembg", cmd, {"REMBG_HOME": str(home)}, url, send,
-                    ctx.tmp / "rembg-serve.log")
+    cmd = [
+        str(REMBG_VENV / "bin" / "rembg"),
+        "s",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--no-ui",
+        "--log_level",
+        "warning",
+    ]
+    server = Server("rembg", cmd, {"REMBG_HOME": str(home)}, url, send, ctx.tmp / "rembg-serve.log")
     server.ready(lambda: httpx.get(f"{url}/api", timeout=5).status_code == 200)
     # rembg builds the session on the first request: pay that before measuring.
     with httpx.Client(timeout=600) as client:
@@ -154,8 +189,7 @@ def start_rembg(ctx: Any) -> Server:
     return server
 
 
-def run_level(server: Server, jobs: list[tuple[bytes, str]], concurrency: int
-              ) -> dict[str, Any]:
+def run_level(server: Server, jobs: list[tuple[bytes, str]], concurrency: int) -> dict[str, Any]:
     """Send ``jobs`` with ``concurrency`` clients; latency per request, throughput overall."""
     latencies: list[float] = []
     completions: list[tuple[float, float]] = []  # (time, RSS MB) after each request
@@ -193,12 +227,20 @@ def run_level(server: Server, jobs: list[tuple[bytes, str]], concurrency: int
         thread.join()
     wall = time.perf_counter() - started
     memory = server.memory_mb()
-    return {"concurrency": concurrency, "requests": len(jobs), "ok": len(latencies),
-            "errors": len(errors), "error_samples": errors[:5], "wall_s": wall,
-            "images_per_s": len(latencies) / wall if wall else 0.0,
-            "p50_s": median(latencies), "p95_s": percentile(latencies, 95),
-            "peak_rss_mb": memory["VmHWM"], "final_rss_mb": memory["VmRSS"],
-            "rss_after_each_mb": [rss for _, rss in completions]}
+    return {
+        "concurrency": concurrency,
+        "requests": len(jobs),
+        "ok": len(latencies),
+        "errors": len(errors),
+        "error_samples": errors[:5],
+        "wall_s": wall,
+        "images_per_s": len(latencies) / wall if wall else 0.0,
+        "p50_s": median(latencies),
+        "p95_s": percentile(latencies, 95),
+        "peak_rss_mb": memory["VmHWM"],
+        "final_rss_mb": memory["VmRSS"],
+        "rss_after_each_mb": [rss for _, rss in completions],
+    }
 
 
 def http_jobs(count: int) -> list[tuple[bytes, str]]:
@@ -211,17 +253,20 @@ def run_http(ctx: Any) -> dict[str, Any]:
     count = 8 if ctx.quick else ctx.http_requests
     jobs = http_jobs(count)
     servers = {"alphacut": start_alphacut(ctx), "rembg": start_rembg(ctx)}
-    results: dict[str, Any] = {name: {"start_s": s.start_seconds, "levels": []}
-                               for name, s in servers.items()}
+    results: dict[str, Any] = {
+        name: {"start_s": s.start_seconds, "levels": []} for name, s in servers.items()
+    }
     try:
         for i, level in enumerate(levels):
             names = ["alphacut", "rembg"] if i % 2 == 0 else ["rembg", "alphacut"]
             for name in names:
                 result = run_level(servers[name], jobs, level)
                 results[name]["levels"].append(result)
-                ctx.log(f"  {name:8s} c={level}: {result['images_per_s']:.3f} img/s, "
-                        f"p50 {result['p50_s']:.2f}s p95 {result['p95_s']:.2f}s, "
-                        f"errors {result['errors']}, peak RSS {result['peak_rss_mb']:.0f} MB")
+                ctx.log(
+                    f"  {name:8s} c={level}: {result['images_per_s']:.3f} img/s, "
+                    f"p50 {result['p50_s']:.2f}s p95 {result['p95_s']:.2f}s, "
+                    f"errors {result['errors']}, peak RSS {result['peak_rss_mb']:.0f} MB"
+                )
         for name, server in servers.items():
             results[name]["final_rss_mb"] = server.memory_mb()["VmRSS"]
     finally:
@@ -229,14 +274,42 @@ def run_http(ctx: Any) -> dict[str, Any]:
             server.stop()
     table = []
     for a, r in zip(results["alphacut"]["levels"], results["rembg"]["levels"], strict=True):
-        table.append([a["concurrency"], a["images_per_s"], r["images_per_s"],
-                      ratio(a["images_per_s"], r["images_per_s"]), a["p50_s"], r["p50_s"],
-                      ratio(a["p50_s"], r["p50_s"]), a["p95_s"], r["p95_s"],
-                      f"{a['errors']}/{r['errors']}", a["peak_rss_mb"], r["peak_rss_mb"]])
+        table.append(
+            [
+                a["concurrency"],
+                a["images_per_s"],
+                r["images_per_s"],
+                ratio(a["images_per_s"], r["images_per_s"]),
+                a["p50_s"],
+                r["p50_s"],
+                ratio(a["p50_s"], r["p50_s"]),
+                a["p95_s"],
+                r["p95_s"],
+                f"{a['errors']}/{r['errors']}",
+                a["peak_rss_mb"],
+                r["peak_rss_mb"],
+            ]
+        )
     ctx.log(f"\nHTTP loopback, {count} requests per level (photos, default options):")
-    ctx.log(fmt_table(["c", "alphacut img/s", "rembg img/s", "thr. ratio", "alphacut p50",
-                       "rembg p50", "p50 ratio", "alphacut p95", "rembg p95", "errors a/r",
-                       "alphacut peak MB", "rembg peak MB"], table))
+    ctx.log(
+        fmt_table(
+            [
+                "c",
+                "alphacut img/s",
+                "rembg img/s",
+                "thr. ratio",
+                "alphacut p50",
+                "rembg p50",
+                "p50 ratio",
+                "alphacut p95",
+                "rembg p95",
+                "errors a/r",
+                "alphacut peak MB",
+                "rembg peak MB",
+            ],
+            table,
+        )
+    )
     return results
 
 
@@ -246,8 +319,10 @@ def run_soak(ctx: Any) -> dict[str, Any]:
     photos = sorted(PHOTOS.glob("*.jpg"))
     big = make_big_image(ctx.tmp, ctx.big_source).read_bytes()
     modes = ("default", "only_mask", "post_process_mask")
-    jobs = [(big if i % 10 == 9 else photos[i % len(photos)].read_bytes(), modes[i % 3])
-            for i in range(count)]
+    jobs = [
+        (big if i % 10 == 9 else photos[i % len(photos)].read_bytes(), modes[i % 3])
+        for i in range(count)
+    ]
     server = start_alphacut(ctx)
     samples: list[float] = []
     stop = threading.Event()
@@ -267,15 +342,23 @@ def run_soak(ctx: Any) -> dict[str, Any]:
         thread.join()
         server.stop()
     after = result["rss_after_each_mb"]
-    tail = after[len(after) // 2:]
+    tail = after[len(after) // 2 :]
     slope = float(np.polyfit(np.arange(len(tail)), tail, 1)[0]) * 100 if len(tail) > 2 else 0.0
-    result.update({"start_rss_mb": start_rss, "rss_samples_mb": samples,
-                   "slope_mb_per_100_requests": slope, "big_every": 10,
-                   "sampled_peak_mb": max(samples, default=0.0)})
-    ctx.log(f"\nsoak: {count} mixed requests at c={ctx.soak_concurrency} "
-            f"(every 10th a 12 MP image; default/only_mask/post_process_mask): "
-            f"errors {result['errors']}, RSS start {start_rss:.0f} MB, peak (VmHWM) "
-            f"{result['peak_rss_mb']:.0f} MB, final {result['final_rss_mb']:.0f} MB, slope over "
-            f"the last {len(tail)} requests {slope:+.1f} MB per 100 requests, "
-            f"{result['images_per_s']:.3f} img/s")
+    result.update(
+        {
+            "start_rss_mb": start_rss,
+            "rss_samples_mb": samples,
+            "slope_mb_per_100_requests": slope,
+            "big_every": 10,
+            "sampled_peak_mb": max(samples, default=0.0),
+        }
+    )
+    ctx.log(
+        f"\nsoak: {count} mixed requests at c={ctx.soak_concurrency} "
+        f"(every 10th a 12 MP image; default/only_mask/post_process_mask): "
+        f"errors {result['errors']}, RSS start {start_rss:.0f} MB, peak (VmHWM) "
+        f"{result['peak_rss_mb']:.0f} MB, final {result['final_rss_mb']:.0f} MB, slope over "
+        f"the last {len(tail)} requests {slope:+.1f} MB per 100 requests, "
+        f"{result['images_per_s']:.3f} img/s"
+    )
     return result

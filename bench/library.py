@@ -28,11 +28,16 @@ MODES = ("default", "only_mask", "post_process_mask")
 def start_workers(ctx: Any) -> tuple[Worker, Worker]:
     alphacut = Worker(sys.executable, "alphacut", ctx.weights_alphacut)
     home = rembg_home(ctx.tmp, ctx.weights_rembg)
-    rembg = Worker(str(ctx.rembg_python), "rembg",
-                   home / "models" / "dis_custom" / ctx.weights_rembg.name,
-                   env={"REMBG_HOME": str(home), "U2NET_HOME": ""})
-    ctx.log(f"workers ready: alphacut load {alphacut.ready['load_seconds']:.1f}s, "
-            f"rembg load {rembg.ready['load_seconds']:.1f}s")
+    rembg = Worker(
+        str(ctx.rembg_python),
+        "rembg",
+        home / "models" / "dis_custom" / ctx.weights_rembg.name,
+        env={"REMBG_HOME": str(home), "U2NET_HOME": ""},
+    )
+    ctx.log(
+        f"workers ready: alphacut load {alphacut.ready['load_seconds']:.1f}s, "
+        f"rembg load {rembg.ready['load_seconds']:.1f}s"
+    )
     return alphacut, rembg
 
 
@@ -68,56 +73,122 @@ def run_library(ctx: Any, images: list[BenchImage]) -> dict[str, Any]:
                             times[impl].append(reply["seconds"])
                     if "stages" in got["alphacut"]:
                         stages.append(got["alphacut"]["stages"])
-                row = {"image": image.name, "group": image.group, "mp": image.megapixels,
-                       "mode": mode, "alphacut": median(times["alphacut"]),
-                       "rembg": median(times["rembg"]), "errors": errors,
-                       "alphacut_all": times["alphacut"], "rembg_all": times["rembg"],
-                       "stages": {k: median([s.get(k, 0.0) for s in stages])
-                                  for k in (stages[0] if stages else {})}}
+                row = {
+                    "image": image.name,
+                    "group": image.group,
+                    "mp": image.megapixels,
+                    "mode": mode,
+                    "alphacut": median(times["alphacut"]),
+                    "rembg": median(times["rembg"]),
+                    "errors": errors,
+                    "alphacut_all": times["alphacut"],
+                    "rembg_all": times["rembg"],
+                    "stages": {
+                        k: median([s.get(k, 0.0) for s in stages])
+                        for k in (stages[0] if stages else {})
+                    },
+                }
                 row["ratio"] = ratio(row["alphacut"], row["rembg"])
                 rows.append(row)
-                ctx.log(f"  {image.name:32s} {mode:18s} alphacut {row['alphacut']:.2f}s "
-                        f"rembg {row['rembg']:.2f}s ratio {row['ratio']:.2f}")
+                ctx.log(
+                    f"  {image.name:32s} {mode:18s} alphacut {row['alphacut']:.2f}s "
+                    f"rembg {row['rembg']:.2f}s ratio {row['ratio']:.2f}"
+                )
             # One floor sample per image keeps the floor in the same time window as the rest.
             bare += alphacut.call(op="bare", reps=1)["seconds"]
-        memory = {"alphacut_worker": alphacut.call(op="memory"),
-                  "rembg_worker": rembg.call(op="memory")}
+        memory = {
+            "alphacut_worker": alphacut.call(op="memory"),
+            "rembg_worker": rembg.call(op="memory"),
+        }
     finally:
         alphacut.close()
         rembg.close()
     return summarise_library(ctx, rows, bare, memory)
 
 
-def summarise_library(ctx: Any, rows: list[dict[str, Any]], bare: list[float],
-                      memory: dict[str, Any]) -> dict[str, Any]:
+def summarise_library(
+    ctx: Any, rows: list[dict[str, Any]], bare: list[float], memory: dict[str, Any]
+) -> dict[str, Any]:
     floor = median(bare)
     table = []
     summary: dict[str, Any] = {"bare_fp32_median": floor, "bare_all": bare}
     for mode in MODES:
-        for group, label in (("photo", "photos 0.17-1.55 MP"), ("eval", "evaldata sample"),
-                             ("big", "12 MP")):
+        for group, label in (
+            ("photo", "photos 0.17-1.55 MP"),
+            ("eval", "evaldata sample"),
+            ("big", "12 MP"),
+        ):
             sel = [r for r in rows if r["mode"] == mode and r["group"] == group]
             if not sel:
                 continue
-            entry = {"alphacut": median([r["alphacut"] for r in sel]),
-                     "rembg": median([r["rembg"] for r in sel]),
-                     "ratio_median": median([r["ratio"] for r in sel]),
-                     "ratio_max": max(r["ratio"] for r in sel),
-                     "alphacut_vs_bare": median([r["alphacut"] / floor for r in sel]),
-                     "errors": sum(r["errors"] for r in sel)}
+            entry = {
+                "alphacut": median([r["alphacut"] for r in sel]),
+                "rembg": median([r["rembg"] for r in sel]),
+                "ratio_median": median([r["ratio"] for r in sel]),
+                "ratio_max": max(r["ratio"] for r in sel),
+                "alphacut_vs_bare": median([r["alphacut"] / floor for r in sel]),
+                "errors": sum(r["errors"] for r in sel),
+            }
             summary[f"{mode}/{group}"] = entry
-            table.append([mode, label, len(sel), entry["alphacut"], entry["rembg"],
-                          entry["ratio_median"], entry["ratio_max"], entry["alphacut_vs_bare"]])
-    ctx.log(f"\nbare fp32 session.run (default ORT options): median {floor:.3f}s "
-            f"over {len(bare)} runs")
-    ctx.log(fmt_table(["mode", "images", "n", "alphacut s", "rembg s", "ratio (median)",
-                       "ratio (worst)", "alphacut/bare"], table))
-    stage_rows = [[r["image"], r["mp"], *(r["stages"].get(k, 0.0) for k in (
-        "inference", "session_run", "postprocess", "compose", "encode")), r["alphacut"]]
-        for r in rows if r["mode"] == "default"]
+            table.append(
+                [
+                    mode,
+                    label,
+                    len(sel),
+                    entry["alphacut"],
+                    entry["rembg"],
+                    entry["ratio_median"],
+                    entry["ratio_max"],
+                    entry["alphacut_vs_bare"],
+                ]
+            )
+    ctx.log(
+        f"\nbare fp32 session.run (default ORT options): median {floor:.3f}s over {len(bare)} runs"
+    )
+    ctx.log(
+        fmt_table(
+            [
+                "mode",
+                "images",
+                "n",
+                "alphacut s",
+                "rembg s",
+                "ratio (median)",
+                "ratio (worst)",
+                "alphacut/bare",
+            ],
+            table,
+        )
+    )
+    stage_rows = [
+        [
+            r["image"],
+            r["mp"],
+            *(
+                r["stages"].get(k, 0.0)
+                for k in ("inference", "session_run", "postprocess", "compose", "encode")
+            ),
+            r["alphacut"],
+        ]
+        for r in rows
+        if r["mode"] == "default"
+    ]
     ctx.log("\nalphacut stages, default mode (median s; 'inference' = preprocess + queue + run):")
-    ctx.log(fmt_table(["image", "MP", "inference", "session.run", "postprocess", "compose",
-                       "encode", "total"], stage_rows))
+    ctx.log(
+        fmt_table(
+            [
+                "image",
+                "MP",
+                "inference",
+                "session.run",
+                "postprocess",
+                "compose",
+                "encode",
+                "total",
+            ],
+            stage_rows,
+        )
+    )
     return {"rows": rows, "summary": summary, "memory": memory}
 
 
@@ -139,19 +210,25 @@ def run_matting(ctx: Any) -> dict[str, Any]:
             peaks: dict[str, list[int]] = {"alphacut": [], "rembg": []}
             for rep in range(reps):
                 order = (alphacut, rembg) if rep % 2 == 0 else (rembg, alphacut)
-                got = _pair_call(*order, op="remove", path=str(path), mode="alpha_matting",
-                                 reset_peak=True)
+                got = _pair_call(
+                    *order, op="remove", path=str(path), mode="alpha_matting", reset_peak=True
+                )
                 for impl, reply in got.items():
                     if "error" not in reply:
                         times[impl].append(reply["seconds"])
                         peaks[impl].append(reply["VmHWM"])
-            row = {"image": path.name, **{f"{k}_s": median(v) for k, v in times.items()},
-                   **{f"{k}_peak_mb": max(v, default=0) / 1024 for k, v in peaks.items()}}
+            row = {
+                "image": path.name,
+                **{f"{k}_s": median(v) for k, v in times.items()},
+                **{f"{k}_peak_mb": max(v, default=0) / 1024 for k, v in peaks.items()},
+            }
             row["ratio"] = ratio(row["alphacut_s"], row["rembg_s"])
             timing.append(row)
-            ctx.log(f"  matting {path.name}: alphacut {row['alphacut_s']:.1f}s "
-                    f"({row['alphacut_peak_mb']:.0f} MB peak), rembg {row['rembg_s']:.1f}s "
-                    f"({row['rembg_peak_mb']:.0f} MB peak)")
+            ctx.log(
+                f"  matting {path.name}: alphacut {row['alphacut_s']:.1f}s "
+                f"({row['alphacut_peak_mb']:.0f} MB peak), rembg {row['rembg_s']:.1f}s "
+                f"({row['rembg_peak_mb']:.0f} MB peak)"
+            )
         pairs = sorted((MATTING / "images").iterdir())
         for image in pairs[:3] if ctx.quick else pairs:
             gt = np.asarray(Image.open(MATTING / "masks" / f"{image.stem}.png").convert("L"))
@@ -178,17 +255,46 @@ def run_matting(ctx: Any) -> dict[str, Any]:
     finally:
         alphacut.close()
         rembg.close()
-    table = [[r["image"], r["alphacut_s"], r["rembg_s"], r["ratio"], r["alphacut_peak_mb"],
-              r["rembg_peak_mb"]] for r in timing]
-    ctx.log(fmt_table(["image", "alphacut s", "rembg s", "ratio", "alphacut peak MB",
-                       "rembg peak MB"], table))
-    means = {key: float(np.mean([r[key] for r in quality])) for key in quality[0]
-             if key != "image"} if quality else {}
+    table = [
+        [
+            r["image"],
+            r["alphacut_s"],
+            r["rembg_s"],
+            r["ratio"],
+            r["alphacut_peak_mb"],
+            r["rembg_peak_mb"],
+        ]
+        for r in timing
+    ]
+    ctx.log(
+        fmt_table(
+            ["image", "alphacut s", "rembg s", "ratio", "alphacut peak MB", "rembg peak MB"], table
+        )
+    )
+    means = (
+        {key: float(np.mean([r[key] for r in quality])) for key in quality[0] if key != "image"}
+        if quality
+        else {}
+    )
     ctx.log(f"matting set ({len(quality)} pairs), mean SAD / MSE:")
-    ctx.log(fmt_table(["side", "mode", "SAD", "MSE"], [
-        [impl, mode, means.get(f"{impl}/{mode}/sad", float("nan")),
-         means.get(f"{impl}/{mode}/mse", float("nan"))]
-        for impl, mode in (("alphacut", "default"), ("alphacut", "alpha_matting"),
-                           ("rembg", "default"), ("rembg", "alpha_matting"),
-                           ("rembg", "cf_on_alphacut_trimap"))]))
+    ctx.log(
+        fmt_table(
+            ["side", "mode", "SAD", "MSE"],
+            [
+                [
+                    impl,
+                    mode,
+                    means.get(f"{impl}/{mode}/sad", float("nan")),
+                    means.get(f"{impl}/{mode}/mse", float("nan")),
+                ]
+                for impl, mode in (
+                    ("alphacut", "default"),
+                    ("alphacut", "alpha_matting"),
+                    ("rembg", "default"),
+                    ("rembg", "alpha_matting"),
+                    ("rembg", "cf_on_alphacut_trimap"),
+                )
+            ],
+        )
+    )
     return {"timing": timing, "quality": quality, "quality_means": means, "reps": reps}

@@ -52,10 +52,12 @@ class AlphacutSide:
         from alphacut.pipeline.matting import AlphaMattingParams
         from alphacut.pipeline.remove import RemoveOptions
 
-        options = RemoveOptions(only_mask=mode == "only_mask",
-                                post_process_mask=mode == "post_process_mask",
-                                alpha_matting=mode == "alpha_matting",
-                                matting=AlphaMattingParams(**MATTING))
+        options = RemoveOptions(
+            only_mask=mode == "only_mask",
+            post_process_mask=mode == "post_process_mask",
+            alpha_matting=mode == "alpha_matting",
+            matting=AlphaMattingParams(**MATTING),
+        )
         before = self.runner.inference_seconds
         result = self.engine.remove(data, options)
         started = time.perf_counter()
@@ -69,9 +71,11 @@ class AlphacutSide:
         from alphacut.pipeline.matting import AlphaMattingParams
         from alphacut.pipeline.remove import RemoveOptions
 
-        options = RemoveOptions(alpha_matting=mode == "alpha_matting",
-                                post_process_mask=mode == "post_process_mask",
-                                matting=AlphaMattingParams(**MATTING))
+        options = RemoveOptions(
+            alpha_matting=mode == "alpha_matting",
+            post_process_mask=mode == "post_process_mask",
+            matting=AlphaMattingParams(**MATTING),
+        )
         return self.engine.remove(data, options).mask
 
     def trimap(self, data: bytes) -> Any:
@@ -97,12 +101,16 @@ class RembgSide:
     def remove(self, data: bytes, mode: str) -> tuple[bytes, dict[str, float]]:
         from rembg import remove
 
-        png = remove(data, session=self.session, only_mask=mode == "only_mask",
-                     post_process_mask=mode == "post_process_mask",
-                     alpha_matting=mode == "alpha_matting",
-                     alpha_matting_foreground_threshold=MATTING["foreground_threshold"],
-                     alpha_matting_background_threshold=MATTING["background_threshold"],
-                     alpha_matting_erode_size=MATTING["erode_size"])
+        png = remove(
+            data,
+            session=self.session,
+            only_mask=mode == "only_mask",
+            post_process_mask=mode == "post_process_mask",
+            alpha_matting=mode == "alpha_matting",
+            alpha_matting_foreground_threshold=MATTING["foreground_threshold"],
+            alpha_matting_background_threshold=MATTING["background_threshold"],
+            alpha_matting_erode_size=MATTING["erode_size"],
+        )
         return png, {}
 
     def alpha(self, data: bytes, mode: str) -> Any:
@@ -149,8 +157,11 @@ class Bare:
         for name, value in (("batch", 1), ("height", 1024), ("width", 1024)):
             options.add_free_dimension_override_by_name(name, value)
         self.session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-        self.feed = {self.session.get_inputs()[0].name:
-                     np.random.default_rng(0).random((1, 3, 1024, 1024), dtype=np.float32)}
+        self.feed = {
+            self.session.get_inputs()[0].name: np.random.default_rng(0).random(
+                (1, 3, 1024, 1024), dtype=np.float32
+            )
+        }
         self.session.run(None, self.feed)
 
     def run(self) -> float:

@@ -51,10 +51,15 @@ def backends(model: str, threads: int) -> dict[str, Callable[[np.ndarray], np.nd
 
         found["ort-cpu"] = ort_session(["CPUExecutionProvider"])
         if "OpenVINOExecutionProvider" in ort.get_available_providers():
-            found["ort-openvino"] = ort_session([(
-                "OpenVINOExecutionProvider",
-                {"device_type": "CPU", "precision": "FP32", "num_of_threads": str(threads)}),
-                "CPUExecutionProvider"])
+            found["ort-openvino"] = ort_session(
+                [
+                    (
+                        "OpenVINOExecutionProvider",
+                        {"device_type": "CPU", "precision": "FP32", "num_of_threads": str(threads)},
+                    ),
+                    "CPUExecutionProvider",
+                ]
+            )
     except ImportError:
         pass
     try:
@@ -64,9 +69,15 @@ def backends(model: str, threads: int) -> dict[str, Callable[[np.ndarray], np.nd
         network = core.read_model(model)
         network.reshape({"input": [1, 3, SIZE, SIZE]})
         # f32 explicitly: on CPUs with bf16 units OpenVINO would otherwise run in bf16.
-        compiled = core.compile_model(network, "CPU", {
-            "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads,
-            "INFERENCE_PRECISION_HINT": "f32"})
+        compiled = core.compile_model(
+            network,
+            "CPU",
+            {
+                "PERFORMANCE_HINT": "LATENCY",
+                "INFERENCE_NUM_THREADS": threads,
+                "INFERENCE_PRECISION_HINT": "f32",
+            },
+        )
         request = compiled.create_infer_request()
         found["openvino"] = lambda x: np.array(request.infer({0: x})[compiled.output(0)])
     except ImportError:
@@ -79,18 +90,22 @@ def compare(reference: np.ndarray, other: np.ndarray) -> dict[str, float]:
     oth_u8 = np.clip(other * 255 + 0.5, 0, 255).astype(np.int16)
     a, b = reference >= 0.5, other >= 0.5
     union = np.count_nonzero(a | b)
-    return {"max_abs_diff": float(np.abs(reference - other).max()),
-            "mask_levels_max_diff": int(np.abs(ref_u8 - oth_u8).max()),
-            "mask_pixels_differing": float(np.mean(ref_u8 != oth_u8)),
-            "iou_at_0.5": float(np.count_nonzero(a & b) / union) if union else 1.0}
+    return {
+        "max_abs_diff": float(np.abs(reference - other).max()),
+        "mask_levels_max_diff": int(np.abs(ref_u8 - oth_u8).max()),
+        "mask_pixels_differing": float(np.mean(ref_u8 != oth_u8)),
+        "iou_at_0.5": float(np.count_nonzero(a & b) / union) if union else 1.0,
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("model")
-    parser.add_argument("--images", nargs="*", default=["girl-1.jpg", "animal-1.jpg",
-                                                        "plants-1.jpg"])
+    parser.add_argument(
+        "--images", nargs="*", default=["girl-1.jpg", "animal-1.jpg", "plants-1.jpg"]
+    )
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     args = parser.parse_args()
@@ -106,14 +121,23 @@ def main() -> None:
                 runs[name](x)
                 times[name].append(time.perf_counter() - started)
     base = "ort-cpu" if "ort-cpu" in runs else next(iter(runs))
-    summary = {"backends": list(runs), "threads": args.threads, "loadavg": os.getloadavg(),
-               "median_s": {k: statistics.median(v) for k, v in times.items()}}
-    summary["ratio_vs_" + base] = {k: v / summary["median_s"][base]
-                                   for k, v in summary["median_s"].items()}
+    summary = {
+        "backends": list(runs),
+        "threads": args.threads,
+        "loadavg": os.getloadavg(),
+        "median_s": {k: statistics.median(v) for k, v in times.items()},
+    }
+    summary["ratio_vs_" + base] = {
+        k: v / summary["median_s"][base] for k, v in summary["median_s"].items()
+    }
     summary["vs_" + base] = {
-        name: [compare(ref[0, 0], out[0, 0]) for ref, out in
-               zip(outputs[base], outputs[name], strict=True)]
-        for name in runs if name != base}
+        name: [
+            compare(ref[0, 0], out[0, 0])
+            for ref, out in zip(outputs[base], outputs[name], strict=True)
+        ]
+        for name in runs
+        if name != base
+    }
     try:
         import onnxruntime
 

@@ -41,18 +41,22 @@ class Variant:
 
 
 BASE_VARIANTS = (
-    Variant("bilinear upsampling", "--bilinear-upsampling",
-            RemoveOptions(guided_upsampling=False)),
+    Variant("bilinear upsampling", "--bilinear-upsampling", RemoveOptions(guided_upsampling=False)),
     Variant("default", "", RemoveOptions()),
     Variant("post_process_mask", "--post-process-mask", RemoveOptions(post_process_mask=True)),
     Variant("mask_quality high", "--mask-quality high", RemoveOptions(mask_quality="high")),
 )
 MATTING_VARIANTS = (
-    Variant("alpha_matting", "--alpha-matting",
-            RemoveOptions(alpha_matting=True, matting=AlphaMattingParams())),
-    Variant("alpha_matting + high", "--alpha-matting --mask-quality high",
-            RemoveOptions(alpha_matting=True, matting=AlphaMattingParams(),
-                          mask_quality="high")),
+    Variant(
+        "alpha_matting",
+        "--alpha-matting",
+        RemoveOptions(alpha_matting=True, matting=AlphaMattingParams()),
+    ),
+    Variant(
+        "alpha_matting + high",
+        "--alpha-matting --mask-quality high",
+        RemoveOptions(alpha_matting=True, matting=AlphaMattingParams(), mask_quality="high"),
+    ),
 )
 
 
@@ -62,7 +66,8 @@ def memo_predictor(predict):
 
     def predict_once(image: Image.Image) -> np.ndarray:
         key = hashlib.blake2b(image.tobytes(), digest_size=16).digest() + bytes(
-            str(image.size), "ascii")
+            str(image.size), "ascii"
+        )
         if key not in cache:
             cache[key] = predict(image)
         return cache[key]
@@ -89,7 +94,7 @@ def main() -> None:
         settings = dataclasses.replace(settings, input_size=args.input_size)
     engine = Engine(settings)
     runner = engine.runner()
-    pairs = find_pairs(args.dataset)[:args.limit]
+    pairs = find_pairs(args.dataset)[: args.limit]
     rows: dict[str, list[tuple[str, dict[str, float]]]] = {v.name: [] for v in variants}
     started = time.perf_counter()
     for count, (image_id, image_path, mask_path) in enumerate(pairs, 1):
@@ -101,12 +106,20 @@ def main() -> None:
         for variant in variants:
             mask = compute_mask(image, predict, variant.options)
             rows[variant.name].append((image_id, compute_metrics(mask / 255.0, gt)))
-        print(f"\r{count}/{len(pairs)} {time.perf_counter() - started:.0f} s", end="",
-              file=sys.stderr, flush=True)
+        print(
+            f"\r{count}/{len(pairs)} {time.perf_counter() - started:.0f} s",
+            end="",
+            file=sys.stderr,
+            flush=True,
+        )
     print(file=sys.stderr)
 
-    result = {"dataset": str(args.dataset), "model": runner.spec.name,
-              "input_size": settings.input_size, "variants": []}
+    result = {
+        "dataset": str(args.dataset),
+        "model": runner.spec.name,
+        "input_size": settings.input_size,
+        "variants": [],
+    }
     header = ("variant", "subset", "pairs", *METRIC_NAMES)
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
@@ -116,12 +129,12 @@ def main() -> None:
         for image_id, metrics in per_image:
             groups.setdefault(group_of(image_id), []).append(metrics)
         summary = {name: mean_metrics(items) for name, items in groups.items()}
-        result["variants"].append({"name": variant.name, "flags": variant.flags,
-                                   "groups": summary})
+        result["variants"].append({"name": variant.name, "flags": variant.flags, "groups": summary})
         for group, values in summary.items():
             cells = [f"{values[name]:.4f}" for name in METRIC_NAMES]
-            print(f"| {variant.name} | {group} | {int(values['pairs'])} | "
-                  + " | ".join(cells) + " |")
+            print(
+                f"| {variant.name} | {group} | {int(values['pairs'])} | " + " | ".join(cells) + " |"
+            )
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2))

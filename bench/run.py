@@ -71,10 +71,11 @@ def run_inputsize(ctx: Context, sizes: tuple[int, ...]) -> dict[str, Any]:
     subset = ctx.tmp / "eval-subset"
     for sub in ("images", "masks"):
         (subset / sub).mkdir(parents=True, exist_ok=True)
-    for path in pairs[::max(1, len(pairs) // count)][:count]:
-        for src, dest in ((path, subset / "images" / path.name),
-                          (GENERAL / "masks" / f"{path.stem}.png",
-                           subset / "masks" / f"{path.stem}.png")):
+    for path in pairs[:: max(1, len(pairs) // count)][:count]:
+        for src, dest in (
+            (path, subset / "images" / path.name),
+            (GENERAL / "masks" / f"{path.stem}.png", subset / "masks" / f"{path.stem}.png"),
+        ):
             if not dest.exists():
                 dest.symlink_to(src)
     rows, out = [], {}
@@ -89,50 +90,111 @@ def run_inputsize(ctx: Context, sizes: tuple[int, ...]) -> dict[str, Any]:
             runs.append(time.perf_counter() - started)
         del session
         report = ctx.tmp / f"eval-{size}"
-        subprocess.run([str(Path(sys.executable).with_name("alphacut")), "eval", str(subset),
-                        "--input-size", str(size), "--out", str(report)], check=True,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                str(Path(sys.executable).with_name("alphacut")),
+                "eval",
+                str(subset),
+                "--input-size",
+                str(size),
+                "--out",
+                str(report),
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         summary = json.loads((report / "summary.json").read_text())
         overall, groups = summary["overall"], summary.get("groups", {})
-        out[size] = {"session_run_s": median(runs), "overall": overall, "groups": groups,
-                     "pairs": summary["pairs"], "seconds_per_image": summary["seconds_per_image"]}
-        rows.append([size, median(runs), summary["seconds_per_image"], overall["iou"],
-                     overall["mae"], *(groups.get(g, {}).get("iou", float("nan"))
-                                       for g in ("davis", "horse", "sod"))])
-        ctx.log(f"  input {size}: session.run {median(runs):.2f}s, IoU {overall['iou']:.4f}, "
-                f"MAE {overall['mae']:.4f}")
-    ctx.log(f"\ninput size on {len(list((subset / 'images').iterdir()))} pairs of "
-            "evaldata/general (every k-th id):")
-    ctx.log(fmt_table(["input", "session.run s", "eval s/image", "IoU", "MAE", "IoU davis",
-                       "IoU horse", "IoU sod"], rows))
+        out[size] = {
+            "session_run_s": median(runs),
+            "overall": overall,
+            "groups": groups,
+            "pairs": summary["pairs"],
+            "seconds_per_image": summary["seconds_per_image"],
+        }
+        rows.append(
+            [
+                size,
+                median(runs),
+                summary["seconds_per_image"],
+                overall["iou"],
+                overall["mae"],
+                *(groups.get(g, {}).get("iou", float("nan")) for g in ("davis", "horse", "sod")),
+            ]
+        )
+        ctx.log(
+            f"  input {size}: session.run {median(runs):.2f}s, IoU {overall['iou']:.4f}, "
+            f"MAE {overall['mae']:.4f}"
+        )
+    ctx.log(
+        f"\ninput size on {len(list((subset / 'images').iterdir()))} pairs of "
+        "evaldata/general (every k-th id):"
+    )
+    ctx.log(
+        fmt_table(
+            [
+                "input",
+                "session.run s",
+                "eval s/image",
+                "IoU",
+                "MAE",
+                "IoU davis",
+                "IoU horse",
+                "IoU sod",
+            ],
+            rows,
+        )
+    )
     return out
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", default=",".join(PARTS[:4]),
-                        help=f"comma-separated parts: {', '.join(PARTS)} "
-                        "(default: all but inputsize)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--only",
+        default=",".join(PARTS[:4]),
+        help=f"comma-separated parts: {', '.join(PARTS)} (default: all but inputsize)",
+    )
     parser.add_argument("--quick", action="store_true", help="fewer images and repetitions")
     parser.add_argument("--reps", type=int, default=3, help="repetitions per image and mode")
-    parser.add_argument("--rembg-weights", choices=("fp32", "fp16"), default="fp32",
-                        help="weights file for rembg: our fp32 conversion (same file as "
-                        "alphacut: compares the pipelines) or the original fp16 file")
-    parser.add_argument("--big-source", default="girl-1.jpg",
-                        help="photo upscaled to 4000x3000 for the 12 MP case")
-    parser.add_argument("--big-grain", type=float, default=0.0,
-                        help="Gaussian noise sigma added to the 12 MP photo (real-photo texture)")
-    parser.add_argument("--only-big", action="store_true",
-                        help="library part: the 12 MP photo only")
+    parser.add_argument(
+        "--rembg-weights",
+        choices=("fp32", "fp16"),
+        default="fp32",
+        help="weights file for rembg: our fp32 conversion (same file as "
+        "alphacut: compares the pipelines) or the original fp16 file",
+    )
+    parser.add_argument(
+        "--big-source", default="girl-1.jpg", help="photo upscaled to 4000x3000 for the 12 MP case"
+    )
+    parser.add_argument(
+        "--big-grain",
+        type=float,
+        default=0.0,
+        help="Gaussian noise sigma added to the 12 MP photo (real-photo texture)",
+    )
+    parser.add_argument(
+        "--only-big", action="store_true", help="library part: the 12 MP photo only"
+    )
     parser.add_argument("--http-requests", type=int, default=40)
     parser.add_argument("--soak-requests", type=int, default=200)
     parser.add_argument("--soak-concurrency", type=int, default=4)
-    parser.add_argument("--eval-sample", type=int, default=8,
-                        help="evaldata/general images in the library part (x6 for inputsize)")
+    parser.add_argument(
+        "--eval-sample",
+        type=int,
+        default=8,
+        help="evaldata/general images in the library part (x6 for inputsize)",
+    )
     parser.add_argument("--sizes", default="1024,768,640,512", help="for the inputsize part")
-    parser.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra environment for `alphacut serve` (to try settings)")
+    parser.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra environment for `alphacut serve` (to try settings)",
+    )
     parser.add_argument("--out", type=Path, default=BENCH / "results")
     args = parser.parse_args()
     parts = [p.strip() for p in args.only.split(",") if p.strip()]
@@ -142,18 +204,28 @@ def main() -> None:
     if not FP32.is_file():
         parser.error(f"{FP32} is missing: run `alphacut models pull medium`")
     with tempfile.TemporaryDirectory(prefix="alphacut-bench-") as tmp_name:
-        ctx = Context(tmp=Path(tmp_name), quick=args.quick, reps=1 if args.quick else args.reps,
-                      weights_alphacut=FP32,
-                      weights_rembg=FP32 if args.rembg_weights == "fp32" else FP16,
-                      rembg_python=Path(), big_source=args.big_source,
-                      http_requests=args.http_requests, soak_requests=args.soak_requests,
-                      soak_concurrency=args.soak_concurrency, eval_sample=args.eval_sample,
-                      server_env=dict(kv.split("=", 1) for kv in args.server_env))
+        ctx = Context(
+            tmp=Path(tmp_name),
+            quick=args.quick,
+            reps=1 if args.quick else args.reps,
+            weights_alphacut=FP32,
+            weights_rembg=FP32 if args.rembg_weights == "fp32" else FP16,
+            rembg_python=Path(),
+            big_source=args.big_source,
+            http_requests=args.http_requests,
+            soak_requests=args.soak_requests,
+            soak_concurrency=args.soak_concurrency,
+            eval_sample=args.eval_sample,
+            server_env=dict(kv.split("=", 1) for kv in args.server_env),
+        )
         if {"library", "http", "matting"} & set(parts):
             ctx.rembg_python = ensure_rembg_venv(ctx.log)
             ctx.weights_rembg = static_copy(ctx.weights_rembg, ctx.tmp)
-        results: dict[str, Any] = {"machine": machine_info(), "args": vars(args) | {
-            "out": str(args.out)}, "parts": {}}
+        results: dict[str, Any] = {
+            "machine": machine_info(),
+            "args": vars(args) | {"out": str(args.out)},
+            "parts": {},
+        }
         ctx.log(f"machine: {results['machine']}")
         started = time.time()
         for part in parts:
@@ -162,8 +234,14 @@ def main() -> None:
             if part == "library":
                 from bench.library import run_library
 
-                images = image_set(ctx.tmp, ctx.quick, args.eval_sample, args.big_source,
-                                   args.big_grain, args.only_big)
+                images = image_set(
+                    ctx.tmp,
+                    ctx.quick,
+                    args.eval_sample,
+                    args.big_source,
+                    args.big_grain,
+                    args.only_big,
+                )
                 results["parts"][part] = run_library(ctx, images)
             elif part == "matting":
                 from bench.library import run_matting
@@ -188,8 +266,10 @@ def main() -> None:
         args.out.mkdir(parents=True, exist_ok=True)
         path = args.out / f"{time.strftime('%Y%m%d-%H%M%S')}.json"
         path.write_text(json.dumps(results, indent=1, default=str))
-        ctx.log(f"\nwrote {path} ({results['seconds'] / 60:.1f} min; load at end "
-                f"{os.getloadavg()[0]:.2f})")
+        ctx.log(
+            f"\nwrote {path} ({results['seconds'] / 60:.1f} min; load at end "
+            f"{os.getloadavg()[0]:.2f})"
+        )
 
 
 if __name__ == "__main__":

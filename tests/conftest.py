@@ -56,9 +56,17 @@ def build_tiny_onnx(path: Path, size: int = TINY_SIZE) -> None:
 def write_tiny_model(model_dir: Path, name: str = "tiny") -> None:
     model_dir.mkdir(parents=True, exist_ok=True)
     build_tiny_onnx(model_dir / f"{name}.onnx")
-    (model_dir / f"{name}.json").write_text(json.dumps(
-        {"input_size": TINY_SIZE, "mean": [0.5] * 3, "std": [0.5] * 3,
-         "licence": "test", "description": "tiny test model"}))
+    (model_dir / f"{name}.json").write_text(
+        json.dumps(
+            {
+                "input_size": TINY_SIZE,
+                "mean": [0.5] * 3,
+                "std": [0.5] * 3,
+                "licence": "test",
+                "description": "tiny test model",
+            }
+        )
+    )
 
 
 @pytest.fixture(scope="session")
@@ -74,16 +82,28 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def tiny_settings(tmp_path: Path, tiny_model_dir: Path) -> Settings:
-    return Settings(home=tmp_path / "home", model_dir=tiny_model_dir, model="tiny",
-                    url_allowlist=("127.0.0.1",), sync_wait=120.0, workers=2)
+    return Settings(
+        home=tmp_path / "home",
+        model_dir=tiny_model_dir,
+        model="tiny",
+        url_allowlist=("127.0.0.1",),
+        sync_wait=120.0,
+        workers=2,
+    )
 
 
 def real_settings(home: Path) -> Settings:
     """Settings for the real model: weights from the normal model folder, state in ``home``."""
     model_dir = Settings.from_env().models_path
     # A generous sync wait: a loaded CI machine must not turn a success into "processing".
-    return Settings(home=home, model_dir=model_dir, model="medium",
-                    url_allowlist=("127.0.0.1",), workers=2, sync_wait=120.0)
+    return Settings(
+        home=home,
+        model_dir=model_dir,
+        model="medium",
+        url_allowlist=("127.0.0.1",),
+        workers=2,
+        sync_wait=120.0,
+    )
 
 
 def real_model_installed() -> bool:
@@ -101,7 +121,7 @@ def subject_image(width: int = 200, height: int = 150) -> tuple[Image.Image, np.
     """A bright rectangle on a dark background, and its true mask."""
     array = np.full((height, width, 3), 20, np.uint8)
     mask = np.zeros((height, width), bool)
-    mask[height // 4: 3 * height // 4, width // 4: 3 * width // 4] = True
+    mask[height // 4 : 3 * height // 4, width // 4 : 3 * width // 4] = True
     array[mask] = (235, 220, 210)
     return Image.fromarray(array), mask
 
@@ -123,8 +143,9 @@ class LiveServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.app = create_app(settings, engine)  # type: ignore[arg-type]
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning",
-                                lifespan="on")
+        config = uvicorn.Config(
+            self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on"
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

@@ -14,25 +14,42 @@ from alphacut.jobs.webhooks import SIGNATURE_HEADER, verify
 
 SECRET = "test-webhook-secret"
 SUCCESS_KEYS = {"status", "generationTime", "id", "output", "meta"}
-PROCESSING_KEYS = {"status", "id", "eta", "message", "messege", "tip", "fetch_result",
-                   "future_links", "output", "meta"}
+PROCESSING_KEYS = {
+    "status",
+    "id",
+    "eta",
+    "message",
+    "messege",
+    "tip",
+    "fetch_result",
+    "future_links",
+    "output",
+    "meta",
+}
 NOT_FOUND = {"status": "failed", "id": "", "message": "Request not found", "output": ""}
 
 
-def post(base_url: str, body: dict[str, Any], path: str = "/api/v5/removebg_mask",
-         timeout: float = 180) -> httpx.Response:
+def post(
+    base_url: str, body: dict[str, Any], path: str = "/api/v5/removebg_mask", timeout: float = 180
+) -> httpx.Response:
     return httpx.post(base_url + path, json=body, timeout=timeout)
 
 
-def fetch(base_url: str, job_id: int | str, key: str = "",
-          path: str = "/api/v5/fetch/{id}") -> dict[str, Any]:
+def fetch(
+    base_url: str, job_id: int | str, key: str = "", path: str = "/api/v5/fetch/{id}"
+) -> dict[str, Any]:
     response = httpx.post(base_url + path.format(id=job_id), json={"key": key}, timeout=30)
     assert response.status_code == 200, response.text
     return response.json()
 
 
-def wait_done(base_url: str, job_id: int, key: str = "", timeout: float = 180,
-              seen: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def wait_done(
+    base_url: str,
+    job_id: int,
+    key: str = "",
+    timeout: float = 180,
+    seen: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     """Poll fetch until the job is no longer "processing"; ``seen`` collects the bodies."""
     deadline = time.time() + timeout
     while True:
@@ -76,9 +93,15 @@ class WebhookReceiver:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 header = self.headers.get(SIGNATURE_HEADER, "")
                 code = 500 if len(receiver.calls) < fail_first else then
-                receiver.calls.append({
-                    "verified": verify(secret, body, header), "header": header,
-                    "payload": json.loads(body), "answered": code, "at": time.time()})
+                receiver.calls.append(
+                    {
+                        "verified": verify(secret, body, header),
+                        "header": header,
+                        "payload": json.loads(body),
+                        "answered": code,
+                        "at": time.time(),
+                    }
+                )
                 self.send_response(code)
                 self.send_header("Content-Length", "0")
                 self.end_headers()

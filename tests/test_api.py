@@ -13,8 +13,14 @@ from PIL import Image
 from tests.conftest import subject_image
 
 SEED_BODY = {
-    "key": "", "seed": 12345, "image": None, "post_process_mask": False, "only_mask": False,
-    "alpha_matting": False, "webhook": None, "track_id": None,
+    "key": "",
+    "seed": 12345,
+    "image": None,
+    "post_process_mask": False,
+    "only_mask": False,
+    "alpha_matting": False,
+    "webhook": None,
+    "track_id": None,
 }
 
 
@@ -52,17 +58,29 @@ def test_seed_body_gives_seed_shape(server, served_subject):
     assert len(body["output"]) == 1 and body["output"][0].startswith(server.url + "/outputs/")
     meta = body["meta"]
     expected_types = {
-        "alpha_matting": str, "alpha_matting_background_threshold": int,
-        "alpha_matting_erode_size": int, "alpha_matting_foreground_threshold": int,
-        "base64": str, "file_prefix": str, "image_url": str, "instant_response": str,
-        "only_mask": bool, "outdir": str, "post_process_mask": str, "seed": int, "temp": str,
+        "alpha_matting": str,
+        "alpha_matting_background_threshold": int,
+        "alpha_matting_erode_size": int,
+        "alpha_matting_foreground_threshold": int,
+        "base64": str,
+        "file_prefix": str,
+        "image_url": str,
+        "instant_response": str,
+        "only_mask": bool,
+        "outdir": str,
+        "post_process_mask": str,
+        "seed": int,
+        "temp": str,
     }
     for key, kind in expected_types.items():
         assert isinstance(meta[key], kind), key
     assert meta["alpha_matting"] == "0" and meta["post_process_mask"] == "0"
     assert meta["base64"] == meta["temp"] == meta["instant_response"] == "no"
-    assert (meta["alpha_matting_foreground_threshold"], meta["alpha_matting_background_threshold"],
-            meta["alpha_matting_erode_size"]) == (240, 20, 5)
+    assert (
+        meta["alpha_matting_foreground_threshold"],
+        meta["alpha_matting_background_threshold"],
+        meta["alpha_matting_erode_size"],
+    ) == (240, 20, 5)
     assert meta["seed"] == 12345 and meta["image_url"] == url
     assert meta["file_prefix"].endswith(".png") and body["output"][0].endswith(meta["file_prefix"])
 
@@ -94,9 +112,14 @@ def test_only_mask_and_inverse(server, served_subject):
     assert np.array_equal(inverted, 255 - plain)
 
 
-@pytest.mark.parametrize("path", [
-    "/api/v6/image_editing/removebg_mask", "/api/v1/image_editing/removebg_mask",
-    "/api/v1/enterprise/image_editing/removebg_mask"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/v6/image_editing/removebg_mask",
+        "/api/v1/image_editing/removebg_mask",
+        "/api/v1/enterprise/image_editing/removebg_mask",
+    ],
+)
 def test_all_paths(server, served_subject, path):
     assert post(server, {"image": served_subject[0]}, path=path).json()["status"] == "success"
 
@@ -107,38 +130,49 @@ def test_data_uri_form_and_multipart(server, served_subject):
     body = post(server, {"image": uri, "track_id": 7, "seed": None}).json()
     assert body["status"] == "success" and body["meta"]["image_url"] == "data-uri"
     assert isinstance(body["meta"]["seed"], int)
-    form = httpx.post(server.url + "/api/v5/removebg_mask", timeout=150,
-                      data={"image": uri, "only_mask": "yes", "seed": "3"}).json()
+    form = httpx.post(
+        server.url + "/api/v5/removebg_mask",
+        timeout=150,
+        data={"image": uri, "only_mask": "yes", "seed": "3"},
+    ).json()
     assert form["status"] == "success" and form["meta"]["only_mask"] is True
     assert form["meta"]["seed"] == 3
-    multipart = httpx.post(server.url + "/api/v5/removebg_mask", timeout=150,
-                           data={"post_process_mask": "1"},
-                           files={"image": ("s.png", png_bytes(image), "image/png")}).json()
+    multipart = httpx.post(
+        server.url + "/api/v5/removebg_mask",
+        timeout=150,
+        data={"post_process_mask": "1"},
+        files={"image": ("s.png", png_bytes(image), "image/png")},
+    ).json()
     assert multipart["status"] == "success" and multipart["meta"]["post_process_mask"] == "1"
 
 
-@pytest.mark.parametrize("body, status, words", [
-    ({}, 400, "image is required"),
-    ({"image": ""}, 400, "image"),
-    ({"image": "ftp://example.com/a.png"}, 400, "http(s)"),
-    ({"image": "file:///etc/passwd"}, 400, "http(s)"),
-    ({"image": "http://169.254.169.254/latest"}, 400, "not a public address"),
-    ({"image": "http://10.1.2.3/a.png"}, 400, "not a public address"),
-    ({"image": "data:image/png;base64,bm90IGFuIGltYWdl"}, 415, "not a supported image"),
-    ({"image": "data:text/html,hello"}, 400, "data URI"),
-    ({"image": "URL", "alpha_matting_foreground_threshold": 256}, 422, "less than or equal"),
-    ({"image": "URL", "alpha_matting_background_threshold": -1}, 422, "greater than"),
-    ({"image": "URL", "alpha_matting_erode_size": 65}, 422, "less than or equal"),
-    ({"image": "URL", "alpha_matting": "maybe"}, 422, "boolean"),
-    ({"image": "URL", "seed": "abc"}, 422, "seed"),
-    ({"image": "URL", "model": "../../etc/passwd"}, 422, "unknown model"),
-    ({"image": "URL", "webhook": "http://192.168.1.1/hook"}, 400, "webhook"),
-    ({"image": "URL_404"}, 422, "HTTP 404"),
-])
+@pytest.mark.parametrize(
+    "body, status, words",
+    [
+        ({}, 400, "image is required"),
+        ({"image": ""}, 400, "image"),
+        ({"image": "ftp://example.com/a.png"}, 400, "http(s)"),
+        ({"image": "file:///etc/passwd"}, 400, "http(s)"),
+        ({"image": "http://169.254.169.254/latest"}, 400, "not a public address"),
+        ({"image": "http://10.1.2.3/a.png"}, 400, "not a public address"),
+        ({"image": "data:image/png;base64,bm90IGFuIGltYWdl"}, 415, "not a supported image"),
+        ({"image": "data:text/html,hello"}, 400, "data URI"),
+        ({"image": "URL", "alpha_matting_foreground_threshold": 256}, 422, "less than or equal"),
+        ({"image": "URL", "alpha_matting_background_threshold": -1}, 422, "greater than"),
+        ({"image": "URL", "alpha_matting_erode_size": 65}, 422, "less than or equal"),
+        ({"image": "URL", "alpha_matting": "maybe"}, 422, "boolean"),
+        ({"image": "URL", "seed": "abc"}, 422, "seed"),
+        ({"image": "URL", "model": "../../etc/passwd"}, 422, "unknown model"),
+        ({"image": "URL", "webhook": "http://192.168.1.1/hook"}, 400, "webhook"),
+        ({"image": "URL_404"}, 422, "HTTP 404"),
+    ],
+)
 def test_bad_input(server, served_subject, body, status, words):
     url = served_subject[0]
-    body = {k: (url if v == "URL" else url.replace("subject", "missing") if v == "URL_404" else v)
-            for k, v in body.items()}
+    body = {
+        k: (url if v == "URL" else url.replace("subject", "missing") if v == "URL_404" else v)
+        for k, v in body.items()
+    }
     response = post(server, body)
     assert response.status_code == status, response.text
     payload = response.json()
@@ -147,12 +181,15 @@ def test_bad_input(server, served_subject, body, status, words):
 
 
 def test_malformed_bodies(server):
-    for content, ctype, status in [(b"{not json", "application/json", 400),
-                                   (b"[1, 2]", "application/json", 400),
-                                   (b"", "application/json", 400),
-                                   (b"<xml/>", "application/xml", 415)]:
-        response = httpx.post(server.url + "/api/v5/removebg_mask", content=content,
-                              headers={"content-type": ctype})
+    for content, ctype, status in [
+        (b"{not json", "application/json", 400),
+        (b"[1, 2]", "application/json", 400),
+        (b"", "application/json", 400),
+        (b"<xml/>", "application/xml", 415),
+    ]:
+        response = httpx.post(
+            server.url + "/api/v5/removebg_mask", content=content, headers={"content-type": ctype}
+        )
         assert response.status_code == status, (content, response.text)
         assert response.json()["status"] == "error"
 

@@ -19,8 +19,9 @@ def _run(budget: PixelBudget, pixels: int, log: list[str], name: str, hold: floa
 def test_two_big_images_take_turns_and_small_ones_share():
     budget = PixelBudget(100)
     log: list[str] = []
-    threads = [threading.Thread(target=_run, args=(budget, 60, log, name, 0.2))
-               for name in ("a", "b")]
+    threads = [
+        threading.Thread(target=_run, args=(budget, 60, log, name, 0.2)) for name in ("a", "b")
+    ]
     for thread in threads:
         thread.start()
         time.sleep(0.05)
@@ -30,8 +31,9 @@ def test_two_big_images_take_turns_and_small_ones_share():
     assert budget.used == 0
 
     log.clear()
-    threads = [threading.Thread(target=_run, args=(budget, 40, log, name, 0.2))
-               for name in ("c", "d")]
+    threads = [
+        threading.Thread(target=_run, args=(budget, 40, log, name, 0.2)) for name in ("c", "d")
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:

@@ -41,8 +41,9 @@ def test_remove_folder_only_mask(tiny_env):
     subject_image(120, 90)[0].save(folder / "sub" / "b.webp")
     (folder / "notes.txt").write_text("not an image")
     out = tiny_env / "out"
-    result = runner.invoke(app, ["remove", str(folder), "-o", str(out), "--only-mask",
-                                 "--post-process-mask"])
+    result = runner.invoke(
+        app, ["remove", str(folder), "-o", str(out), "--only-mask", "--post-process-mask"]
+    )
     assert result.exit_code == 0, result.output
     assert "2 of 2 images written" in result.output
     assert Image.open(out / "a.png").mode == "L"

@@ -101,8 +101,15 @@ def test_timeout_while_processing():
     def handler(request: httpx.Request) -> httpx.Response:
         if request.url.path.endswith("removebg_mask"):
             assert json.loads(request.content)["image"].startswith("data:image/png;base64,")
-            return httpx.Response(200, json={"status": "processing", "id": 7, "eta": 9,
-                                             "fetch_result": "http://x/api/v5/fetch/7"})
+            return httpx.Response(
+                200,
+                json={
+                    "status": "processing",
+                    "id": 7,
+                    "eta": 9,
+                    "fetch_result": "http://x/api/v5/fetch/7",
+                },
+            )
         polls.append(str(request.url))
         return httpx.Response(200, json={"status": "processing", "id": 7, "output": []})
 
@@ -114,8 +121,11 @@ def test_timeout_while_processing():
 
 
 def test_errors_with_http_200_are_still_errors():
-    transport = httpx.MockTransport(lambda request: httpx.Response(
-        200, json={"status": "error", "message": "image is required"}))
+    transport = httpx.MockTransport(
+        lambda request: httpx.Response(
+            200, json={"status": "error", "message": "image is required"}
+        )
+    )
     with pytest.raises(AlphacutAPIError) as err:
         Client("http://x", transport=transport).remove(b"\x89PNG")
     assert err.value.status_code == 200 and err.value.message == "image is required"
@@ -127,8 +137,10 @@ def test_async_client(server, subject):
     async def main():
         async with AsyncClient(server.url, poll_interval=0.05) as client:
             results = await asyncio.gather(
-                client.remove(path), client.remove(url, instant_response=True),
-                client.remove(image, channels="alpha"))
+                client.remove(path),
+                client.remove(url, instant_response=True),
+                client.remove(image, channels="alpha"),
+            )
             with pytest.raises(AlphacutAPIError) as err:
                 await client.remove(path, position="nowhere")
             return results, err.value

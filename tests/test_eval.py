@@ -70,7 +70,8 @@ def test_run_eval_writes_reports(tmp_path: Path, tiny_engine: Engine) -> None:
     assert set(summary.groups) == {"rect", "sq"}
     assert summary.groups["sq"]["pairs"] == 2
     assert summary.groups["sq"]["iou"] == pytest.approx(
-        np.mean([r.metrics["iou"] for r in summary.images if r.group == "sq"]))
+        np.mean([r.metrics["iou"] for r in summary.images if r.group == "sq"])
+    )
 
     data = json.loads((out / "summary.json").read_text())
     assert data["pairs"] == 3 and data["model"] == "tiny"
@@ -94,11 +95,11 @@ def test_run_eval_writes_reports(tmp_path: Path, tiny_engine: Engine) -> None:
 def test_run_eval_limit_and_skips(tmp_path: Path, tiny_engine: Engine) -> None:
     dataset = make_dataset(tmp_path / "ds")
     (dataset / "images" / "zz_nomask.png").write_bytes(
-        (dataset / "images" / "sq_a.png").read_bytes())  # no mask: not a pair
+        (dataset / "images" / "sq_a.png").read_bytes()
+    )  # no mask: not a pair
     (dataset / "images" / "sq_broken.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
     Image.new("L", (8, 8)).save(dataset / "masks" / "sq_broken.png")
-    (dataset / "images" / "sq_size.png").write_bytes(
-        (dataset / "images" / "sq_a.png").read_bytes())
+    (dataset / "images" / "sq_size.png").write_bytes((dataset / "images" / "sq_a.png").read_bytes())
     Image.new("L", (10, 10)).save(dataset / "masks" / "sq_size.png")
 
     summary = run_eval(dataset, tiny_engine, progress=False)
@@ -116,8 +117,20 @@ def test_cli_eval(tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.Monk
     out = tmp_path / "out"
     monkeypatch.setenv("ALPHACUT_HOME", str(tiny_model_dir.parent))
     monkeypatch.delenv("ALPHACUT_MODEL_DIR", raising=False)
-    result = CliRunner().invoke(app, ["eval", str(dataset), "--model", "tiny", "--out", str(out),
-                                      "--limit", "2", "--post-process-mask"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            str(dataset),
+            "--model",
+            "tiny",
+            "--out",
+            str(out),
+            "--limit",
+            "2",
+            "--post-process-mask",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "IoU@0.5" in result.stdout and "2 pairs" in result.stdout
     data = json.loads((out / "summary.json").read_text())
@@ -131,8 +144,7 @@ def test_cli_eval_missing_folder(tmp_path: Path) -> None:
 
 
 def _evaldata() -> Path | None:
-    candidates = [os.environ.get("ALPHACUT_EVALDATA", ""),
-                  str(EVALDATA)]
+    candidates = [os.environ.get("ALPHACUT_EVALDATA", ""), str(EVALDATA)]
     for candidate in candidates:
         if candidate and (Path(candidate) / "general" / "images").is_dir():
             return Path(candidate)
@@ -145,8 +157,10 @@ def test_real_model_eval_on_horses(tmp_path: Path) -> None:
     spec = resolve_model("medium", settings.models_path)
     model_path = spec.runtime_path(settings.models_path)
     if not model_path.is_file():
-        pytest.skip(f"REAL MODEL NOT INSTALLED: {model_path} is missing; set ALPHACUT_HOME or "
-                    "run `alphacut models pull medium` to run this test")
+        pytest.skip(
+            f"REAL MODEL NOT INSTALLED: {model_path} is missing; set ALPHACUT_HOME or "
+            "run `alphacut models pull medium` to run this test"
+        )
     evaldata = _evaldata()
     if evaldata is None:
         pytest.skip("EVALUATION DATA NOT FOUND: set ALPHACUT_EVALDATA to the evaldata folder")

@@ -15,8 +15,14 @@ from alphacut.jobs.store import QUEUED, RUNNING, SUCCESS, SQLiteJobStore, worker
 from alphacut.service.responses import NOT_FOUND_BODY, fetch_body
 from alphacut.service.state import ServiceState
 
-REQUEST = {"webhook": None, "file_name": "a.png", "base_url": "http://x", "meta": {},
-           "temp": False, "base64": False}
+REQUEST = {
+    "webhook": None,
+    "file_name": "a.png",
+    "base_url": "http://x",
+    "meta": {},
+    "temp": False,
+    "base64": False,
+}
 
 
 @pytest.fixture
@@ -45,8 +51,12 @@ def test_claim_order_and_lease(store):
 def test_requeue_dead_local(store):
     host = socket.gethostname()
     ids = {}
-    for name, worker in [("dead", f"{host}:{dead_pid()}"), ("alive", f"{host}:{os.getppid()}"),
-                         ("own", worker_identity()), ("elsewhere", f"other-host:{dead_pid()}")]:
+    for name, worker in [
+        ("dead", f"{host}:{dead_pid()}"),
+        ("alive", f"{host}:{os.getppid()}"),
+        ("own", worker_identity()),
+        ("elsewhere", f"other-host:{dead_pid()}"),
+    ]:
         ids[name] = store.create("o", REQUEST).id
         assert store.claim(worker, lease_seconds=600).id == ids[name]
     assert store.requeue_dead_local(own=worker_identity()) == 2
@@ -79,14 +89,27 @@ def test_ending_a_job_queues_its_webhook(store):
 def test_fetch_bodies(store):
     job = store.create("o", {**REQUEST, "webhook": "http://127.0.0.1/hook"})
     body = fetch_body(store.get(job.id), eta=2.345)
-    assert body == {"status": "processing", "id": job.id, "message": body["message"],
-                    "eta": 2.3, "output": [], "webhook_status": "waiting"}
+    assert body == {
+        "status": "processing",
+        "id": job.id,
+        "message": body["message"],
+        "eta": 2.3,
+        "output": [],
+        "webhook_status": "waiting",
+    }
     store.fail(job.id, "the job's input was lost", 500)
     assert fetch_body(store.get(job.id), 0) == {
-        "status": "failed", "id": job.id, "message": "the job's input was lost",
-        "webhook_status": "pending"}
-    assert NOT_FOUND_BODY == {"status": "failed", "id": "", "message": "Request not found",
-                              "output": ""}
+        "status": "failed",
+        "id": job.id,
+        "message": "the job's input was lost",
+        "webhook_status": "pending",
+    }
+    assert NOT_FOUND_BODY == {
+        "status": "failed",
+        "id": "",
+        "message": "Request not found",
+        "output": "",
+    }
 
 
 def test_cleanup_deletes_expired_outputs_with_their_rows(tiny_settings):

@@ -33,9 +33,13 @@ from tests.jobhelpers import (
     wait_until,
 )
 
-FETCH_BY_PATH = ["/api/v5/fetch/{id}", "/api/v3/fetch/{id}", "/api/v6/image_editing/fetch/{id}",
-                 "/api/v1/image_editing/fetch/{id}",
-                 "/api/v1/enterprise/image_editing/fetch/{id}"]
+FETCH_BY_PATH = [
+    "/api/v5/fetch/{id}",
+    "/api/v3/fetch/{id}",
+    "/api/v6/image_editing/fetch/{id}",
+    "/api/v1/image_editing/fetch/{id}",
+    "/api/v1/enterprise/image_editing/fetch/{id}",
+]
 FETCH_BY_BODY = ["/api/v4/dreambooth/fetch", "/api/v1/enterprise/fetch"]
 
 
@@ -54,9 +58,10 @@ def assert_processing(body: dict, server_url: str) -> None:
     assert body["fetch_result"] == f"{server_url}/api/v5/fetch/{body['id']}"
     assert body["output"] == [] and len(body["future_links"]) == 1
     assert body["future_links"][0].startswith(server_url + "/outputs/")
-    assert body["future_links"][0].endswith(body["meta"]["file_prefix"].rsplit(".", 1)[0]
-                                            + (".base64" if body["meta"]["base64"] == "yes"
-                                               else ".png"))
+    assert body["future_links"][0].endswith(
+        body["meta"]["file_prefix"].rsplit(".", 1)[0]
+        + (".base64" if body["meta"]["base64"] == "yes" else ".png")
+    )
 
 
 def test_instant_response_and_every_fetch_path(live_server, tiny_settings, subject_url):
@@ -123,8 +128,9 @@ def real_server(real_engine, tmp_path):
     servers: list[LiveServer] = []
 
     def start(**overrides: object) -> LiveServer:
-        settings = dataclasses.replace(real_settings(tmp_path / f"home{len(servers)}"),
-                                       webhook_secret=SECRET, **overrides)
+        settings = dataclasses.replace(
+            real_settings(tmp_path / f"home{len(servers)}"), webhook_secret=SECRET, **overrides
+        )
         servers.append(LiveServer(settings, real_engine).__enter__())
         return servers[-1]
 
@@ -204,12 +210,22 @@ def test_per_key_queue_limit(real_server, subject_url):
 def test_webhook_retries_until_accepted(real_server, subject_url):
     server = real_server(webhook_backoff=0.2)
     with WebhookReceiver(fail_first=2) as receiver:
-        answer = post(server.url, {"image": subject_url, "webhook": receiver.url,
-                                   "track_id": "t-9", "instant_response": True}).json()
+        answer = post(
+            server.url,
+            {
+                "image": subject_url,
+                "webhook": receiver.url,
+                "track_id": "t-9",
+                "instant_response": True,
+            },
+        ).json()
         assert fetch(server.url, answer["id"])["webhook_status"] in ("waiting", "pending")
         done = wait_done(server.url, answer["id"])
-        wait_until(lambda: fetch(server.url, answer["id"])["webhook_status"] == "delivered",
-                   timeout=150, what="webhook delivery")
+        wait_until(
+            lambda: fetch(server.url, answer["id"])["webhook_status"] == "delivered",
+            timeout=150,
+            what="webhook delivery",
+        )
     assert [call["answered"] for call in receiver.calls] == [500, 500, 200]
     assert all(call["verified"] for call in receiver.calls)
     attempts = server.state.store.get(answer["id"]).webhook_attempts
@@ -218,9 +234,14 @@ def test_webhook_retries_until_accepted(real_server, subject_url):
     assert gaps[0] >= 0.15 and gaps[1] >= 0.45  # 0.2 s then 0.6 s, minus 25% jitter
     done.pop("webhook_status")
     payload = receiver.calls[-1]["payload"]
-    assert payload == {"status": "success", "id": answer["id"], "output": done["output"],
-                       "generationTime": done["generationTime"], "track_id": "t-9",
-                       "meta": done["meta"]}
+    assert payload == {
+        "status": "success",
+        "id": answer["id"],
+        "output": done["output"],
+        "generationTime": done["generationTime"],
+        "track_id": "t-9",
+        "meta": done["meta"],
+    }
     # The same payload every time: a receiver can retry-safely key on id.
     assert all(call["payload"] == payload for call in receiver.calls)
 
@@ -274,8 +295,11 @@ def test_client_that_goes_away_keeps_its_job(real_server, subject_url):
     blocker = post(server.url, {"image": subject_url, "instant_response": True}).json()
     # The next job waits behind the first, so this client gives up before it is done.
     with pytest.raises(httpx.ReadTimeout):
-        httpx.post(server.url + "/api/v5/removebg_mask", json={"image": subject_url},
-                   timeout=httpx.Timeout(30, read=1.0))
+        httpx.post(
+            server.url + "/api/v5/removebg_mask",
+            json={"image": subject_url},
+            timeout=httpx.Timeout(30, read=1.0),
+        )
     gone_id = blocker["id"] + 1
     wait_until(lambda: server.state.store.get(gone_id) is not None, what="the job")
     assert server.state.store.get(gone_id).status != "success"
@@ -291,8 +315,10 @@ def test_stop_lets_running_jobs_finish(real_engine, tmp_path, subject_url):
 
     settings = dataclasses.replace(real_settings(tmp_path / "home"), workers=1)
     server = LiveServer(settings, real_engine).__enter__()
-    ids = [post(server.url, {"image": subject_url, "instant_response": True}).json()["id"]
-           for _ in range(2)]
+    ids = [
+        post(server.url, {"image": subject_url, "instant_response": True}).json()["id"]
+        for _ in range(2)
+    ]
     wait_until(lambda: server.state.store.get(ids[0]).status == RUNNING, what="a running job")
     store = server.state.store
     stopper = threading.Thread(target=server.__exit__, args=(None, None, None))

@@ -14,8 +14,10 @@ def test_explicit_environment_settings_win(monkeypatch):
     assert tune_malloc() is False
 
 
-@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
-                    reason="mallopt settings exist on glibc only")
+@pytest.mark.skipif(
+    platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
+    reason="mallopt settings exist on glibc only",
+)
 def test_applies_on_glibc(monkeypatch):
     for name in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_ARENA_MAX", "GLIBC_TUNABLES"):
         monkeypatch.delenv(name, raising=False)

@@ -57,8 +57,9 @@ def test_alpha_matting_lowers_sad_against_the_plain_mask(engine):
     for image_id in MATTING_IDS:
         image, gt = _load(image_id)
         plain = compute_mask(image, predict, RemoveOptions())
-        matted = compute_mask(image, predict, RemoveOptions(alpha_matting=True,
-                                                            matting=AlphaMattingParams()))
+        matted = compute_mask(
+            image, predict, RemoveOptions(alpha_matting=True, matting=AlphaMattingParams())
+        )
         plain_sad, matted_sad = _sad(plain, gt), _sad(matted, gt)
         print(f"{image_id}: SAD plain {plain_sad:.2f} matted {matted_sad:.2f}")
         assert matted_sad < plain_sad, image_id

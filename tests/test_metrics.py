@@ -10,19 +10,25 @@ import pytest
 from alphacut.evaluate import metrics as m
 
 # GT: a 2x2 square in a 4x4 image.
-GT = np.array([
-    [0, 0, 0, 0],
-    [0, 1, 1, 0],
-    [0, 1, 1, 0],
-    [0, 0, 0, 0],
-], dtype=np.float64)
+GT = np.array(
+    [
+        [0, 0, 0, 0],
+        [0, 1, 1, 0],
+        [0, 1, 1, 0],
+        [0, 0, 0, 0],
+    ],
+    dtype=np.float64,
+)
 # Prediction: misses part of (1,2) and most of (2,1), adds half a pixel at the corner (3,3).
-PRED = np.array([
-    [0, 0, 0, 0],
-    [0, 1, 0.5, 0],
-    [0, 0.25, 1, 0],
-    [0, 0, 0, 0.5],
-], dtype=np.float64)
+PRED = np.array(
+    [
+        [0, 0, 0, 0],
+        [0, 1, 0.5, 0],
+        [0, 0.25, 1, 0],
+        [0, 0, 0, 0.5],
+    ],
+    dtype=np.float64,
+)
 # |PRED - GT| is 0.5 at (1,2), 0.75 at (2,1), 0.5 at (3,3): sum 1.75.
 
 

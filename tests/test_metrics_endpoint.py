@@ -60,15 +60,20 @@ def value(samples, name, **labels) -> float:
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
-def test_metrics_count_requests_stages_jobs_and_webhooks(live_server, tiny_settings, tmp_path,
-                                                         served_subject, webhook_receiver):
+def test_metrics_count_requests_stages_jobs_and_webhooks(
+    live_server, tiny_settings, tmp_path, served_subject, webhook_receiver
+):
     hook, received = webhook_receiver
     server = live_server(tiny_settings, webhook_backoff=0.2)
     # A second app in the same process (its own store): the registries must not clash.
     live_server(tiny_settings, home=tmp_path / "other-home")
     api = server.url + "/api/v5/removebg_mask"
-    assert httpx.post(api, json={"image": served_subject, "webhook": hook,
-                                 "alpha_matting": True}, timeout=150).status_code == 200
+    assert (
+        httpx.post(
+            api, json={"image": served_subject, "webhook": hook, "alpha_matting": True}, timeout=150
+        ).status_code
+        == 200
+    )
     assert httpx.post(api, json={"image": served_subject, "bg_color": "nope"}).status_code == 422
     queued = httpx.post(api, json={"image": served_subject, "instant_response": True}).json()
     for _ in range(100):
@@ -82,16 +87,28 @@ def test_metrics_count_requests_stages_jobs_and_webhooks(live_server, tiny_setti
 
     samples = scrape(server)
     route = "/api/v5/removebg_mask"
-    assert value(samples, "alphacut_http_requests_total", method="POST", route=route,
-                 status="200") == 2
-    assert value(samples, "alphacut_http_requests_total", method="POST", route=route,
-                 status="422") == 1
-    assert value(samples, "alphacut_api_responses_total", endpoint="removebg_mask",
-                 status="success") == 1
-    assert value(samples, "alphacut_api_responses_total", endpoint="removebg_mask",
-                 status="processing") == 1
-    assert value(samples, "alphacut_api_responses_total", endpoint="removebg_mask",
-                 status="error") == 1
+    assert (
+        value(samples, "alphacut_http_requests_total", method="POST", route=route, status="200")
+        == 2
+    )
+    assert (
+        value(samples, "alphacut_http_requests_total", method="POST", route=route, status="422")
+        == 1
+    )
+    assert (
+        value(samples, "alphacut_api_responses_total", endpoint="removebg_mask", status="success")
+        == 1
+    )
+    assert (
+        value(
+            samples, "alphacut_api_responses_total", endpoint="removebg_mask", status="processing"
+        )
+        == 1
+    )
+    assert (
+        value(samples, "alphacut_api_responses_total", endpoint="removebg_mask", status="error")
+        == 1
+    )
     assert value(samples, "alphacut_api_responses_total", endpoint="fetch", status="success") == 1
     for stage in ("fetch", "decode", "inference", "matting", "compose", "encode"):
         assert value(samples, "alphacut_stage_duration_seconds_count", stage=stage) >= 1, stage
@@ -108,18 +125,23 @@ def test_access_log_has_ids_and_no_secrets(live_server, tiny_settings, served_su
     server = live_server(tiny_settings, api_keys=("s3cret-key",))
     caplog.set_level(logging.INFO, logger="alphacut.access")
     uri = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8"
-    httpx.post(server.url + "/api/v5/removebg_mask?key=s3cret-key", timeout=150,
-               json={"key": "s3cret-key", "image": served_subject},
-               headers={"X-Request-Id": "req-123"})
+    httpx.post(
+        server.url + "/api/v5/removebg_mask?key=s3cret-key",
+        timeout=150,
+        json={"key": "s3cret-key", "image": served_subject},
+        headers={"X-Request-Id": "req-123"},
+    )
     httpx.post(server.url + "/api/v5/removebg_mask", json={"key": "s3cret-key", "image": uri})
     formatter = JsonFormatter()
-    lines = [json.loads(formatter.format(r)) for r in caplog.records
-             if r.name == "alphacut.access"]
+    lines = [json.loads(formatter.format(r)) for r in caplog.records if r.name == "alphacut.access"]
     assert len(lines) == 2
     first = lines[0]
     assert first["request_id"] == "req-123" and isinstance(first["job_id"], int)
     assert (first["method"], first["path"], first["status"]) == (
-        "POST", "/api/v5/removebg_mask", 200)
+        "POST",
+        "/api/v5/removebg_mask",
+        200,
+    )
     assert first["duration_ms"] > 0 and lines[1]["status"] == 415
     text = "\n".join(formatter.format(r) for r in caplog.records)
     assert "s3cret" not in text and "iVBOR" not in text
@@ -148,7 +170,8 @@ def test_openapi_has_examples_for_every_shape(live_server, tiny_settings, served
         example = remove["responses"][code]["content"]["application/json"]["example"]
         assert example["status"] == "error" and example["message"]
     fetch = spec["paths"]["/api/v5/fetch/{job_id}"]["post"]["responses"]["200"]
-    statuses = {e["value"]["status"] for e in fetch["content"]["application/json"]["examples"]
-                .values()}
+    statuses = {
+        e["value"]["status"] for e in fetch["content"]["application/json"]["examples"].values()
+    }
     assert statuses == {"success", "processing", "failed"}
     assert "/metrics" in spec["paths"] and "/healthz" in spec["paths"]

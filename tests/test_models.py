@@ -23,12 +23,13 @@ from alphacut.models.convert import convert_fp16_to_fp32, ensure_fp32
 from alphacut.models.registry import BUILTIN_MODELS, known_models, resolve_model
 
 
-def _fake_package(tmp_path: Path, payload: bytes, chunk: int = 10,
-                  corrupt: bool = False) -> tuple[Path, dict]:
+def _fake_package(
+    tmp_path: Path, payload: bytes, chunk: int = 10, corrupt: bool = False
+) -> tuple[Path, dict]:
     """An npm-pack-like tarball holding ``payload`` as sha256-named chunks."""
     chunks, members = [], {}
     for offset in range(0, len(payload), chunk):
-        data = payload[offset: offset + chunk]
+        data = payload[offset : offset + chunk]
         name = hashlib.sha256(data).hexdigest()
         chunks.append({"hash": name, "offsets": [offset, offset + len(data)]})
         members[name] = b"X" + data[1:] if corrupt and offset == 0 else data
@@ -43,9 +44,11 @@ def _fake_package(tmp_path: Path, payload: bytes, chunk: int = 10,
 
 
 def _spec_for(payload: bytes):
-    return dataclasses.replace(BUILTIN_MODELS["medium"],
-                               sha256=hashlib.sha256(payload).hexdigest(),
-                               size_bytes=len(payload))
+    return dataclasses.replace(
+        BUILTIN_MODELS["medium"],
+        sha256=hashlib.sha256(payload).hexdigest(),
+        size_bytes=len(payload),
+    )
 
 
 def test_assemble_verifies_and_writes_atomically(tmp_path):
@@ -104,9 +107,19 @@ def test_unknown_or_unpullable_model(tmp_path):
 
 def test_registry_knows_rembg_models_and_sidecars(tmp_path):
     models = known_models(tmp_path)
-    for name in ["u2net", "u2netp", "u2net_human_seg", "silueta", "isnet-general-use",
-                 "isnet-anime", "birefnet-general", "birefnet-general-lite",
-                 "birefnet-portrait", "medium", "small"]:
+    for name in [
+        "u2net",
+        "u2netp",
+        "u2net_human_seg",
+        "silueta",
+        "isnet-general-use",
+        "isnet-anime",
+        "birefnet-general",
+        "birefnet-general-lite",
+        "birefnet-portrait",
+        "medium",
+        "small",
+    ]:
         assert name in models
     assert models["u2net"].input_size == 320 and models["birefnet-general"].input_size == 1024
     (tmp_path / "mine.onnx").write_bytes(b"")
@@ -132,11 +145,15 @@ def _fp16_model_with_side_output(path: Path) -> None:
         helper.make_node("Cast", ["side16"], ["side"], to=TensorProto.FLOAT),
     ]
     graph = helper.make_graph(
-        nodes, "fp16",
+        nodes,
+        "fp16",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 8, 8])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 1, 8, 8]),
-         helper.make_tensor_value_info("side", TensorProto.FLOAT, [1, 1, 8, 8])],
-        [weight])
+        [
+            helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 1, 8, 8]),
+            helper.make_tensor_value_info("side", TensorProto.FLOAT, [1, 1, 8, 8]),
+        ],
+        [weight],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)])
     model.ir_version = 8
     onnx.save(model, str(path))

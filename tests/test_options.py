@@ -36,18 +36,26 @@ from tests.conftest import PHOTOS, LiveServer, real_settings, requires_real_mode
 # ---------------------------------------------------------------- pure functions
 
 
-@pytest.mark.parametrize("value, expected", [
-    ("#fff", (255, 255, 255, 255)), ("#3366FF", (0x33, 0x66, 0xFF, 255)),
-    ("#11223344", (0x11, 0x22, 0x33, 0x44)), ("#1234", (0x11, 0x22, 0x33, 0x44)),
-    ("10,20,30", (10, 20, 30, 255)), (" 10, 20, 30, 40 ", (10, 20, 30, 40)),
-    ("white", (255, 255, 255, 255)), ((1, 2, 3), (1, 2, 3, 255)),
-])
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("#fff", (255, 255, 255, 255)),
+        ("#3366FF", (0x33, 0x66, 0xFF, 255)),
+        ("#11223344", (0x11, 0x22, 0x33, 0x44)),
+        ("#1234", (0x11, 0x22, 0x33, 0x44)),
+        ("10,20,30", (10, 20, 30, 255)),
+        (" 10, 20, 30, 40 ", (10, 20, 30, 40)),
+        ("white", (255, 255, 255, 255)),
+        ((1, 2, 3), (1, 2, 3, 255)),
+    ],
+)
 def test_parse_color(value, expected):
     assert parse_color(value) == expected
 
 
-@pytest.mark.parametrize("value", ["#12345", "red-ish", "1,2", "1,2,3,4,5", "256,0,0", "-1,0,0",
-                                   "#ggg", ""])
+@pytest.mark.parametrize(
+    "value", ["#12345", "red-ish", "1,2", "1,2,3,4,5", "256,0,0", "-1,0,0", "#ggg", ""]
+)
 def test_parse_color_rejects(value):
     with pytest.raises(ValueError, match="hex colour"):
         parse_color(value)
@@ -74,7 +82,7 @@ def _square_cutout(size=(100, 80), box: Box | None = None) -> np.ndarray:
     box = box or Box(30, 20, 20, 10)
     out = np.zeros((size[1], size[0], 4), np.uint8)
     out[..., :3] = (200, 50, 50)
-    out[box.top:box.top + box.height, box.left:box.left + box.width, 3] = 255
+    out[box.top : box.top + box.height, box.left : box.left + box.width, 3] = 255
     return out
 
 
@@ -179,10 +187,12 @@ def fetch_output(body) -> tuple[httpx.Response, Image.Image]:
 def test_formats_extensions_and_content_types(server, served):
     base, image, mask = served
     url = f"{base}/opt-subject.png"
-    cases = [({}, "png", "image/png", "RGBA"),
-             ({"format": "webp"}, "webp", "image/webp", "RGBA"),
-             ({"format": "WEBP", "quality": 70}, "webp", "image/webp", "RGBA"),
-             ({"format": "jpeg", "bg_color": "#000"}, "jpg", "image/jpeg", "RGB")]
+    cases = [
+        ({}, "png", "image/png", "RGBA"),
+        ({"format": "webp"}, "webp", "image/webp", "RGBA"),
+        ({"format": "WEBP", "quality": 70}, "webp", "image/webp", "RGBA"),
+        ({"format": "jpeg", "bg_color": "#000"}, "jpg", "image/jpeg", "RGB"),
+    ]
     for options, ext, ctype, mode in cases:
         body = post(server, {"image": url, **options}).json()
         assert body["status"] == "success", body
@@ -203,8 +213,9 @@ def test_formats_extensions_and_content_types(server, served):
 def test_bg_color_crop_channels_and_base64(server, served):
     base, image, mask = served
     url = f"{base}/opt-subject.png"
-    body = post(server, {"image": url, "bg_color": "255,0,0", "crop": "yes",
-                         "crop_margin": "10"}).json()
+    body = post(
+        server, {"image": url, "bg_color": "255,0,0", "crop": "yes", "crop_margin": "10"}
+    ).json()
     _, out = fetch_output(body)
     fg = body["meta"]["foreground"]
     assert out.mode == "RGB" and out.size == (fg["width"] + 20, fg["height"] + 20)
@@ -244,25 +255,28 @@ def test_bg_image_is_fetched_safely(server, served):
     assert not list(server.state.storage.inputs.glob("*.bg"))
 
 
-@pytest.mark.parametrize("options, words", [
-    ({"bg_color": "#12"}, "bg_color: must be a hex colour"),
-    ({"bg_color": "300,0,0"}, "bg_color: must be a hex colour"),
-    ({"crop_margin": "70%"}, "crop_margin: must be at most 50%"),
-    ({"crop_margin": "lots"}, "crop_margin: must be pixels"),
-    ({"scale": 0}, "scale: must be from 0.01 to 1"),
-    ({"scale": "200%"}, "scale: must be from 0.01 to 1"),
-    ({"position": "middle"}, "position: must be center, top, bottom"),
-    ({"format": "gif"}, "format: Input should be 'png', 'webp' or 'jpg'"),
-    ({"format": "jpg"}, "format jpg cannot store transparency"),
-    ({"format": "jpg", "bg_color": "#ffffff80"}, "format jpg cannot store transparency"),
-    ({"quality": 80}, "quality applies to webp and jpg only"),
-    ({"format": "webp", "quality": 101}, "quality: Input should be less than or equal to 100"),
-    ({"channels": "rgb"}, "channels: Input should be 'rgba' or 'alpha'"),
-    ({"only_mask": True, "bg_color": "#fff"}, "cannot be combined with only_mask"),
-    ({"bg_image": "not a url"}, "bg_image: must be an http(s) URL"),
-    ({"crop": "perhaps"}, "crop: expected a boolean"),
-    ({"model": "no-such-model"}, "unknown model"),
-])
+@pytest.mark.parametrize(
+    "options, words",
+    [
+        ({"bg_color": "#12"}, "bg_color: must be a hex colour"),
+        ({"bg_color": "300,0,0"}, "bg_color: must be a hex colour"),
+        ({"crop_margin": "70%"}, "crop_margin: must be at most 50%"),
+        ({"crop_margin": "lots"}, "crop_margin: must be pixels"),
+        ({"scale": 0}, "scale: must be from 0.01 to 1"),
+        ({"scale": "200%"}, "scale: must be from 0.01 to 1"),
+        ({"position": "middle"}, "position: must be center, top, bottom"),
+        ({"format": "gif"}, "format: Input should be 'png', 'webp' or 'jpg'"),
+        ({"format": "jpg"}, "format jpg cannot store transparency"),
+        ({"format": "jpg", "bg_color": "#ffffff80"}, "format jpg cannot store transparency"),
+        ({"quality": 80}, "quality applies to webp and jpg only"),
+        ({"format": "webp", "quality": 101}, "quality: Input should be less than or equal to 100"),
+        ({"channels": "rgb"}, "channels: Input should be 'rgba' or 'alpha'"),
+        ({"only_mask": True, "bg_color": "#fff"}, "cannot be combined with only_mask"),
+        ({"bg_image": "not a url"}, "bg_image: must be an http(s) URL"),
+        ({"crop": "perhaps"}, "crop: expected a boolean"),
+        ({"model": "no-such-model"}, "unknown model"),
+    ],
+)
 def test_invalid_options_are_422(server, served, options, words):
     response = post(server, {"image": f"{served[0]}/opt-subject.png", **options})
     assert response.status_code == 422, response.text
@@ -280,8 +294,10 @@ def test_no_foreground_is_success_with_empty_mask(server):
 
 
 def test_processing_then_fetch_carries_foreground(server, served):
-    body = post(server, {"image": f"{served[0]}/opt-subject.png", "instant_response": True,
-                         "format": "webp"}).json()
+    body = post(
+        server,
+        {"image": f"{served[0]}/opt-subject.png", "instant_response": True, "format": "webp"},
+    ).json()
     assert body["status"] == "processing" and "foreground" not in body["meta"]
     assert body["future_links"][0].endswith(".webp")
     for _ in range(100):
@@ -300,15 +316,41 @@ def test_cli_output_options(tiny_model_dir, tmp_path, monkeypatch):
     subject_image()[0].save(tmp_path / "s.png")
     Image.new("RGB", (10, 10), (0, 0, 255)).save(tmp_path / "bg.png")
     runner = CliRunner()
-    result = runner.invoke(app, ["remove", str(tmp_path / "s.png"), "--format", "jpg",
-                                 "--bg-image", str(tmp_path / "bg.png"), "--crop",
-                                 "--crop-margin", "10%", "--quality", "90"])
+    result = runner.invoke(
+        app,
+        [
+            "remove",
+            str(tmp_path / "s.png"),
+            "--format",
+            "jpg",
+            "--bg-image",
+            str(tmp_path / "bg.png"),
+            "--crop",
+            "--crop-margin",
+            "10%",
+            "--quality",
+            "90",
+        ],
+    )
     assert result.exit_code == 0, result.output
     out = Image.open(tmp_path / "s.out.jpg")
     assert out.format == "JPEG" and _close(out.size, (120, 90), 5)  # box ~100x75 + 10%
-    result = runner.invoke(app, ["remove", str(tmp_path / "s.png"), "-o", str(tmp_path / "m.webp"),
-                                 "--only-mask", "--format", "webp", "--scale", "50%",
-                                 "--position", "top"])
+    result = runner.invoke(
+        app,
+        [
+            "remove",
+            str(tmp_path / "s.png"),
+            "-o",
+            str(tmp_path / "m.webp"),
+            "--only-mask",
+            "--format",
+            "webp",
+            "--scale",
+            "50%",
+            "--position",
+            "top",
+        ],
+    )
     assert result.exit_code == 0, result.output
     found = foreground_box(np.asarray(Image.open(tmp_path / "m.webp").convert("L")))
     assert found is not None and _close(found, (50, 0, 100, 75))
@@ -336,8 +378,9 @@ def photo(file_server):
     return f"{base}/opt-animal.jpg", f"{base}/opt-backdrop.png", backdrop
 
 
-def _expected_placement(box: dict, canvas: tuple[int, int], scale: float,
-                        position: tuple[float, float]) -> tuple[int, int, int, int]:
+def _expected_placement(
+    box: dict, canvas: tuple[int, int], scale: float, position: tuple[float, float]
+) -> tuple[int, int, int, int]:
     factor = min(scale * canvas[0] / box["width"], scale * canvas[1] / box["height"])
     w, h = round(box["width"] * factor), round(box["height"] * factor)
     x, y = round(position[0] * (canvas[0] - w)), round(position[1] * (canvas[1] - h))
@@ -352,8 +395,17 @@ def _close(found: Box | tuple, expected: tuple, tolerance: int = 3) -> bool:
 @requires_real_model
 def test_real_bg_color_jpg_crop_margin(real_server, photo):
     url = photo[0]
-    body = post(real_server, {"image": url, "bg_color": "#3366ff", "format": "jpg",
-                              "quality": 85, "crop": True, "crop_margin": "10%"}).json()
+    body = post(
+        real_server,
+        {
+            "image": url,
+            "bg_color": "#3366ff",
+            "format": "jpg",
+            "quality": 85,
+            "crop": True,
+            "crop_margin": "10%",
+        },
+    ).json()
     assert body["status"] == "success", body
     meta = body["meta"]
     box = meta["foreground"]
@@ -363,12 +415,14 @@ def test_real_bg_color_jpg_crop_margin(real_server, photo):
     response, out = fetch_output(body)
     assert response.headers["content-type"] == "image/jpeg" and out.format == "JPEG"
     assert out.mode == "RGB"
-    assert out.size == (box["width"] + 2 * round(box["width"] * 0.1),
-                        box["height"] + 2 * round(box["height"] * 0.1))
+    assert out.size == (
+        box["width"] + 2 * round(box["width"] * 0.1),
+        box["height"] + 2 * round(box["height"] * 0.1),
+    )
     pixels = np.asarray(out).astype(int)
     assert np.abs(pixels[3, 3] - (0x33, 0x66, 0xFF)).max() < 12  # margin is background
     cy, cx = out.height // 2, out.width // 2
-    centre = pixels[cy - 10:cy + 10, cx - 10:cx + 10]
+    centre = pixels[cy - 10 : cy + 10, cx - 10 : cx + 10]
     assert np.abs(centre - (0x33, 0x66, 0xFF)).mean() > 40  # the subject is not
 
 
@@ -376,8 +430,16 @@ def test_real_bg_color_jpg_crop_margin(real_server, photo):
 @requires_real_model
 def test_real_bg_image_scale_position_webp(real_server, photo):
     url, backdrop_url, backdrop = photo
-    body = post(real_server, {"image": url, "bg_image": backdrop_url, "scale": 0.5,
-                              "position": "bottom", "format": "webp"}).json()
+    body = post(
+        real_server,
+        {
+            "image": url,
+            "bg_image": backdrop_url,
+            "scale": 0.5,
+            "position": "bottom",
+            "format": "webp",
+        },
+    ).json()
     assert body["status"] == "success", body
     response, out = fetch_output(body)
     assert response.headers["content-type"] == "image/webp" and out.format == "WEBP"
@@ -397,8 +459,18 @@ def test_real_bg_image_scale_position_webp(real_server, photo):
 @requires_real_model
 def test_real_channels_alpha_model_crop_scale_position(real_server, photo):
     url = photo[0]
-    body = post(real_server, {"image": url, "channels": "alpha", "model": "medium", "crop": True,
-                              "crop_margin": 40, "scale": "80%", "position": "25%,75%"}).json()
+    body = post(
+        real_server,
+        {
+            "image": url,
+            "channels": "alpha",
+            "model": "medium",
+            "crop": True,
+            "crop_margin": 40,
+            "scale": "80%",
+            "position": "25%,75%",
+        },
+    ).json()
     assert body["status"] == "success", body
     meta = body["meta"]
     assert meta["model"] == "medium" and meta["only_mask"] is True

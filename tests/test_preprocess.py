@@ -29,8 +29,9 @@ def _photo(width: int, height: int, mode: str = "RGB") -> Image.Image:
     return Image.fromarray(noisy).convert(mode)
 
 
-@pytest.mark.parametrize("size,mode", [((50, 30), "RGB"), ((333, 517), "RGB"),
-                                       ((200, 100), "L"), ((120, 90), "RGBA")])
+@pytest.mark.parametrize(
+    "size,mode", [((50, 30), "RGB"), ((333, 517), "RGB"), ((200, 100), "L"), ((120, 90), "RGBA")]
+)
 def test_preprocess_matches_the_plain_pipeline(size, mode):
     image = _photo(*size, mode=mode)
     out = segment.preprocess(image, SPEC)
@@ -38,8 +39,10 @@ def test_preprocess_matches_the_plain_pipeline(size, mode):
     np.testing.assert_array_equal(out, _reference(image, SPEC))
 
 
-@pytest.mark.parametrize("source,size", [((1201, 907), 256), ((2100, 1500), 1024),
-                                         ((1201, 907), 257), ((1201, 907), 1024)])
+@pytest.mark.parametrize(
+    "source,size",
+    [((1201, 907), 256), ((2100, 1500), 1024), ((1201, 907), 257), ((1201, 907), 1024)],
+)
 def test_banded_resize_of_large_images_is_bit_identical(monkeypatch, source, size):
     image = _photo(*source)
     monkeypatch.setattr(segment, "TILED_RESIZE_MIN_PIXELS", 1)

@@ -110,16 +110,18 @@ def test_guided_upsample_mask_matches_the_float_filter():
     a, b = _coefficients(small_guide.astype(np.float32), low, 1, 1e-4)
     a_up = cv2.resize(a, (900, 700), interpolation=cv2.INTER_LINEAR)
     b_up = cv2.resize(b, (900, 700), interpolation=cv2.INTER_LINEAR)
-    reference = probability_to_mask(np.clip((a_up * (photo / 255.0)).sum(-1) + b_up, 0, 1)
-                                    .astype(np.float32))
+    reference = probability_to_mask(
+        np.clip((a_up * (photo / 255.0)).sum(-1) + b_up, 0, 1).astype(np.float32)
+    )
     assert np.abs(mask.astype(int) - reference).max() <= 1
 
 
 def test_upsample_mask_is_bilinear_when_the_photo_is_not_larger():
     prob = RNG.random((64, 64)).astype(np.float32)
     photo = np.zeros((50, 60, 3), np.uint8)
-    assert np.array_equal(upsample_mask(prob, photo),
-                          probability_to_mask(upsample_probability(prob, 60, 50)))
+    assert np.array_equal(
+        upsample_mask(prob, photo), probability_to_mask(upsample_probability(prob, 60, 50))
+    )
     big = np.zeros((70, 60, 3), np.uint8)  # taller than the map: guided
     mask = upsample_mask(prob, big)
     assert mask.shape == (70, 60) and mask.dtype == np.uint8
@@ -177,16 +179,20 @@ def test_alpha_matting_solver_failure_returns_the_plain_mask(monkeypatch, caplog
     assert np.array_equal(alpha_matting(photo, model, AlphaMattingParams()), model)
     assert "alpha matting failed" in caplog.text
 
-    monkeypatch.setattr(matting, "solve_alpha",
-                        lambda image, trimap, *a, **k: np.full(trimap.shape, np.nan, np.float32))
+    monkeypatch.setattr(
+        matting,
+        "solve_alpha",
+        lambda image, trimap, *a, **k: np.full(trimap.shape, np.nan, np.float32),
+    )
     assert np.array_equal(alpha_matting(photo, model, AlphaMattingParams()), model)
 
 
 def test_alpha_matting_rejects_a_solver_that_deletes_the_subject(monkeypatch, caplog):
     photo, _, model = _matting_scene()
     # A solver that answers "background" everywhere it may: the am_GT26 failure mode.
-    monkeypatch.setattr(matting, "solve_alpha",
-                        lambda image, trimap, *a, **k: (trimap == 255).astype(np.float32))
+    monkeypatch.setattr(
+        matting, "solve_alpha", lambda image, trimap, *a, **k: (trimap == 255).astype(np.float32)
+    )
     mask = model.copy()
     mask[40:120, 40:120] = np.maximum(mask[40:120, 40:120], 200)  # a large unsure subject
     out = alpha_matting(photo, mask, AlphaMattingParams())
@@ -317,10 +323,17 @@ def test_predict_probability_high_averages_logits_with_the_mirror():
 
 
 def test_options_from_request_reads_mask_quality():
-    request = {"options": {"only_mask": False, "post_process_mask": False,
-                           "alpha_matting": False, "alpha_matting_foreground_threshold": 240,
-                           "alpha_matting_background_threshold": 20,
-                           "alpha_matting_erode_size": 5, "inverse_mask": False}}
+    request = {
+        "options": {
+            "only_mask": False,
+            "post_process_mask": False,
+            "alpha_matting": False,
+            "alpha_matting_foreground_threshold": 240,
+            "alpha_matting_background_threshold": 20,
+            "alpha_matting_erode_size": 5,
+            "inverse_mask": False,
+        }
+    }
     assert options_from_request(request).mask_quality == "normal"  # an older server's job
     request["options"]["mask_quality"] = "high"
     assert options_from_request(request).mask_quality == "high"
@@ -332,14 +345,21 @@ def test_mask_quality_over_http(live_server, tiny_settings, file_server):
     image.save(root / "quality.png")
     server = live_server(tiny_settings)
     url = f"{base}/quality.png"
-    body = httpx.post(server.url + "/api/v5/removebg_mask", timeout=150,
-                      json={"image": url, "mask_quality": "High", "only_mask": True}).json()
+    body = httpx.post(
+        server.url + "/api/v5/removebg_mask",
+        timeout=150,
+        json={"image": url, "mask_quality": "High", "only_mask": True},
+    ).json()
     assert body["status"] == "success" and body["meta"]["mask_quality"] == "high"
-    bad = httpx.post(server.url + "/api/v5/removebg_mask", timeout=150,
-                     json={"image": url, "mask_quality": "ultra"})
+    bad = httpx.post(
+        server.url + "/api/v5/removebg_mask",
+        timeout=150,
+        json={"image": url, "mask_quality": "ultra"},
+    )
     assert bad.status_code == 422 and "mask_quality" in bad.json()["message"]
-    plain = httpx.post(server.url + "/api/v5/removebg_mask", timeout=150,
-                       json={"image": url}).json()
+    plain = httpx.post(
+        server.url + "/api/v5/removebg_mask", timeout=150, json={"image": url}
+    ).json()
     assert plain["meta"]["mask_quality"] == "normal"
 
 

@@ -21,7 +21,6 @@ from tests.conftest import EVALDATA, PHOTOS, real_settings, requires_real_model
 pytestmark = [pytest.mark.real_model, requires_real_model]
 
 
-
 def _image_path(stem: str) -> Path:
     return next((EVALDATA / "general" / "images").glob(stem + ".*"))
 
@@ -52,12 +51,12 @@ def _stems() -> list[str]:
 
 def _bare_model_mask(session: ort.InferenceSession, image: Image.Image) -> np.ndarray:
     """The model run 'the usual way': the original fp16 file, bilinear in and out."""
-    x = np.asarray(image.convert("RGB").resize((1024, 1024), Image.Resampling.BILINEAR),
-                   np.float32)
+    x = np.asarray(image.convert("RGB").resize((1024, 1024), Image.Resampling.BILINEAR), np.float32)
     x = ((x - 128.0) / 256.0).transpose(2, 0, 1)[None]
     prob = session.run(["output"], {"input": x})[0][0, 0]
-    up = Image.fromarray(prob.astype(np.float32), mode="F").resize(image.size,
-                                                                   Image.Resampling.BILINEAR)
+    up = Image.fromarray(prob.astype(np.float32), mode="F").resize(
+        image.size, Image.Resampling.BILINEAR
+    )
     return np.asarray(up) > 0.5
 
 
@@ -65,8 +64,9 @@ def test_mask_quality_against_ground_truth_and_bare_model(engine):
     stems = _stems()
     assert len(stems) >= 12
     spec = BUILTIN_MODELS["medium"]
-    bare = ort.InferenceSession(str(spec.path(engine.settings.models_path)),
-                                providers=["CPUExecutionProvider"])
+    bare = ort.InferenceSession(
+        str(spec.path(engine.settings.models_path)), providers=["CPUExecutionProvider"]
+    )
     ours, theirs = {}, {}
     for stem in stems:
         image = Image.open(_image_path(stem)).convert("RGB")
@@ -75,8 +75,10 @@ def test_mask_quality_against_ground_truth_and_bare_model(engine):
         theirs[stem] = _iou(_bare_model_mask(bare, image), _gt(stem))
     horse = np.mean([ours[s] for s in stems if s.startswith("horse")])
     davis = np.mean([ours[s] for s in stems if s.startswith("davis")])
-    print(f"IoU horse {horse:.3f} davis {davis:.3f}; bare model "
-          f"{np.mean([theirs[s] for s in stems]):.3f} vs ours {np.mean(list(ours.values())):.3f}")
+    print(
+        f"IoU horse {horse:.3f} davis {davis:.3f}; bare model "
+        f"{np.mean([theirs[s] for s in stems]):.3f} vs ours {np.mean(list(ours.values())):.3f}"
+    )
     assert horse > 0.88 and davis > 0.75
     # The production pipeline must not lose quality against running the model directly.
     assert np.mean(list(ours.values())) >= np.mean(list(theirs.values())) - 0.005
@@ -87,8 +89,16 @@ def test_seed_body_over_http(live_server, tmp_path, file_server):
     stem = _stems()[1]
     shutil.copy(_image_path(stem), root / "real.png")
     server = live_server(real_settings(tmp_path / "home"))
-    body = {"key": "", "seed": 12345, "image": f"{base}/real.png", "post_process_mask": False,
-            "only_mask": False, "alpha_matting": False, "webhook": None, "track_id": None}
+    body = {
+        "key": "",
+        "seed": 12345,
+        "image": f"{base}/real.png",
+        "post_process_mask": False,
+        "only_mask": False,
+        "alpha_matting": False,
+        "webhook": None,
+        "track_id": None,
+    }
     response = httpx.post(server.url + "/api/v5/removebg_mask", json=body, timeout=120)
     assert response.status_code == 200, response.text
     payload = response.json()
@@ -108,8 +118,12 @@ def test_cli_remove_folder_of_photos(tmp_path):
         shutil.copy(PHOTOS / name, photos / name)
     out = tmp_path / "cutouts"
     cli = Path(sys.executable).with_name("alphacut")
-    proc = subprocess.run([str(cli), "remove", str(photos), "-o", str(out)],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [str(cli), "remove", str(photos), "-o", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "3 of 3 images written" in proc.stdout
     for name in ["animal-1", "car-1", "girl-1"]:
@@ -119,8 +133,12 @@ def test_cli_remove_folder_of_photos(tmp_path):
         assert 0.02 < (alpha > 127).mean() < 0.98  # found a subject, not everything
 
     single = tmp_path / "one.png"
-    proc = subprocess.run([str(cli), "remove", str(photos / "car-1.jpg"), "-o", str(single),
-                           "--only-mask"], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [str(cli), "remove", str(photos / "car-1.jpg"), "-o", str(single), "--only-mask"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert Image.open(single).mode == "L"
 

@@ -28,14 +28,22 @@ class ServerProcess:
     def __init__(self, home: Path, log: Path, port: int) -> None:
         self.port = port
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "ALPHACUT_HOME": str(home),
-               "ALPHACUT_MODEL_DIR": str(Settings.from_env().models_path),
-               "ALPHACUT_URL_ALLOWLIST": "127.0.0.1", "ALPHACUT_WORKERS": "1"}
+        env = {
+            **os.environ,
+            "ALPHACUT_HOME": str(home),
+            "ALPHACUT_MODEL_DIR": str(Settings.from_env().models_path),
+            "ALPHACUT_URL_ALLOWLIST": "127.0.0.1",
+            "ALPHACUT_WORKERS": "1",
+        }
         cli = Path(sys.executable).with_name("alphacut")
         self.log = log
         with log.open("ab") as out:
-            self.proc = subprocess.Popen([str(cli), "serve", "--port", str(self.port)],
-                                         env=env, stdout=out, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                [str(cli), "serve", "--port", str(self.port)],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
 
     def wait_ready(self, timeout: float = 180) -> None:
         deadline = time.time() + timeout
@@ -69,13 +77,19 @@ def test_kill_9_then_restart_finishes_every_job(tmp_path, file_server):
     first = ServerProcess(home, log, port)
     try:
         first.wait_ready()
-        answers = [post(first.url, {"image": f"{base}/restart-subject.png", "seed": n,
-                                    "instant_response": True}).json() for n in range(4)]
+        answers = [
+            post(
+                first.url,
+                {"image": f"{base}/restart-subject.png", "seed": n, "instant_response": True},
+            ).json()
+            for n in range(4)
+        ]
         assert all(answer["status"] == "processing" for answer in answers), answers
         ids = [answer["id"] for answer in answers]
         store = SQLiteJobStore(home / "jobs.sqlite3")  # read alongside the server (WAL)
-        wait_until(lambda: store.get(ids[0]).status == RUNNING, timeout=150,
-                   what="the first job to run")
+        wait_until(
+            lambda: store.get(ids[0]).status == RUNNING, timeout=150, what="the first job to run"
+        )
         first.proc.send_signal(signal.SIGKILL)
         first.proc.wait(timeout=30)
     finally:

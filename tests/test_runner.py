@@ -50,16 +50,16 @@ def tiny_path(tmp_path_factory) -> Path:
 
 def _tensors(count: int) -> list[np.ndarray]:
     rng = np.random.default_rng(1)
-    return [rng.uniform(-1, 1, (3, TINY_SIZE, TINY_SIZE)).astype(np.float32)
-            for _ in range(count)]
+    return [rng.uniform(-1, 1, (3, TINY_SIZE, TINY_SIZE)).astype(np.float32) for _ in range(count)]
 
 
 def _expected(tensor: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-10.0 * tensor.mean(axis=0)))
 
 
-def _predict_all(runner: ModelRunner, session: GatedSession, tensors: list[np.ndarray]
-                 ) -> list[np.ndarray]:
+def _predict_all(
+    runner: ModelRunner, session: GatedSession, tensors: list[np.ndarray]
+) -> list[np.ndarray]:
     """Submit every tensor from its own thread while the first run is held at the gate."""
     results: list[np.ndarray | None] = [None] * len(tensors)
 
@@ -71,8 +71,7 @@ def _predict_all(runner: ModelRunner, session: GatedSession, tensors: list[np.nd
         thread.start()
     deadline = time.time() + 10
     # Release the gate once every request is in the held first run or waiting in the queue.
-    while sum(session.batch_sizes) + runner.queue_depth < len(tensors) \
-            and time.time() < deadline:
+    while sum(session.batch_sizes) + runner.queue_depth < len(tensors) and time.time() < deadline:
         time.sleep(0.01)
     session.gate.set()
     for thread in threads:
@@ -148,7 +147,6 @@ def test_a_failed_run_fails_its_callers_and_the_runner_goes_on(tiny_path):
         runner.predict_tensor(tensor)
 
 
-
 def test_partial_batches_are_padded_to_warmed_shapes(tiny_model_dir):
     """Only the shapes 1, 2, 4, ..., max_batch reach the session (each tuned once at start)."""
     import threading
@@ -159,8 +157,9 @@ def test_partial_batches_are_padded_to_warmed_shapes(tiny_model_dir):
     from alphacut.models.runner import ModelRunner
 
     spec = load_sidecar_spec(tiny_model_dir / "tiny.json")
-    session = ort.InferenceSession(str(tiny_model_dir / "tiny.onnx"),
-                                   providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        str(tiny_model_dir / "tiny.onnx"), providers=["CPUExecutionProvider"]
+    )
     seen: list[int] = []
 
     class RecordingSession:

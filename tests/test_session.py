@@ -30,11 +30,13 @@ def only_cpu(monkeypatch):
 
 def test_unavailable_providers_fall_back_to_cpu_with_a_log_line(only_cpu, caplog):
     with caplog.at_level(logging.WARNING, logger="alphacut.models.session"):
-        assert choose_providers(("tensorrt", "cuda", "openvino", "cpu")) == [
-            "CPUExecutionProvider"]
+        assert choose_providers(("tensorrt", "cuda", "openvino", "cpu")) == ["CPUExecutionProvider"]
     messages = " ".join(r.getMessage() for r in caplog.records)
-    for provider in ("TensorrtExecutionProvider", "CUDAExecutionProvider",
-                     "OpenVINOExecutionProvider"):
+    for provider in (
+        "TensorrtExecutionProvider",
+        "CUDAExecutionProvider",
+        "OpenVINOExecutionProvider",
+    ):
         assert provider in messages
 
 
@@ -45,11 +47,11 @@ def test_default_providers_are_quiet_on_a_cpu_machine(only_cpu, caplog):
 
 
 def test_available_gpu_provider_comes_first_and_cpu_is_always_last(monkeypatch):
-    monkeypatch.setattr(ort, "get_available_providers",
-                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(
+        ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    )
     assert choose_providers(("cuda",)) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    assert choose_providers(("CUDA", "cuda")) == ["CUDAExecutionProvider",
-                                                  "CPUExecutionProvider"]
+    assert choose_providers(("CUDA", "cuda")) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
 def test_gpu_asked_but_session_on_cpu_is_logged(caplog):
@@ -61,8 +63,9 @@ def test_gpu_asked_but_session_on_cpu_is_logged(caplog):
             return []
 
     with caplog.at_level(logging.WARNING, logger="alphacut.models.session"):
-        session_mod._check_session(CpuOnly(), ["CUDAExecutionProvider", "CPUExecutionProvider"],
-                                   0, Path("m.onnx"))
+        session_mod._check_session(
+            CpuOnly(), ["CUDAExecutionProvider", "CPUExecutionProvider"], 0, Path("m.onnx")
+        )
     assert "runs on" in caplog.text and "CUDA" in caplog.text
 
 
@@ -78,8 +81,9 @@ def test_optimised_graph_cache_is_written_once_and_reused(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="alphacut.models.session"):
         second = create_session(model, ("cpu",), cache_dir=cache, input_size=TINY_SIZE)
     assert "cached graph" in caplog.text
-    np.testing.assert_array_equal(first.run(None, {"input": x})[0],
-                                  second.run(None, {"input": x})[0])
+    np.testing.assert_array_equal(
+        first.run(None, {"input": x})[0], second.run(None, {"input": x})[0]
+    )
     # Different pinned dims are a different graph, so a different cache file.
     assert cache_path(cache, model, TINY_SIZE, 4) != cached
 
@@ -104,14 +108,17 @@ def test_fixed_input_size_mismatch_is_a_clear_error(tmp_path):
 def _traced_model(size: int) -> onnx.ModelProto:
     """ISNet's pattern in miniature: pool by 2, then Resize back to a traced constant size
     (Concat(Shape(x)[0:2], const[size, size])), added to the input, mean, sigmoid."""
-    half = helper.make_tensor_value_info("pooled", TensorProto.FLOAT, [1, 3, size // 2,
-                                                                        size // 2])
+    half = helper.make_tensor_value_info("pooled", TensorProto.FLOAT, [1, 3, size // 2, size // 2])
     nodes = [
         helper.make_node("MaxPool", ["input"], ["pooled"], kernel_shape=[2, 2], strides=[2, 2]),
         helper.make_node("Shape", ["pooled"], ["shape"]),
         helper.make_node("Slice", ["shape", "zero", "two"], ["nc"]),
-        helper.make_node("Constant", [], ["traced"], value=numpy_helper.from_array(
-            np.array([size, size], np.int64))),
+        helper.make_node(
+            "Constant",
+            [],
+            ["traced"],
+            value=numpy_helper.from_array(np.array([size, size], np.int64)),
+        ),
         helper.make_node("Concat", ["nc", "traced"], ["sizes"], axis=0),
         helper.make_node("Resize", ["pooled", "", "", "sizes"], ["up"], mode="linear"),
         helper.make_node("Add", ["up", "input"], ["sum"]),
@@ -119,12 +126,16 @@ def _traced_model(size: int) -> onnx.ModelProto:
         helper.make_node("Sigmoid", ["mean"], ["output"]),
     ]
     graph = helper.make_graph(
-        nodes, "traced",
+        nodes,
+        "traced",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, size, size])],
         [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 1, size, size])],
-        [numpy_helper.from_array(np.array([0], np.int64), "zero"),
-         numpy_helper.from_array(np.array([2], np.int64), "two")],
-        value_info=[half])
+        [
+            numpy_helper.from_array(np.array([0], np.int64), "zero"),
+            numpy_helper.from_array(np.array([2], np.int64), "two"),
+        ],
+        value_info=[half],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)])
     model.ir_version = 8
     return model
@@ -142,7 +153,7 @@ def test_dynamic_dims_conversion_runs_other_sizes_and_batches(tmp_path):
     rng = np.random.default_rng(0)
     x = rng.uniform(-1, 1, (2, 3, 128, 128)).astype(np.float32)
     static = ort.InferenceSession(str(static_path), providers=["CPUExecutionProvider"])
-    reference = [static.run(None, {"input": x[i:i + 1]})[0] for i in range(2)]
+    reference = [static.run(None, {"input": x[i : i + 1]})[0] for i in range(2)]
     # Default size: identical to the original graph, alone or as a batch of two.
     pinned = create_session(dynamic_path, ("cpu",), input_size=128)
     np.testing.assert_array_equal(pinned.run(None, {"input": x[:1]})[0], reference[0])
@@ -156,6 +167,7 @@ def test_dynamic_dims_conversion_runs_other_sizes_and_batches(tmp_path):
         traced = tmp_path / f"traced{size}.onnx"
         onnx.save(_traced_model(size), str(traced))
         expected = ort.InferenceSession(str(traced), providers=["CPUExecutionProvider"]).run(
-            None, {"input": y})[0]
+            None, {"input": y}
+        )[0]
         got = create_session(dynamic_path, ("cpu",), input_size=size).run(None, {"input": y})[0]
         np.testing.assert_allclose(got, expected, atol=1e-6)

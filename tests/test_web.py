@@ -27,9 +27,16 @@ from tests.conftest import (
 )
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
-CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 RESULT_TIMEOUT_MS = 180_000  # the real model on two shared CPU cores, plus page work
 
 
@@ -41,8 +48,10 @@ def chromium_path() -> str | None:
 def browser() -> Iterator[object]:
     executable = chromium_path()
     if executable is None:
-        pytest.skip("NO CHROMIUM: the web page's browser tests did NOT run. Install Debian's "
-                    "chromium (`apt-get install chromium`, or `make setup`); CI always has it.")
+        pytest.skip(
+            "NO CHROMIUM: the web page's browser tests did NOT run. Install Debian's "
+            "chromium (`apt-get install chromium`, or `make setup`); CI always has it."
+        )
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
@@ -61,8 +70,9 @@ def page(browser):
 
 def wait_for_end(page) -> str:
     """Wait until the page shows a result or an error; returns which."""
-    page.wait_for_function("['done', 'error'].includes(document.body.dataset.state)",
-                           timeout=RESULT_TIMEOUT_MS)
+    page.wait_for_function(
+        "['done', 'error'].includes(document.body.dataset.state)", timeout=RESULT_TIMEOUT_MS
+    )
     return page.evaluate("document.body.dataset.state")
 
 
@@ -82,23 +92,41 @@ def test_page_removes_background_with_real_model(page, tmp_path):
     with LiveServer(real_settings(tmp_path / "home")) as server:
         page.goto(server.url + "/")
         assert page.title().startswith("alphacut")
-        for field in ("alpha_matting", "alpha_matting_foreground_threshold",
-                      "alpha_matting_background_threshold", "alpha_matting_erode_size",
-                      "post_process_mask", "only_mask", "inverse_mask", "format", "quality",
-                      "use_bg_color", "bg_image", "crop", "crop_margin", "scale", "position",
-                      "key", "model", "instant_response"):
+        for field in (
+            "alpha_matting",
+            "alpha_matting_foreground_threshold",
+            "alpha_matting_background_threshold",
+            "alpha_matting_erode_size",
+            "post_process_mask",
+            "only_mask",
+            "inverse_mask",
+            "format",
+            "quality",
+            "use_bg_color",
+            "bg_image",
+            "crop",
+            "crop_margin",
+            "scale",
+            "position",
+            "key",
+            "model",
+            "instant_response",
+        ):
             assert page.is_visible(f"#{field}"), field
         page.set_input_files("#file", str(photo))
         state = wait_for_end(page)
         assert state == "done", page.text_content("#error")
 
         assert page.is_visible("#result") and page.is_visible("#before")
-        assert page.eval_on_selector(
-            "#result", "img => [img.naturalWidth, img.naturalHeight]") == [width, height]
+        assert page.eval_on_selector("#result", "img => [img.naturalWidth, img.naturalHeight]") == [
+            width,
+            height,
+        ]
         assert "single" not in page.get_attribute("#stage", "class")  # before/after shown
         assert float(page.text_content("#generation-time").split()[0]) > 0
-        page.eval_on_selector("#slider", "el => { el.value = 30; "
-                              "el.dispatchEvent(new Event('input')); }")
+        page.eval_on_selector(
+            "#slider", "el => { el.value = 30; el.dispatchEvent(new Event('input')); }"
+        )
         assert "--pos: 30%" in page.get_attribute("#stage", "style")
 
         name, cutout = download(page, "#download-cutout")
@@ -111,8 +139,9 @@ def test_page_removes_background_with_real_model(page, tmp_path):
         assert np.array_equal(np.asarray(mask.convert("RGBA"))[..., 0], alpha)
 
         ARTIFACTS.mkdir(exist_ok=True)
-        page.eval_on_selector("#slider", "el => { el.value = 42; "
-                              "el.dispatchEvent(new Event('input')); }")
+        page.eval_on_selector(
+            "#slider", "el => { el.value = 42; el.dispatchEvent(new Event('input')); }"
+        )
         page.screenshot(path=str(ARTIFACTS / "web-page.png"), full_page=True)
 
 
@@ -122,21 +151,26 @@ def test_page_polls_fetch_for_processing_jobs(page, live_server, tiny_settings):
     answers: list[dict] = []
     fetches: list[str] = []
     page.on("request", lambda r: fetches.append(r.url) if "/api/v5/fetch/" in r.url else None)
-    page.on("response", lambda r: answers.append(r.json())
-            if r.url.endswith("/api/v5/removebg_mask") else None)
+    page.on(
+        "response",
+        lambda r: answers.append(r.json()) if r.url.endswith("/api/v5/removebg_mask") else None,
+    )
     page.goto(server.url + "/")
     page.check("#instant_response")
     page.select_option("#format", "webp")
     # Drop a file on the drop zone, as a user dragging it from their desktop would.
     buffer = io.BytesIO()
     subject_image()[0].save(buffer, format="PNG")
-    page.evaluate("""(b64) => {
+    page.evaluate(
+        """(b64) => {
         const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
         const data = new DataTransfer();
         data.items.add(new File([bytes], "subject.png", {type: "image/png"}));
         document.getElementById("drop").dispatchEvent(
             new DragEvent("drop", {dataTransfer: data, bubbles: true, cancelable: true}));
-    }""", base64.b64encode(buffer.getvalue()).decode())
+    }""",
+        base64.b64encode(buffer.getvalue()).decode(),
+    )
     assert wait_for_end(page) == "done", page.text_content("#error")
     assert answers[0]["status"] == "processing" and answers[0]["meta"]["format"] == "webp"
     assert fetches and fetches[-1].endswith(f"/api/v5/fetch/{answers[0]['id']}")
@@ -165,12 +199,15 @@ def test_page_shows_server_errors_and_uses_the_key(page, live_server, tiny_setti
 
     # Paste a URL anywhere on the page; jpg without a background is refused with a message.
     page.select_option("#format", "jpg")
-    page.evaluate("""(url) => {
+    page.evaluate(
+        """(url) => {
         const data = new DataTransfer();
         data.setData("text", url);
         document.body.dispatchEvent(
             new ClipboardEvent("paste", {clipboardData: data, bubbles: true}));
-    }""", f"{base}/web-subject.png")
+    }""",
+        f"{base}/web-subject.png",
+    )
     assert wait_for_end(page) == "error"
     assert "format jpg cannot store transparency" in page.text_content("#error")
 
@@ -197,8 +234,10 @@ def test_page_is_served_at_root_and_can_be_turned_off(live_server, tiny_settings
         assert response.status_code == 200 and kind in response.headers["content-type"]
     # Nothing outside the page's own files is fetched: no CDN, no external fonts or scripts.
     static = Path(__file__).resolve().parents[1] / "src/alphacut/service/static"
-    external = re.compile(r"(src|href)\s*=\s*[\"']?(https?:)?//|url\(\s*[\"']?(https?:)?//|"
-                          r"@import|from\s+[\"']https?:|fetch\([\"']https?:")
+    external = re.compile(
+        r"(src|href)\s*=\s*[\"']?(https?:)?//|url\(\s*[\"']?(https?:)?//|"
+        r"@import|from\s+[\"']https?:|fetch\([\"']https?:"
+    )
     for path in static.iterdir():
         assert not external.search(path.read_text()), path.name
     off = live_server(tiny_settings, web_ui=False, home=tmp_path / "off")

@@ -54,13 +54,17 @@ def test_default_schedule_is_six_attempts_over_about_15_minutes(monkeypatch):
 def test_gives_up_after_webhook_attempts(live_server, tiny_settings, file_server):
     base, root = file_server
     subject_image()[0].save(root / "hook-subject.png")
-    server = live_server(tiny_settings, webhook_secret=SECRET, webhook_attempts=3,
-                         webhook_backoff=0.1)
+    server = live_server(
+        tiny_settings, webhook_secret=SECRET, webhook_attempts=3, webhook_backoff=0.1
+    )
     with WebhookReceiver(fail_first=99) as receiver:
-        done = submit_and_wait(server.url, {"image": f"{base}/hook-subject.png",
-                                            "webhook": receiver.url})
-        wait_until(lambda: fetch(server.url, done["id"]).get("webhook_status") == "failed",
-                   what="webhook to give up")
+        done = submit_and_wait(
+            server.url, {"image": f"{base}/hook-subject.png", "webhook": receiver.url}
+        )
+        wait_until(
+            lambda: fetch(server.url, done["id"]).get("webhook_status") == "failed",
+            what="webhook to give up",
+        )
         job = server.state.store.get(done["id"])
         assert [a["status_code"] for a in job.webhook_attempts] == [500, 500, 500]
         assert [a["attempt"] for a in job.webhook_attempts] == [1, 2, 3]
@@ -72,14 +76,17 @@ def test_gives_up_after_webhook_attempts(live_server, tiny_settings, file_server
 def test_unreachable_webhook_is_recorded(live_server, tiny_settings, file_server):
     base, root = file_server
     subject_image()[0].save(root / "hook-subject.png")
-    server = live_server(tiny_settings, webhook_secret=SECRET, webhook_attempts=2,
-                         webhook_backoff=0.1)
+    server = live_server(
+        tiny_settings, webhook_secret=SECRET, webhook_attempts=2, webhook_backoff=0.1
+    )
     with WebhookReceiver() as receiver:
         url = receiver.url
     # The receiver is closed: its port now refuses connections.
     done = submit_and_wait(server.url, {"image": f"{base}/hook-subject.png", "webhook": url})
-    wait_until(lambda: fetch(server.url, done["id"]).get("webhook_status") == "failed",
-               what="webhook to give up")
+    wait_until(
+        lambda: fetch(server.url, done["id"]).get("webhook_status") == "failed",
+        what="webhook to give up",
+    )
     attempts = server.state.store.get(done["id"]).webhook_attempts
     assert len(attempts) == 2 and all("error" in a and "status_code" not in a for a in attempts)
 
@@ -95,36 +102,62 @@ def test_failed_job_fetch_and_webhook(live_server, tiny_settings, file_server, t
     subject_image()[0].save(root / "hook-subject.png")
     server = live_server(tiny_settings, webhook_secret=SECRET, webhook_backoff=0.2)
     with WebhookReceiver() as receiver:
-        ok = submit_and_wait(server.url, {"image": f"{base}/hook-subject.png",
-                                          "webhook": receiver.url, "track_id": "order-1"})
+        ok = submit_and_wait(
+            server.url,
+            {"image": f"{base}/hook-subject.png", "webhook": receiver.url, "track_id": "order-1"},
+        )
         template = server.state.store.get(ok["id"])
         other = SQLiteJobStore(server.settings.home / "jobs.sqlite3")
-        lost = other.create(template.owner, {
-            **template.request, "input_path": str(tmp_path / "vanished.input"),
-            "file_name": "vanished.png", "track_id": 42})
+        lost = other.create(
+            template.owner,
+            {
+                **template.request,
+                "input_path": str(tmp_path / "vanished.input"),
+                "file_name": "vanished.png",
+                "track_id": 42,
+            },
+        )
         body = wait_done(server.url, lost.id)
         assert {k: body[k] for k in ("status", "id", "message")} == {
-            "status": "failed", "id": lost.id, "message": "the job's input was lost"}
+            "status": "failed",
+            "id": lost.id,
+            "message": "the job's input was lost",
+        }
         assert set(body) == {"status", "id", "message", "webhook_status"}
         wait_until(lambda: len(receiver.calls) == 2, what="both webhooks")
         payloads = {call["payload"]["id"]: call["payload"] for call in receiver.calls}
         assert all(call["verified"] for call in receiver.calls)
-        assert payloads[lost.id] == {"status": "failed", "id": lost.id,
-                                     "message": "the job's input was lost", "track_id": 42}
+        assert payloads[lost.id] == {
+            "status": "failed",
+            "id": lost.id,
+            "message": "the job's input was lost",
+            "track_id": 42,
+        }
         success = payloads[ok["id"]]
-        assert success == {"status": "success", "id": ok["id"], "output": ok["output"],
-                           "generationTime": ok["generationTime"], "track_id": "order-1",
-                           "meta": ok["meta"]}
-        wait_until(lambda: fetch(server.url, lost.id)["webhook_status"] == "delivered",
-                   what="webhook_status delivered")
+        assert success == {
+            "status": "success",
+            "id": ok["id"],
+            "output": ok["output"],
+            "generationTime": ok["generationTime"],
+            "track_id": "order-1",
+            "meta": ok["meta"],
+        }
+        wait_until(
+            lambda: fetch(server.url, lost.id)["webhook_status"] == "delivered",
+            what="webhook_status delivered",
+        )
 
 
 def test_webhook_url_obeys_ssrf_rules(live_server, tiny_settings, file_server):
     base, root = file_server
     subject_image()[0].save(root / "hook-subject.png")
     server = live_server(tiny_settings)
-    for hook in ["http://10.0.0.1/hook", "http://169.254.169.254/latest", "ftp://x/hook",
-                 "http://localhost:1/hook"]:  # localhost is not on the allow-list, 127.0.0.1 is
+    for hook in [
+        "http://10.0.0.1/hook",
+        "http://169.254.169.254/latest",
+        "ftp://x/hook",
+        "http://localhost:1/hook",
+    ]:  # localhost is not on the allow-list, 127.0.0.1 is
         response = post(server.url, {"image": f"{base}/hook-subject.png", "webhook": hook})
         assert response.status_code == 400, (hook, response.text)
         assert response.json()["status"] == "error" and "webhook" in response.json()["message"]

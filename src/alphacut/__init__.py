@@ -7,10 +7,25 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 # The HTTP client is imported on first use, so `import alphacut` stays light (no httpx, PIL).
-_CLIENT_NAMES = frozenset({"Client", "AsyncClient", "AlphacutAPIError", "AlphacutClientError",
-                           "AlphacutTimeout", "RemovalResult"})
-__all__ = ["AlphacutAPIError", "AlphacutClientError", "AlphacutTimeout", "AsyncClient", "Client",
-           "RemovalResult", "__version__"]
+_CLIENT_NAMES = frozenset(
+    {
+        "Client",
+        "AsyncClient",
+        "AlphacutAPIError",
+        "AlphacutClientError",
+        "AlphacutTimeout",
+        "RemovalResult",
+    }
+)
+__all__ = [
+    "AlphacutAPIError",
+    "AlphacutClientError",
+    "AlphacutTimeout",
+    "AsyncClient",
+    "Client",
+    "RemovalResult",
+    "__version__",
+]
 
 if TYPE_CHECKING:
     from alphacut.client import (

@@ -15,26 +15,44 @@ from alphacut.errors import AlphacutError
 if TYPE_CHECKING:
     from alphacut.pipeline.compose import ComposeOptions
 
-app = typer.Typer(help="alphacut: background removal and masks, as a CLI, library and server.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="alphacut: background removal and masks, as a CLI, library and server.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 models_app = typer.Typer(help="Pull and list segmentation models.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic",
-                  ".avif"}
+IMAGE_SUFFIXES = {
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".webp",
+    ".gif",
+    ".bmp",
+    ".tif",
+    ".tiff",
+    ".heic",
+    ".avif",
+}
 
 
 # Options shared by `remove` and `eval` (the same pipeline settings).
 PostProcessOption = Annotated[bool, typer.Option("--post-process-mask")]
 AlphaMattingOption = Annotated[bool, typer.Option("--alpha-matting")]
-MaskQualityOption = Annotated[str, typer.Option(
-    "--mask-quality", help="normal, or high: also the mirrored image (~2x inference)")]
-ForegroundThresholdOption = Annotated[int, typer.Option(
-    "--af", min=0, max=255, help="Alpha matting foreground threshold")]
-BackgroundThresholdOption = Annotated[int, typer.Option(
-    "--ab", min=0, max=255, help="Alpha matting background threshold")]
-ErodeSizeOption = Annotated[int, typer.Option(
-    "--ae", min=0, max=64, help="Alpha matting erode size")]
+MaskQualityOption = Annotated[
+    str,
+    typer.Option("--mask-quality", help="normal, or high: also the mirrored image (~2x inference)"),
+]
+ForegroundThresholdOption = Annotated[
+    int, typer.Option("--af", min=0, max=255, help="Alpha matting foreground threshold")
+]
+BackgroundThresholdOption = Annotated[
+    int, typer.Option("--ab", min=0, max=255, help="Alpha matting background threshold")
+]
+ErodeSizeOption = Annotated[
+    int, typer.Option("--ae", min=0, max=64, help="Alpha matting erode size")
+]
 
 
 def _fail(message: str) -> None:
@@ -52,8 +70,13 @@ def models_pull(
 
     settings = Settings.from_env()
     try:
-        path = pull_model(name, settings.models_path, settings.home / "cache", force=force,
-                          progress=lambda msg: typer.echo(msg, err=True))
+        path = pull_model(
+            name,
+            settings.models_path,
+            settings.home / "cache",
+            force=force,
+            progress=lambda msg: typer.echo(msg, err=True),
+        )
     except AlphacutError as exc:
         _fail(exc.message)
     typer.echo(f"model {name} ready: {path}")
@@ -70,11 +93,21 @@ def models_list() -> None:
     for spec in known_models(model_dir).values():
         path = spec.path(model_dir)
         installed = path.is_file()
-        size = f"{path.stat().st_size / 1e6:.1f} MB" if installed else (
-            f"({spec.size_bytes / 1e6:.1f} MB)" if spec.size_bytes else "-")
+        size = (
+            f"{path.stat().st_size / 1e6:.1f} MB"
+            if installed
+            else (f"({spec.size_bytes / 1e6:.1f} MB)" if spec.size_bytes else "-")
+        )
         default = " (default)" if spec.name == settings.model else ""
-        rows.append((spec.name + default, "yes" if installed else "no", size,
-                     str(spec.input_size), spec.licence))
+        rows.append(
+            (
+                spec.name + default,
+                "yes" if installed else "no",
+                size,
+                str(spec.input_size),
+                spec.licence,
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         typer.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
@@ -86,8 +119,11 @@ def _collect_inputs(inputs: list[Path]) -> list[tuple[Path, Path | None]]:
     found: list[tuple[Path, Path | None]] = []
     for item in inputs:
         if item.is_dir():
-            found += [(p, item) for p in sorted(item.rglob("*"))
-                      if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+            found += [
+                (p, item)
+                for p in sorted(item.rglob("*"))
+                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+            ]
         elif item.is_file():
             found.append((item, None))
         else:
@@ -95,8 +131,9 @@ def _collect_inputs(inputs: list[Path]) -> list[tuple[Path, Path | None]]:
     return found
 
 
-def _output_path(src: Path, root: Path | None, out: Path | None, many: bool,
-                 ext: str = "png") -> Path:
+def _output_path(
+    src: Path, root: Path | None, out: Path | None, many: bool, ext: str = "png"
+) -> Path:
     name = src.with_suffix(f".{ext}").name
     if root is not None:
         base = out or root.with_name(root.name + "-alphacut")
@@ -108,9 +145,17 @@ def _output_path(src: Path, root: Path | None, out: Path | None, many: bool,
     return out
 
 
-def _compose_options(bg_color: str | None, bg_image: str | None, crop: bool, crop_margin: str,
-                     scale: str | None, position: str | None, output_format: str,
-                     quality: int | None, only_mask: bool) -> ComposeOptions:
+def _compose_options(
+    bg_color: str | None,
+    bg_image: str | None,
+    crop: bool,
+    crop_margin: str,
+    scale: str | None,
+    position: str | None,
+    output_format: str,
+    quality: int | None,
+    only_mask: bool,
+) -> ComposeOptions:
     """Check the output options with the API's rules, and load the background image."""
     from alphacut.pipeline.compose import ComposeOptions
     from alphacut.pipeline.decode import decode_image
@@ -137,12 +182,17 @@ def _compose_options(bg_color: str | None, bg_image: str | None, crop: bool, cro
         except OSError as exc:
             _fail(f"--bg-image: {exc}")
     try:
-        compose = ComposeOptions(bg_color=bg_color, bg_image=background, crop=crop,
-                                 crop_margin=crop_margin, scale=scale, position=position)
+        compose = ComposeOptions(
+            bg_color=bg_color,
+            bg_image=background,
+            crop=crop,
+            crop_margin=crop_margin,
+            scale=scale,
+            position=position,
+        )
     except ValueError as exc:
         _fail(f"invalid output option: {exc}")
-    opaque = background is not None or (compose.bg_color is not None
-                                        and compose.bg_color[3] == 255)
+    opaque = background is not None or (compose.bg_color is not None and compose.bg_color[3] == 255)
     if output_format == "jpg" and not only_mask and not opaque:
         _fail("--format jpg cannot store transparency: add an opaque --bg-color or a --bg-image")
     return compose
@@ -158,8 +208,9 @@ def _check_mask_quality(value: str) -> None:
 @app.command()
 def remove(
     inputs: Annotated[list[Path], typer.Argument(help="Image files or folders")],
-    output: Annotated[Path | None, typer.Option("-o", "--output",
-                                                help="Output file, or folder")] = None,
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="Output file, or folder")
+    ] = None,
     only_mask: Annotated[bool, typer.Option("--only-mask", help="Write the mask only")] = False,
     post_process_mask: PostProcessOption = False,
     alpha_matting: AlphaMattingOption = False,
@@ -168,21 +219,31 @@ def remove(
     ae: ErodeSizeOption = 5,
     inverse_mask: Annotated[bool, typer.Option("--inverse-mask")] = False,
     model: Annotated[str | None, typer.Option("--model", help="Model name")] = None,
-    bg_color: Annotated[str | None, typer.Option(
-        "--bg-color", help="Background colour: #rgb, #rrggbb, #rrggbbaa or r,g,b[,a]")] = None,
-    bg_image: Annotated[str | None, typer.Option(
-        "--bg-image", help="Background image (file or URL), resized to cover")] = None,
+    bg_color: Annotated[
+        str | None,
+        typer.Option("--bg-color", help="Background colour: #rgb, #rrggbb, #rrggbbaa or r,g,b[,a]"),
+    ] = None,
+    bg_image: Annotated[
+        str | None,
+        typer.Option("--bg-image", help="Background image (file or URL), resized to cover"),
+    ] = None,
     crop: Annotated[bool, typer.Option("--crop", help="Crop to the subject")] = False,
-    crop_margin: Annotated[str, typer.Option(
-        "--crop-margin", help="Margin around the crop: pixels or '10%'")] = "0",
-    scale: Annotated[str | None, typer.Option(
-        "--scale", help="Subject size relative to the canvas: 0.8 or '80%'")] = None,
-    position: Annotated[str | None, typer.Option(
-        "--position", help="center, top, bottom, left, right or 'x%,y%'")] = None,
-    output_format: Annotated[str, typer.Option(
-        "--format", help="png, webp or jpg (jpg needs a background)")] = "png",
-    quality: Annotated[int | None, typer.Option(
-        "--quality", min=1, max=100, help="Lossy quality for webp/jpg")] = None,
+    crop_margin: Annotated[
+        str, typer.Option("--crop-margin", help="Margin around the crop: pixels or '10%'")
+    ] = "0",
+    scale: Annotated[
+        str | None,
+        typer.Option("--scale", help="Subject size relative to the canvas: 0.8 or '80%'"),
+    ] = None,
+    position: Annotated[
+        str | None, typer.Option("--position", help="center, top, bottom, left, right or 'x%,y%'")
+    ] = None,
+    output_format: Annotated[
+        str, typer.Option("--format", help="png, webp or jpg (jpg needs a background)")
+    ] = "png",
+    quality: Annotated[
+        int | None, typer.Option("--quality", min=1, max=100, help="Lossy quality for webp/jpg")
+    ] = None,
     mask_quality: MaskQualityOption = "normal",
 ) -> None:
     """Remove the background of images (files or folders) and write cutouts or masks."""
@@ -197,13 +258,19 @@ def remove(
     if not files:
         _fail("no images found")
     output_format = {"jpeg": "jpg"}.get(output_format.lower(), output_format.lower())
-    compose = _compose_options(bg_color, bg_image, crop, crop_margin, scale, position,
-                               output_format, quality, only_mask)
+    compose = _compose_options(
+        bg_color, bg_image, crop, crop_margin, scale, position, output_format, quality, only_mask
+    )
     _check_mask_quality(mask_quality)
     options = RemoveOptions(
-        only_mask=only_mask, post_process_mask=post_process_mask, alpha_matting=alpha_matting,
-        matting=AlphaMattingParams(af, ab, ae), inverse_mask=inverse_mask, compose=compose,
-        mask_quality=mask_quality.lower())
+        only_mask=only_mask,
+        post_process_mask=post_process_mask,
+        alpha_matting=alpha_matting,
+        matting=AlphaMattingParams(af, ab, ae),
+        inverse_mask=inverse_mask,
+        compose=compose,
+        mask_quality=mask_quality.lower(),
+    )
     engine = Engine()
     many = len(files) > 1
     failures = 0
@@ -219,13 +286,16 @@ def remove(
             tqdm.write(f"skipped {src}: {exc.message}", file=sys.stderr)
             continue
         dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.write_bytes(encode_image(result.output, output_format, quality,
-                                      engine.settings.png_compress_level))
+        dest.write_bytes(
+            encode_image(result.output, output_format, quality, engine.settings.png_compress_level)
+        )
         if not many:
             typer.echo(str(dest))
     if many:
-        typer.echo(f"{len(files) - failures} of {len(files)} images written"
-                   + (f" to {output or files[0][1]}" if output else ""))
+        typer.echo(
+            f"{len(files) - failures} of {len(files)} images written"
+            + (f" to {output or files[0][1]}" if output else "")
+        )
     if failures:
         raise typer.Exit(code=1)
 
@@ -244,8 +314,14 @@ def serve(
 
     configure_logging(log_level)
     # alphacut writes its own access log (no query strings, with request and job ids).
-    uvicorn.run(create_app(Settings.from_env()), host=host, port=port, log_config=None,
-                log_level=log_level, access_log=False)
+    uvicorn.run(
+        create_app(Settings.from_env()),
+        host=host,
+        port=port,
+        log_config=None,
+        log_level=log_level,
+        access_log=False,
+    )
 
 
 @app.command("eval")
@@ -257,16 +333,23 @@ def eval_command(
     af: ForegroundThresholdOption = 240,
     ab: BackgroundThresholdOption = 20,
     ae: ErodeSizeOption = 5,
-    input_size: Annotated[int | None, typer.Option(
-        "--input-size", min=1, help="Override the model's input size")] = None,
-    out: Annotated[Path | None, typer.Option(
-        "--out", help="Write summary.json, per_image.csv and worst.png here")] = None,
-    limit: Annotated[int | None, typer.Option("--limit", min=1,
-                                              help="Only the first N images")] = None,
+    input_size: Annotated[
+        int | None, typer.Option("--input-size", min=1, help="Override the model's input size")
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Write summary.json, per_image.csv and worst.png here"),
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", min=1, help="Only the first N images")
+    ] = None,
     mask_quality: MaskQualityOption = "normal",
-    bilinear: Annotated[bool, typer.Option(
-        "--bilinear-upsampling",
-        help="Upsample the model's map bilinearly, not edge-aware (to measure the difference)")
+    bilinear: Annotated[
+        bool,
+        typer.Option(
+            "--bilinear-upsampling",
+            help="Upsample the model's map bilinearly, not edge-aware (to measure the difference)",
+        ),
     ] = False,
 ) -> None:
     """Measure mask quality against ground truth (MAE, maxF, IoU, SAD, MSE, boundary)."""
@@ -282,13 +365,18 @@ def eval_command(
     if input_size:
         settings = dataclasses.replace(settings, input_size=input_size)
     _check_mask_quality(mask_quality)
-    options = RemoveOptions(post_process_mask=post_process_mask, alpha_matting=alpha_matting,
-                            matting=AlphaMattingParams(af, ab, ae),
-                            mask_quality=mask_quality.lower(), guided_upsampling=not bilinear)
+    options = RemoveOptions(
+        post_process_mask=post_process_mask,
+        alpha_matting=alpha_matting,
+        matting=AlphaMattingParams(af, ab, ae),
+        mask_quality=mask_quality.lower(),
+        guided_upsampling=not bilinear,
+    )
     engine = Engine(settings)
     try:
-        summary = run_eval(dataset_dir, engine, options, model=model, out_dir=out,
-                           progress=True, limit=limit)
+        summary = run_eval(
+            dataset_dir, engine, options, model=model, out_dir=out, progress=True, limit=limit
+        )
     except AlphacutError as exc:
         _fail(exc.message)
     except FileNotFoundError as exc:
@@ -297,9 +385,11 @@ def eval_command(
         engine.close()
     if not summary.images:
         _fail(f"no image/mask pairs evaluated in {dataset_dir}")
-    typer.echo(f"{summary.model} @ {summary.input_size}px on {dataset_dir}: "
-               f"{len(summary.images)} pairs, {summary.seconds:.1f} s "
-               f"({summary.seconds / len(summary.images):.2f} s/image)")
+    typer.echo(
+        f"{summary.model} @ {summary.input_size}px on {dataset_dir}: "
+        f"{len(summary.images)} pairs, {summary.seconds:.1f} s "
+        f"({summary.seconds / len(summary.images):.2f} s/image)"
+    )
     if summary.skipped:
         typer.echo(f"skipped {len(summary.skipped)}: {', '.join(sorted(summary.skipped))}")
     typer.echo(format_table(summary))

@@ -26,8 +26,14 @@ from typing import Any
 import httpx
 from PIL import Image
 
-__all__ = ["AlphacutAPIError", "AlphacutClientError", "AlphacutTimeout", "AsyncClient", "Client",
-           "RemovalResult"]
+__all__ = [
+    "AlphacutAPIError",
+    "AlphacutClientError",
+    "AlphacutTimeout",
+    "AsyncClient",
+    "Client",
+    "RemovalResult",
+]
 
 DEFAULT_BASE_URL = "http://127.0.0.1:7000"
 REMOVE_PATH = "/api/v5/removebg_mask"
@@ -35,8 +41,14 @@ FETCH_PATH = "/api/v5/fetch/{id}"
 
 ImageInput = str | os.PathLike[str] | bytes | bytearray | Image.Image
 
-_MAGIC = ((b"\x89PNG", "image/png"), (b"\xff\xd8\xff", "image/jpeg"), (b"GIF8", "image/gif"),
-          (b"BM", "image/bmp"), (b"II*\x00", "image/tiff"), (b"MM\x00*", "image/tiff"))
+_MAGIC = (
+    (b"\x89PNG", "image/png"),
+    (b"\xff\xd8\xff", "image/jpeg"),
+    (b"GIF8", "image/gif"),
+    (b"BM", "image/bmp"),
+    (b"II*\x00", "image/tiff"),
+    (b"MM\x00*", "image/tiff"),
+)
 
 
 class AlphacutClientError(Exception):
@@ -96,7 +108,8 @@ def image_field(image: ImageInput) -> str:
     elif isinstance(image, bytes | bytearray):
         data = bytes(image)
     elif isinstance(image, str) and image.strip().lower().startswith(
-            ("http://", "https://", "data:")):
+        ("http://", "https://", "data:")
+    ):
         return image.strip()
     else:
         data = Path(image).read_bytes()
@@ -124,8 +137,9 @@ class _Base:
         try:
             body = response.json()
         except ValueError:
-            raise AlphacutAPIError(f"the server answered {response.reason_phrase or 'non-JSON'}",
-                                   response.status_code) from None
+            raise AlphacutAPIError(
+                f"the server answered {response.reason_phrase or 'non-JSON'}", response.status_code
+            ) from None
         if not isinstance(body, dict):
             raise AlphacutAPIError("the server answered an unexpected body", response.status_code)
         # Some servers answer errors with HTTP 200 (ALPHACUT_ERRORS_HTTP_200): read the body too.
@@ -136,8 +150,9 @@ class _Base:
 
     @staticmethod
     def _timeout(job_id: int | None, seconds: float) -> AlphacutTimeout:
-        return AlphacutTimeout(f"job {job_id} did not finish within {seconds:g} s; fetch it "
-                               "later with fetch()", job_id)
+        return AlphacutTimeout(
+            f"job {job_id} did not finish within {seconds:g} s; fetch it later with fetch()", job_id
+        )
 
     @staticmethod
     def _result(body: dict[str, Any], content: bytes | None) -> RemovalResult:
@@ -148,53 +163,90 @@ class _Base:
                 content = base64.b64decode(content)
             image = Image.open(io.BytesIO(content))
             image.load()
-        return RemovalResult(id=body["id"], meta=body.get("meta") or {},
-                             generation_time=float(body.get("generationTime") or 0.0),
-                             output_url=url, content=content or b"", image=image, raw=body)
+        return RemovalResult(
+            id=body["id"],
+            meta=body.get("meta") or {},
+            generation_time=float(body.get("generationTime") or 0.0),
+            output_url=url,
+            content=content or b"",
+            image=image,
+            raw=body,
+        )
 
 
 class Client(_Base):
     """Synchronous client. ``Client(base_url, key).remove(image, **options)``."""
 
-    def __init__(self, base_url: str = DEFAULT_BASE_URL, key: str = "", *,
-                 timeout: float = 120.0, poll_interval: float = 1.0,
-                 transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str = DEFAULT_BASE_URL,
+        key: str = "",
+        *,
+        timeout: float = 120.0,
+        poll_interval: float = 1.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
         super().__init__(base_url, key, timeout, poll_interval)
         self._http = httpx.Client(transport=transport, follow_redirects=True)
 
-    def remove(self, image: ImageInput, *, timeout: float | None = None, download: bool = True,
-               **options: Any) -> RemovalResult:
+    def remove(
+        self,
+        image: ImageInput,
+        *,
+        timeout: float | None = None,
+        download: bool = True,
+        **options: Any,
+    ) -> RemovalResult:
         """Remove the background; ``options`` are the API's fields (only_mask, bg_color...).
 
         Waits (polling the fetch endpoint) until the job ends, at most ``timeout`` seconds.
         """
         limit = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + limit
-        body = self._request("POST", self.base_url + REMOVE_PATH, deadline, limit, None,
-                             json=self._payload(image, options))
+        body = self._request(
+            "POST",
+            self.base_url + REMOVE_PATH,
+            deadline,
+            limit,
+            None,
+            json=self._payload(image, options),
+        )
         fetch_url = self._fetch_url(body) if body.get("status") == "processing" else ""
         while body.get("status") == "processing":
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise self._timeout(body.get("id"), limit)
             time.sleep(min(self.poll_interval, remaining))
-            body = self._request("POST", fetch_url, deadline, limit, body.get("id"),
-                                 json={"key": self.key})
-        content = self._download(body["output"][0], deadline, limit, body["id"]) \
-            if download else None
+            body = self._request(
+                "POST", fetch_url, deadline, limit, body.get("id"), json={"key": self.key}
+            )
+        content = (
+            self._download(body["output"][0], deadline, limit, body["id"]) if download else None
+        )
         return self._result(body, content)
 
     def fetch(self, job_id: int) -> dict[str, Any]:
         """The fetch endpoint's answer for a job (success, processing; failed raises)."""
-        response = self._http.post(self.base_url + FETCH_PATH.format(id=job_id),
-                                   json={"key": self.key}, timeout=self.timeout)
+        response = self._http.post(
+            self.base_url + FETCH_PATH.format(id=job_id),
+            json={"key": self.key},
+            timeout=self.timeout,
+        )
         return self._check(response)
 
-    def _request(self, method: str, url: str, deadline: float, limit: float,
-                 job_id: int | None, **kwargs: Any) -> dict[str, Any]:
+    def _request(
+        self,
+        method: str,
+        url: str,
+        deadline: float,
+        limit: float,
+        job_id: int | None,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
         try:
             response = self._http.request(
-                method, url, timeout=max(1.0, deadline - time.monotonic()), **kwargs)
+                method, url, timeout=max(1.0, deadline - time.monotonic()), **kwargs
+            )
         except httpx.TimeoutException:
             raise self._timeout(job_id, limit) from None
         except httpx.HTTPError as exc:
@@ -225,42 +277,70 @@ class Client(_Base):
 class AsyncClient(_Base):
     """Asynchronous client: ``await AsyncClient(base_url, key).remove(image, **options)``."""
 
-    def __init__(self, base_url: str = DEFAULT_BASE_URL, key: str = "", *,
-                 timeout: float = 120.0, poll_interval: float = 1.0,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str = DEFAULT_BASE_URL,
+        key: str = "",
+        *,
+        timeout: float = 120.0,
+        poll_interval: float = 1.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         super().__init__(base_url, key, timeout, poll_interval)
         self._http = httpx.AsyncClient(transport=transport, follow_redirects=True)
 
-    async def remove(self, image: ImageInput, *, timeout: float | None = None,
-                     download: bool = True, **options: Any) -> RemovalResult:
+    async def remove(
+        self,
+        image: ImageInput,
+        *,
+        timeout: float | None = None,
+        download: bool = True,
+        **options: Any,
+    ) -> RemovalResult:
         """Like ``Client.remove``; reading a local file or encoding it happens in a thread."""
         limit = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + limit
         payload = await asyncio.to_thread(self._payload, image, options)
-        body = await self._request("POST", self.base_url + REMOVE_PATH, deadline, limit, None,
-                                   json=payload)
+        body = await self._request(
+            "POST", self.base_url + REMOVE_PATH, deadline, limit, None, json=payload
+        )
         fetch_url = self._fetch_url(body) if body.get("status") == "processing" else ""
         while body.get("status") == "processing":
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise self._timeout(body.get("id"), limit)
             await asyncio.sleep(min(self.poll_interval, remaining))
-            body = await self._request("POST", fetch_url, deadline, limit, body.get("id"),
-                                       json={"key": self.key})
-        content = await self._download(body["output"][0], deadline, limit, body["id"]) \
-            if download else None
+            body = await self._request(
+                "POST", fetch_url, deadline, limit, body.get("id"), json={"key": self.key}
+            )
+        content = (
+            await self._download(body["output"][0], deadline, limit, body["id"])
+            if download
+            else None
+        )
         return await asyncio.to_thread(self._result, body, content)
 
     async def fetch(self, job_id: int) -> dict[str, Any]:
-        response = await self._http.post(self.base_url + FETCH_PATH.format(id=job_id),
-                                         json={"key": self.key}, timeout=self.timeout)
+        response = await self._http.post(
+            self.base_url + FETCH_PATH.format(id=job_id),
+            json={"key": self.key},
+            timeout=self.timeout,
+        )
         return self._check(response)
 
-    async def _request(self, method: str, url: str, deadline: float, limit: float,
-                       job_id: int | None, **kwargs: Any) -> dict[str, Any]:
+    async def _request(
+        self,
+        method: str,
+        url: str,
+        deadline: float,
+        limit: float,
+        job_id: int | None,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
         try:
             response = await self._http.request(
-                method, url, timeout=max(1.0, deadline - time.monotonic()), **kwargs)
+                method, url, timeout=max(1.0, deadline - time.monotonic()), **kwargs
+            )
         except httpx.TimeoutException:
             raise self._timeout(job_id, limit) from None
         except httpx.HTTPError as exc:

@@ -55,14 +55,15 @@ class Engine:
             raise ModelNotAvailable(f"model {spec.name!r} is not installed ({path}); {hint}")
         try:
             session = create_session(
-                path, self.settings.providers, cache_dir=Path(model_dir) / "cache",
-                input_size=spec.input_size, batch_size=self.settings.batch_size,
+                path,
+                self.settings.providers,
+                cache_dir=Path(model_dir) / "cache",
+                input_size=spec.input_size,
+                batch_size=self.settings.batch_size,
             )
         except InputSizeMismatch as exc:
             raise ModelNotAvailable(str(exc)) from exc
-        runner = ModelRunner(
-            session, spec, self.settings.batch_size, self.settings.batch_wait_ms
-        )
+        runner = ModelRunner(session, spec, self.settings.batch_size, self.settings.batch_wait_ms)
         # The first run allocates buffers and picks kernels (seconds for ISNet); pay that at
         # start-up rather than on the first user's request.
         runner.warm_up()

@@ -40,13 +40,19 @@ def format_table(summary: EvalSummary) -> str:
     rows = [("subset", "pairs", *(title for _, title, _ in TABLE_COLUMNS))]
     named = [*summary.groups.items(), ("all", summary.overall)]
     for name, means in named:
-        rows.append((name, str(int(means.get("pairs", 0))),
-                     *(_fmt(means.get(key, math.nan), dec) for key, _, dec in TABLE_COLUMNS)))
+        rows.append(
+            (
+                name,
+                str(int(means.get("pairs", 0))),
+                *(_fmt(means.get(key, math.nan), dec) for key, _, dec in TABLE_COLUMNS),
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = []
     for n, row in enumerate(rows):
-        cells = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:],
-                                                                        strict=True)]
+        cells = [row[0].ljust(widths[0])] + [
+            c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)
+        ]
         lines.append("  ".join(cells))
         if n == 0 or n == len(rows) - 2:
             lines.append("  ".join("-" * w for w in widths))
@@ -58,8 +64,16 @@ def write_per_image_csv(summary: EvalSummary, path: Path) -> None:
         writer = csv.writer(fh)
         writer.writerow(["id", "group", "width", "height", "seconds", *METRIC_NAMES])
         for r in summary.images:
-            writer.writerow([r.id, r.group, r.width, r.height, f"{r.seconds:.4f}",
-                             *(_fmt(r.metrics[name], 6) for name in METRIC_NAMES)])
+            writer.writerow(
+                [
+                    r.id,
+                    r.group,
+                    r.width,
+                    r.height,
+                    f"{r.seconds:.4f}",
+                    *(_fmt(r.metrics[name], 6) for name in METRIC_NAMES),
+                ]
+            )
 
 
 def _error_map(item: WorstItem) -> np.ndarray:
@@ -82,8 +96,16 @@ def contact_sheet(worst: list[WorstItem]) -> np.ndarray:
         width = item.gt.shape[1]
         label = np.full((LABEL_HEIGHT, width, 3), 255, np.uint8)
         text = f"{item.id} {item.mae:.3f}"[: max(4, width // 7)]
-        cv2.putText(label, text, (2, LABEL_HEIGHT - 5), cv2.FONT_HERSHEY_SIMPLEX, 0.4,
-                    (0, 0, 0), 1, cv2.LINE_AA)
+        cv2.putText(
+            label,
+            text,
+            (2, LABEL_HEIGHT - 5),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.4,
+            (0, 0, 0),
+            1,
+            cv2.LINE_AA,
+        )
         parts = [label]
         for tile in tiles:
             parts += [np.full((GAP, width, 3), 255, np.uint8), tile]

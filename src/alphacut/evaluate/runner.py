@@ -68,19 +68,21 @@ class EvalSummary:
 
     def to_dict(self) -> dict[str, object]:
         """The JSON-friendly summary (no per-image rows, no thumbnails); NaN becomes None."""
-        return _no_nan({
-            "dataset": self.dataset,
-            "model": self.model,
-            "input_size": self.input_size,
-            "options": self.options,
-            "pairs": len(self.images),
-            "skipped": self.skipped,
-            "seconds": round(self.seconds, 3),
-            "seconds_per_image": round(self.seconds / max(1, len(self.images)), 4),
-            "overall": self.overall,
-            "groups": self.groups,
-            "worst": [{"id": w.id, "mae": w.mae} for w in self.worst],
-        })
+        return _no_nan(
+            {
+                "dataset": self.dataset,
+                "model": self.model,
+                "input_size": self.input_size,
+                "options": self.options,
+                "pairs": len(self.images),
+                "skipped": self.skipped,
+                "seconds": round(self.seconds, 3),
+                "seconds_per_image": round(self.seconds / max(1, len(self.images)), 4),
+                "overall": self.overall,
+                "groups": self.groups,
+                "worst": [{"id": w.id, "mae": w.mae} for w in self.worst],
+            }
+        )
 
 
 def _no_nan(value: object) -> object:
@@ -161,8 +163,12 @@ def run_eval(
         pairs = pairs[:limit]
     runner = engine.runner(model)
     summary = EvalSummary(
-        dataset=str(dataset_dir), model=runner.spec.name, input_size=runner.spec.input_size,
-        options=asdict(options), seconds=0.0)
+        dataset=str(dataset_dir),
+        model=runner.spec.name,
+        input_size=runner.spec.input_size,
+        options=asdict(options),
+        seconds=0.0,
+    )
     worst: list[tuple[float, int, WorstItem]] = []  # min-heap of the WORST_COUNT worst by MAE
     started = time.perf_counter()
     bar = tqdm(pairs, unit="img", disable=not progress, file=sys.stderr, dynamic_ncols=True)
@@ -176,25 +182,33 @@ def run_eval(
         gt = load_gt(mask_path)
         if gt.shape != (image.height, image.width):
             summary.skipped[image_id] = (
-                f"mask is {gt.shape[1]}x{gt.shape[0]}, image is {image.width}x{image.height}")
+                f"mask is {gt.shape[1]}x{gt.shape[0]}, image is {image.width}x{image.height}"
+            )
             continue
         mask = compute_mask(image, runner.predict, options)
         pred = mask.astype(np.float64) / 255.0
         metrics = compute_metrics(pred, gt)
         seconds = time.perf_counter() - t0
-        summary.images.append(ImageResult(image_id, group_of(image_id), image.width,
-                                          image.height, seconds, metrics))
+        summary.images.append(
+            ImageResult(image_id, group_of(image_id), image.width, image.height, seconds, metrics)
+        )
         if out_dir is not None and (len(worst) < WORST_COUNT or metrics["mae"] > worst[0][0]):
-            item = WorstItem(image_id, metrics["mae"], _thumb(np.asarray(image.convert("RGB"))),
-                             _thumb(_to_u8(gt)), _thumb(mask))
+            item = WorstItem(
+                image_id,
+                metrics["mae"],
+                _thumb(np.asarray(image.convert("RGB"))),
+                _thumb(_to_u8(gt)),
+                _thumb(mask),
+            )
             entry = (metrics["mae"], index, item)
             if len(worst) < WORST_COUNT:
                 heapq.heappush(worst, entry)
             else:
                 heapq.heapreplace(worst, entry)
         if progress:
-            bar.set_postfix(mae=f"{np.mean([r.metrics['mae'] for r in summary.images]):.4f}",
-                            refresh=False)
+            bar.set_postfix(
+                mae=f"{np.mean([r.metrics['mae'] for r in summary.images]):.4f}", refresh=False
+            )
     summary.seconds = time.perf_counter() - started
     for image_id, reason in summary.skipped.items():
         log.warning("skipped %s: %s", image_id, reason)
@@ -202,7 +216,8 @@ def run_eval(
     summary.overall = mean_metrics([r.metrics for r in summary.images])
     for group in sorted({r.group for r in summary.images}):
         summary.groups[group] = mean_metrics(
-            [r.metrics for r in summary.images if r.group == group])
+            [r.metrics for r in summary.images if r.group == group]
+        )
     if out_dir is not None:
         from alphacut.evaluate.report import write_reports
 

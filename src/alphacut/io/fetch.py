@@ -251,8 +251,9 @@ def fetch_url(url: str, policy: FetchPolicy) -> FetchedResource:
 def _get_once(target: _Target, policy: FetchPolicy, deadline: float) -> FetchedResource | httpx.URL:
     """One GET: the resource, or the next URL when the upstream redirects."""
     with (
-        pinned_client(target.host, target.port, target.addresses, deadline,
-                          policy.connect_timeout) as client,
+        pinned_client(
+            target.host, target.port, target.addresses, deadline, policy.connect_timeout
+        ) as client,
         client.stream("GET", target.url, headers=_GET_HEADERS) as response,
     ):
         status = response.status_code
@@ -304,8 +305,9 @@ def post_json(
     sent.update(headers)
     try:
         with (
-            pinned_client(target.host, target.port, target.addresses, deadline,
-                          policy.connect_timeout) as client,
+            pinned_client(
+                target.host, target.port, target.addresses, deadline, policy.connect_timeout
+            ) as client,
             client.stream("POST", target.url, content=body, headers=sent) as response,
         ):
             return response.status_code

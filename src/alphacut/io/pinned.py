@@ -27,7 +27,6 @@ def norm_host(host: str) -> str:
         return host
 
 
-
 class DeadlineStream(httpcore.NetworkStream):
     """Clamps every socket timeout to the fetch-wide deadline.
 
@@ -72,8 +71,14 @@ class DeadlineStream(httpcore.NetworkStream):
 class PinnedBackend(httpcore.NetworkBackend):
     """Connects only to the checked addresses of one checked host:port, never re-resolving."""
 
-    def __init__(self, host: str, port: int, addresses: tuple[str, ...], deadline: float,
-                 connect_timeout: float) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        addresses: tuple[str, ...],
+        deadline: float,
+        connect_timeout: float,
+    ) -> None:
         self._host, self._port, self._addresses = host, port, addresses
         self._deadline = deadline
         self._connect_timeout = connect_timeout
@@ -127,8 +132,9 @@ class PinnedTransport(httpx.HTTPTransport):
         )
 
 
-def pinned_client(host: str, port: int, addresses: tuple[str, ...], deadline: float,
-                  connect_timeout: float) -> httpx.Client:
+def pinned_client(
+    host: str, port: int, addresses: tuple[str, ...], deadline: float, connect_timeout: float
+) -> httpx.Client:
     """A one-hop client that dials only ``addresses`` for ``host:port`` (a fresh pin per hop
     means every redirect is checked on its own), within the fetch-wide ``deadline``."""
     left = max(deadline - time.monotonic(), 0.001)

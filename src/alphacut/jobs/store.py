@@ -85,8 +85,9 @@ class JobStore(Protocol):
     def create(self, owner: str, request: dict[str, Any]) -> Job: ...
     def claim(self, worker: str, lease_seconds: float) -> Job | None: ...
     def renew(self, job_id: int, worker: str, lease_seconds: float) -> None: ...
-    def finish(self, job_id: int, result: dict[str, Any], generation_time: float,
-               expires_at: float | None) -> None: ...
+    def finish(
+        self, job_id: int, result: dict[str, Any], generation_time: float, expires_at: float | None
+    ) -> None: ...
     def fail(self, job_id: int, message: str, status_code: int) -> None: ...
     def get(self, job_id: int) -> Job | None: ...
     def list_by_status(self, status: str, limit: int = 1000) -> list[Job]: ...
@@ -132,13 +133,20 @@ class SQLiteJobStore:
         if row is None:
             return None
         return Job(
-            id=row["id"], status=row["status"], owner=row["owner"],
-            created_at=row["created_at"], request=json.loads(row["request"]),
-            started_at=row["started_at"], finished_at=row["finished_at"],
-            worker=row["worker"], attempts=row["attempts"],
+            id=row["id"],
+            status=row["status"],
+            owner=row["owner"],
+            created_at=row["created_at"],
+            request=json.loads(row["request"]),
+            started_at=row["started_at"],
+            finished_at=row["finished_at"],
+            worker=row["worker"],
+            attempts=row["attempts"],
             result=json.loads(row["result"]) if row["result"] else None,
-            error=row["error"], error_status=row["error_status"],
-            generation_time=row["generation_time"], expires_at=row["expires_at"],
+            error=row["error"],
+            error_status=row["error_status"],
+            generation_time=row["generation_time"],
+            expires_at=row["expires_at"],
             webhook_status=row["webhook_status"],
             webhook_attempts=json.loads(row["webhook_attempts"] or "[]"),
             webhook_next_at=row["webhook_next_at"],
@@ -199,12 +207,15 @@ class SQLiteJobStore:
             if name == host and stale:
                 self._conn().execute(
                     "UPDATE jobs SET status = ?, worker = NULL, lease_until = NULL "
-                    "WHERE id = ? AND status = ?", (QUEUED, job.id, RUNNING))
+                    "WHERE id = ? AND status = ?",
+                    (QUEUED, job.id, RUNNING),
+                )
                 requeued += 1
         return requeued
 
-    def finish(self, job_id: int, result: dict[str, Any], generation_time: float,
-               expires_at: float | None) -> None:
+    def finish(
+        self, job_id: int, result: dict[str, Any], generation_time: float, expires_at: float | None
+    ) -> None:
         now = time.time()
         self._conn().execute(
             "UPDATE jobs SET status = ?, result = ?, generation_time = ?, finished_at = ?, "
@@ -225,9 +236,11 @@ class SQLiteJobStore:
         return self._to_job(row)
 
     def list_by_status(self, status: str, limit: int = 1000) -> list[Job]:
-        rows = self._conn().execute(
-            "SELECT * FROM jobs WHERE status = ? ORDER BY id LIMIT ?", (status, limit)
-        ).fetchall()
+        rows = (
+            self._conn()
+            .execute("SELECT * FROM jobs WHERE status = ? ORDER BY id LIMIT ?", (status, limit))
+            .fetchall()
+        )
         return [job for row in rows if (job := self._to_job(row)) is not None]
 
     def count_by_status(self) -> dict[str, int]:
@@ -235,33 +248,45 @@ class SQLiteJobStore:
         return {status: count for status, count in rows.fetchall()}
 
     def pending_for_owner(self, owner: str) -> int:
-        row = self._conn().execute(
-            "SELECT COUNT(*) FROM jobs WHERE owner = ? AND status IN (?, ?)",
-            (owner, QUEUED, RUNNING),
-        ).fetchone()
+        row = (
+            self._conn()
+            .execute(
+                "SELECT COUNT(*) FROM jobs WHERE owner = ? AND status IN (?, ?)",
+                (owner, QUEUED, RUNNING),
+            )
+            .fetchone()
+        )
         return int(row[0])
 
     def queue_position(self, job_id: int) -> int:
         """How many unfinished jobs are ahead of this one (0 = it is next or running)."""
-        row = self._conn().execute(
-            "SELECT COUNT(*) FROM jobs WHERE id < ? AND status IN (?, ?)",
-            (job_id, QUEUED, RUNNING),
-        ).fetchone()
+        row = (
+            self._conn()
+            .execute(
+                "SELECT COUNT(*) FROM jobs WHERE id < ? AND status IN (?, ?)",
+                (job_id, QUEUED, RUNNING),
+            )
+            .fetchone()
+        )
         return int(row[0])
 
-    def record_webhook(self, job_id: int, status: str, attempt: dict[str, Any] | None,
-                       next_at: float | None) -> None:
+    def record_webhook(
+        self, job_id: int, status: str, attempt: dict[str, Any] | None, next_at: float | None
+    ) -> None:
         conn = self._conn()
         conn.execute("BEGIN IMMEDIATE")
         try:
-            row = conn.execute("SELECT webhook_attempts FROM jobs WHERE id = ?",
-                               (job_id,)).fetchone()
+            row = conn.execute(
+                "SELECT webhook_attempts FROM jobs WHERE id = ?", (job_id,)
+            ).fetchone()
             attempts = json.loads(row[0] or "[]") if row else []
             if attempt is not None:
                 attempts.append(attempt)
             conn.execute(
                 "UPDATE jobs SET webhook_status = ?, webhook_attempts = ?, webhook_next_at = ? "
-                "WHERE id = ?", (status, json.dumps(attempts), next_at, job_id))
+                "WHERE id = ?",
+                (status, json.dumps(attempts), next_at, job_id),
+            )
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -278,9 +303,13 @@ class SQLiteJobStore:
         try:
             rows = conn.execute(
                 "SELECT * FROM jobs WHERE webhook_status = 'pending' AND webhook_next_at <= ? "
-                "ORDER BY webhook_next_at LIMIT ?", (now, limit)).fetchall()
-            conn.executemany("UPDATE jobs SET webhook_next_at = ? WHERE id = ?",
-                             [(now + lease_seconds, row["id"]) for row in rows])
+                "ORDER BY webhook_next_at LIMIT ?",
+                (now, limit),
+            ).fetchall()
+            conn.executemany(
+                "UPDATE jobs SET webhook_next_at = ? WHERE id = ?",
+                [(now + lease_seconds, row["id"]) for row in rows],
+            )
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -288,17 +317,28 @@ class SQLiteJobStore:
         return [job for row in rows if (job := self._to_job(row)) is not None]
 
     def expired(self, now: float, limit: int = 500) -> list[Job]:
-        rows = self._conn().execute(
-            "SELECT * FROM jobs WHERE expires_at IS NOT NULL AND expires_at <= ? "
-            "AND (webhook_status IS NULL OR webhook_status != 'pending') LIMIT ?",
-            (now, limit)).fetchall()
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT * FROM jobs WHERE expires_at IS NOT NULL AND expires_at <= ? "
+                "AND (webhook_status IS NULL OR webhook_status != 'pending') LIMIT ?",
+                (now, limit),
+            )
+            .fetchall()
+        )
         return [job for row in rows if (job := self._to_job(row)) is not None]
 
     def delete(self, job_id: int) -> None:
         self._conn().execute("DELETE FROM jobs WHERE id = ?", (job_id,))
 
     def mean_generation_time(self, last: int = 50) -> float | None:
-        row = self._conn().execute(
-            "SELECT AVG(generation_time) FROM (SELECT generation_time FROM jobs "
-            "WHERE status = ? ORDER BY id DESC LIMIT ?)", (SUCCESS, last)).fetchone()
+        row = (
+            self._conn()
+            .execute(
+                "SELECT AVG(generation_time) FROM (SELECT generation_time FROM jobs "
+                "WHERE status = ? ORDER BY id DESC LIMIT ?)",
+                (SUCCESS, last),
+            )
+            .fetchone()
+        )
         return float(row[0]) if row and row[0] is not None else None

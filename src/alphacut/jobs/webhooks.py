@@ -41,8 +41,9 @@ def load_or_create_secret(configured: str, home: Path) -> str:
     secret = secrets.token_hex(32)
     path.write_text(secret)
     path.chmod(0o600)
-    log.info("generated a webhook signing secret in %s (set ALPHACUT_WEBHOOK_SECRET to choose)",
-             path)
+    log.info(
+        "generated a webhook signing secret in %s (set ALPHACUT_WEBHOOK_SECRET to choose)", path
+    )
     return secret
 
 
@@ -78,9 +79,16 @@ def backoff_delay(attempt: int, base: float) -> float:
 class WebhookSender:
     """Delivers due webhooks on a few threads, so one slow receiver cannot hold up the rest."""
 
-    def __init__(self, store: SQLiteJobStore, secret: str, policy: FetchPolicy,
-                 max_attempts: int = 6, backoff_base: float = 7.5, timeout: float = 30.0,
-                 parallel: int = 4):
+    def __init__(
+        self,
+        store: SQLiteJobStore,
+        secret: str,
+        policy: FetchPolicy,
+        max_attempts: int = 6,
+        backoff_base: float = 7.5,
+        timeout: float = 30.0,
+        parallel: int = 4,
+    ):
         self.store = store
         self.secret = secret
         self.policy = policy
@@ -88,8 +96,9 @@ class WebhookSender:
         self.backoff_base = backoff_base
         self.timeout = timeout
         self.parallel = parallel
-        self._executor = ThreadPoolExecutor(max_workers=parallel,
-                                            thread_name_prefix="alphacut-webhook")
+        self._executor = ThreadPoolExecutor(
+            max_workers=parallel, thread_name_prefix="alphacut-webhook"
+        )
         self._lock = threading.Lock()
         self._inflight = 0
 

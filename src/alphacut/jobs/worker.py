@@ -65,9 +65,14 @@ class WorkerPool:
     """``settings.workers`` concurrent jobs; inference itself is single-flight in the runner,
     so extra workers only overlap decoding/encoding with another job's inference."""
 
-    def __init__(self, settings: Settings, store: SQLiteJobStore, engine: Engine,
-                 storage: OutputStorage,
-                 on_finished: Callable[[Job], None] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: SQLiteJobStore,
+        engine: Engine,
+        storage: OutputStorage,
+        on_finished: Callable[[Job], None] | None = None,
+    ) -> None:
         """``on_finished(job)`` runs on the event loop after each job ends: keep it cheap."""
         self.settings = settings
         self.store = store
@@ -77,8 +82,9 @@ class WorkerPool:
         self.identity = worker_identity()
         self.concurrency = max(1, settings.workers)
         self.budget = PixelBudget(settings.max_inflight_pixels)
-        self.executor = ThreadPoolExecutor(max_workers=self.concurrency,
-                                           thread_name_prefix="alphacut-job")
+        self.executor = ThreadPoolExecutor(
+            max_workers=self.concurrency, thread_name_prefix="alphacut-job"
+        )
         # Images decoded by the request handler, handed over to skip a second decode. Bounded
         # by pixels, not count: eight 50 MP images would hold over a gigabyte.
         self.handoff: dict[str, Image.Image] = {}  # keyed by input path
@@ -184,23 +190,34 @@ class WorkerPool:
                 image = decode_image(input_path.read_bytes(), self.settings.max_pixels)
             with self.budget.hold(image.width * image.height):
                 result: RemoveResult = self.engine.remove(
-                    image, options_from_request(request, self.settings.max_pixels),
-                    model=request.get("model"))
+                    image,
+                    options_from_request(request, self.settings.max_pixels),
+                    model=request.get("model"),
+                )
                 t = time.perf_counter()
-                data = encode_image(result.output, request.get("format", "png"),
-                                    request.get("quality"), self.settings.png_compress_level)
+                data = encode_image(
+                    result.output,
+                    request.get("format", "png"),
+                    request.get("quality"),
+                    self.settings.png_compress_level,
+                )
                 result.timings["encode"] = time.perf_counter() - t
                 timings, foreground = result.timings, result.foreground
                 del result  # the encoded bytes are what is kept: free the arrays now
             relative = self.storage.write_output(
-                request["file_name"], data, request["temp"], request["base64"])
+                request["file_name"], data, request["temp"], request["base64"]
+            )
             generation_time = time.perf_counter() - started
             ttl = self.settings.temp_ttl if request["temp"] else self.settings.output_ttl
             self.store.finish(
                 job.id,
-                {"outputs": [relative], "timings": timings,
-                 "width": image.width, "height": image.height,
-                 "foreground": foreground.as_dict() if foreground else None},
+                {
+                    "outputs": [relative],
+                    "timings": timings,
+                    "width": image.width,
+                    "height": image.height,
+                    "foreground": foreground.as_dict() if foreground else None,
+                },
                 generation_time,
                 time.time() + ttl if ttl > 0 else None,
             )

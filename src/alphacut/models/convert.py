@@ -115,11 +115,20 @@ def make_dims_dynamic(model: onnx.ModelProto) -> bool:
     spatial = resizes is not None
     if resizes:
         made: dict[tuple[int, int], str] = {}
-        nodes = [helper.make_node("Shape", [source.name], ["alphacut/input_shape"]),
-                 helper.make_node("Slice", ["alphacut/input_shape", "alphacut/2", "alphacut/4"],
-                                  ["alphacut/input_hw"])]
-        inits = [numpy_helper.from_array(np.array(v, np.int64), name) for name, v in
-                 (("alphacut/2", [2]), ("alphacut/4", [4]), ("alphacut/base_hw", list(base)))]
+        nodes = [
+            helper.make_node("Shape", [source.name], ["alphacut/input_shape"]),
+            helper.make_node(
+                "Slice", ["alphacut/input_shape", "alphacut/2", "alphacut/4"], ["alphacut/input_hw"]
+            ),
+        ]
+        inits = [
+            numpy_helper.from_array(np.array(v, np.int64), name)
+            for name, v in (
+                ("alphacut/2", [2]),
+                ("alphacut/4", [4]),
+                ("alphacut/base_hw", list(base)),
+            )
+        ]
         for concat, index in resizes:
             value = _constant_value(graph, concat.input[index])
             assert value is not None
@@ -129,9 +138,12 @@ def make_dims_dynamic(model: onnx.ModelProto) -> bool:
                 # input is a multiple of 64, as every ISNet pooling level then halves evenly)
                 name = f"alphacut/hw_{size[0]}x{size[1]}"
                 inits.append(numpy_helper.from_array(np.array(size, np.int64), f"{name}/traced"))
-                nodes += [helper.make_node("Mul", ["alphacut/input_hw", f"{name}/traced"],
-                                           [f"{name}/scaled"]),
-                          helper.make_node("Div", [f"{name}/scaled", "alphacut/base_hw"], [name])]
+                nodes += [
+                    helper.make_node(
+                        "Mul", ["alphacut/input_hw", f"{name}/traced"], [f"{name}/scaled"]
+                    ),
+                    helper.make_node("Div", [f"{name}/scaled", "alphacut/base_hw"], [name]),
+                ]
                 made[size] = name
             concat.input[index] = made[size]
         used = {name for node in graph.node for name in node.input}
@@ -161,8 +173,9 @@ def convert_fp16_to_fp32(model: onnx.ModelProto, keep_outputs: tuple[str, ...] =
         for attr in node.attribute:
             if node.op_type == "Cast" and attr.name == "to" and attr.i == TensorProto.FLOAT16:
                 attr.i = TensorProto.FLOAT
-            elif (attr.type == onnx.AttributeProto.TENSOR
-                  and attr.t.data_type == TensorProto.FLOAT16):
+            elif (
+                attr.type == onnx.AttributeProto.TENSOR and attr.t.data_type == TensorProto.FLOAT16
+            ):
                 attr.t.CopyFrom(_fp16_tensor_to_fp32(attr.t))
     for value in list(graph.value_info) + list(graph.input) + list(graph.output):
         if value.type.tensor_type.elem_type == TensorProto.FLOAT16:
@@ -170,8 +183,9 @@ def convert_fp16_to_fp32(model: onnx.ModelProto, keep_outputs: tuple[str, ...] =
     if keep_outputs and all(any(o.name == k for o in graph.output) for k in keep_outputs):
         _prune_to_outputs(graph, set(keep_outputs))
     make_dims_dynamic(model)
-    helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props},
-                                   _VERSION_KEY: CONVERSION_VERSION})
+    helper.set_model_props(
+        model, {**{p.key: p.value for p in model.metadata_props}, _VERSION_KEY: CONVERSION_VERSION}
+    )
     return model
 
 
@@ -186,8 +200,11 @@ def conversion_version(path: Path) -> str | None:
 
 def ensure_fp32(src: Path, dest: Path) -> Path:
     """Write the fp32 conversion of ``src`` to ``dest`` atomically, unless it is up to date."""
-    if (dest.is_file() and dest.stat().st_mtime >= src.stat().st_mtime
-            and conversion_version(dest) == CONVERSION_VERSION):
+    if (
+        dest.is_file()
+        and dest.stat().st_mtime >= src.stat().st_mtime
+        and conversion_version(dest) == CONVERSION_VERSION
+    ):
         return dest
     model = convert_fp16_to_fp32(onnx.load(str(src)))
     onnx.checker.check_model(model)

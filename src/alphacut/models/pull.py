@@ -155,6 +155,7 @@ def pull_model(
     if name == "medium":
         # fp16 weights run slower on CPUs without fp16 units; fp32 gives identical masks.
         progress("converting fp16 weights to fp32")
-        ensure_fp32(dest, spec.runtime_path(model_dir).with_name(
-            dest.name.replace(".onnx", ".fp32.onnx")))
+        ensure_fp32(
+            dest, spec.runtime_path(model_dir).with_name(dest.name.replace(".onnx", ".fp32.onnx"))
+        )
     return spec.runtime_path(model_dir)

@@ -108,8 +108,11 @@ class ModelRunner:
         while len(batch) < self.max_batch:
             remaining = deadline - time.monotonic()
             try:
-                item = self._queue.get(timeout=max(remaining, 0)) if remaining > 0 else \
-                    self._queue.get_nowait()
+                item = (
+                    self._queue.get(timeout=max(remaining, 0))
+                    if remaining > 0
+                    else self._queue.get_nowait()
+                )
             except queue.Empty:
                 break
             if item is None:

@@ -91,9 +91,11 @@ def choose_providers(requested: tuple[str, ...]) -> list[str]:
 def provider_options(provider: str, cache_dir: Path | None) -> dict[str, Any]:
     """Per-provider options: TensorRT builds engines for minutes, so keep them on disk."""
     if provider == "TensorrtExecutionProvider" and cache_dir is not None:
-        return {"trt_engine_cache_enable": True,
-                "trt_engine_cache_path": str(cache_dir / "tensorrt"),
-                "trt_timing_cache_enable": True}
+        return {
+            "trt_engine_cache_enable": True,
+            "trt_engine_cache_path": str(cache_dir / "tensorrt"),
+            "trt_timing_cache_enable": True,
+        }
     if provider == "CUDAExecutionProvider":
         # Grow the GPU arena by what is asked, not by doubling: a second 1024^2 batch should
         # not reserve twice the memory it needs.
@@ -101,8 +103,11 @@ def provider_options(provider: str, cache_dir: Path | None) -> dict[str, Any]:
     return {}
 
 
-def session_options(threads: int = 0, input_size: int = 0, batch_size: int = 1,
-                    ) -> ort.SessionOptions:
+def session_options(
+    threads: int = 0,
+    input_size: int = 0,
+    batch_size: int = 1,
+) -> ort.SessionOptions:
     options = ort.SessionOptions()
     # Single-flight inference (runner.py) means one run at a time: all physical cores go to
     # that run, and inter-op parallelism would only oversubscribe them.
@@ -132,8 +137,9 @@ def session_options(threads: int = 0, input_size: int = 0, batch_size: int = 1,
 def cache_path(cache_dir: Path, model_path: Path, input_size: int, batch_size: int) -> Path:
     batch = "1" if batch_size <= 1 else "n"
     size = str(input_size) if input_size > 0 else "model"
-    return cache_dir / (f"{model_path.stem}.ort{ort.__version__}.{cpu_fingerprint()}"
-                        f".b{batch}.s{size}.opt.onnx")
+    return cache_dir / (
+        f"{model_path.stem}.ort{ort.__version__}.{cpu_fingerprint()}.b{batch}.s{size}.opt.onnx"
+    )
 
 
 def create_session(
@@ -172,8 +178,9 @@ def create_session(
                 log.warning("cannot write the optimised-model cache in %s: %s", cache_dir, exc)
     provider_list = [(name, provider_options(name, cache_dir)) for name in chosen]
     try:
-        session = ort.InferenceSession(str(load_path), sess_options=options,
-                                       providers=provider_list)
+        session = ort.InferenceSession(
+            str(load_path), sess_options=options, providers=provider_list
+        )
     except BaseException:
         if written is not None:
             written.unlink(missing_ok=True)
@@ -185,21 +192,30 @@ def create_session(
             log.warning("cannot write the optimised-model cache %s: %s", cached, exc)
             written.unlink(missing_ok=True)
     _check_session(session, chosen, input_size, model_path)
-    log.info("loaded model %s with providers %s (%d threads%s)", load_path.name,
-             session.get_providers(), options.intra_op_num_threads,
-             ", cached graph" if load_path != model_path else "")
+    log.info(
+        "loaded model %s with providers %s (%d threads%s)",
+        load_path.name,
+        session.get_providers(),
+        options.intra_op_num_threads,
+        ", cached graph" if load_path != model_path else "",
+    )
     return session
 
 
-def _check_session(session: ort.InferenceSession, chosen: list[str], input_size: int,
-                   model_path: Path) -> None:
+def _check_session(
+    session: ort.InferenceSession, chosen: list[str], input_size: int, model_path: Path
+) -> None:
     active = session.get_providers()
     wanted_gpu = [p for p in chosen if p in GPU_PROVIDERS]
     if wanted_gpu and not any(p in GPU_PROVIDERS for p in active):
         # ORT lists CUDA as available whenever onnxruntime-gpu is installed, then quietly
         # runs on the CPU if the CUDA/cuDNN libraries fail to load: say so loudly.
-        log.warning("requested %s but the session runs on %s: check the CUDA/cuDNN install "
-                    "(ONNX Runtime's own error is above)", ", ".join(wanted_gpu), active)
+        log.warning(
+            "requested %s but the session runs on %s: check the CUDA/cuDNN install "
+            "(ONNX Runtime's own error is above)",
+            ", ".join(wanted_gpu),
+            active,
+        )
     inputs = session.get_inputs()
     shape = inputs[0].shape if inputs else []
     if input_size > 0 and len(shape) == 4:
@@ -208,4 +224,5 @@ def _check_session(session: ort.InferenceSession, chosen: list[str], input_size:
             raise InputSizeMismatch(
                 f"{model_path.name} has a fixed input size of {shape[2]}x{shape[3]}, so input "
                 f"size {input_size} cannot be used; regenerate the fp32 conversion with "
-                "`alphacut models pull` (it makes the size dynamic) or use the model's size")
+                "`alphacut models pull` (it makes the size dynamic) or use the model's size"
+            )

@@ -28,8 +28,12 @@ MAX_MARGIN_FRACTION = 0.5
 _HEX = re.compile(r"^#?([0-9a-f]{3,4}|[0-9a-f]{6}|[0-9a-f]{8})$", re.IGNORECASE)
 _PERCENT = re.compile(r"^(\d+(?:\.\d+)?)\s*%$")
 _NAMED_POSITIONS = {
-    "center": (0.5, 0.5), "centre": (0.5, 0.5), "top": (0.5, 0.0), "bottom": (0.5, 1.0),
-    "left": (0.0, 0.5), "right": (1.0, 0.5),
+    "center": (0.5, 0.5),
+    "centre": (0.5, 0.5),
+    "top": (0.5, 0.0),
+    "bottom": (0.5, 1.0),
+    "left": (0.0, 0.5),
+    "right": (1.0, 0.5),
 }
 
 
@@ -68,7 +72,7 @@ def parse_color(value: Any) -> RGBA:
             if len(digits) in (3, 4):
                 digits = "".join(c * 2 for c in digits)
             digits += "ff" if len(digits) == 6 else ""
-            return tuple(int(digits[i:i + 2], 16) for i in range(0, 8, 2))  # type: ignore[return-value]
+            return tuple(int(digits[i : i + 2], 16) for i in range(0, 8, 2))  # type: ignore[return-value]
         if text in ImageColor.colormap:
             return (*ImageColor.getrgb(text)[:3], 255)  # type: ignore[return-value]
         parts = [p.strip() for p in text.split(",")] if "," in text else []
@@ -77,8 +81,10 @@ def parse_color(value: Any) -> RGBA:
     except (TypeError, ValueError):
         numbers = []
     if len(numbers) not in (3, 4) or not all(0 <= n <= 255 for n in numbers):
-        raise ValueError("must be a hex colour (#rgb, #rrggbb, #rrggbbaa), 'r,g,b' or "
-                         "'r,g,b,a' with values 0..255, or a colour name")
+        raise ValueError(
+            "must be a hex colour (#rgb, #rrggbb, #rrggbbaa), 'r,g,b' or "
+            "'r,g,b,a' with values 0..255, or a colour name"
+        )
     return (*numbers, 255)[:4] if len(numbers) == 3 else tuple(numbers)  # type: ignore[return-value]
 
 
@@ -103,11 +109,14 @@ def parse_margin(value: Any) -> Margin:
     try:
         pixels = float(text)
     except ValueError:
-        raise ValueError("must be pixels (e.g. 20 or '20px') or a percentage of the "
-                         "subject's size (e.g. '10%')") from None
+        raise ValueError(
+            "must be pixels (e.g. 20 or '20px') or a percentage of the subject's size (e.g. '10%')"
+        ) from None
     if pixels != int(pixels) or not 0 <= pixels <= MAX_MARGIN_PX:
-        raise ValueError(f"must be a whole number of pixels from 0 to {MAX_MARGIN_PX}, "
-                         "or a percentage such as '10%'")
+        raise ValueError(
+            f"must be a whole number of pixels from 0 to {MAX_MARGIN_PX}, "
+            "or a percentage such as '10%'"
+        )
     return Margin(int(pixels))
 
 
@@ -120,8 +129,9 @@ def parse_scale(value: Any) -> float | None:
     try:
         scale = float(percent.group(1)) / 100 if percent else float(text)
     except ValueError:
-        raise ValueError("must be a number from 0.01 to 1 (e.g. 0.8) or a percentage "
-                         "(e.g. '80%')") from None
+        raise ValueError(
+            "must be a number from 0.01 to 1 (e.g. 0.8) or a percentage (e.g. '80%')"
+        ) from None
     if not 0.01 <= scale <= 1:
         raise ValueError("must be from 0.01 to 1 (1% to 100% of the canvas)")
     return scale
@@ -139,8 +149,7 @@ def parse_position(value: Any) -> tuple[float, float] | None:
     parts = [p for p in re.split(r"[,\s]+", text) if p]
     matches = [_PERCENT.match(p) for p in parts]
     if len(parts) not in (1, 2) or not all(matches):
-        raise ValueError("must be center, top, bottom, left, right or 'x%,y%' "
-                         "(e.g. '50%,100%')")
+        raise ValueError("must be center, top, bottom, left, right or 'x%,y%' (e.g. '50%,100%')")
     values = [float(m.group(1)) / 100 for m in matches if m]
     if not all(0 <= v <= 1 for v in values):
         raise ValueError("percentages must be from 0% to 100%")
@@ -183,8 +192,9 @@ class ComposeOptions:
         return self.bg_color is not None or self.bg_image is not None
 
 
-def cutout(rgb: np.ndarray, alpha: np.ndarray,
-           edge_colours: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+def cutout(
+    rgb: np.ndarray, alpha: np.ndarray, edge_colours: tuple[np.ndarray, np.ndarray] | None = None
+) -> np.ndarray:
     """RGBA array of the image's colour and ``alpha``; ``edge_colours`` (flat pixel indices
     and their uint8 colours, from ``foreground.soft_edge_colours``) replace the colour of
     those pixels."""
@@ -221,7 +231,7 @@ def _window(array: np.ndarray, left: int, top: int, width: int, height: int) -> 
     x0, y0 = max(left, 0), max(top, 0)
     x1, y1 = min(left + width, src_w), min(top + height, src_h)
     if x1 > x0 and y1 > y0:
-        out[y0 - top:y1 - top, x0 - left:x1 - left] = array[y0:y1, x0:x1]
+        out[y0 - top : y1 - top, x0 - left : x1 - left] = array[y0:y1, x0:x1]
     return out
 
 
@@ -237,13 +247,17 @@ def arrange(output: np.ndarray, box: Box | None, options: ComposeOptions) -> np.
     if options.crop:
         mx = options.crop_margin.pixels(box.width)
         my = options.crop_margin.pixels(box.height)
-        left, top, canvas_w, canvas_h = box.left - mx, box.top - my, box.width + 2 * mx, \
-            box.height + 2 * my
+        left, top, canvas_w, canvas_h = (
+            box.left - mx,
+            box.top - my,
+            box.width + 2 * mx,
+            box.height + 2 * my,
+        )
     else:
         left, top, canvas_w, canvas_h = 0, 0, width, height
     if options.scale is None and options.position is None:
         return _window(output, left, top, canvas_w, canvas_h)
-    patch = output[box.top:box.top + box.height, box.left:box.left + box.width]
+    patch = output[box.top : box.top + box.height, box.left : box.left + box.width]
     if options.scale is not None:
         factor = min(options.scale * canvas_w / box.width, options.scale * canvas_h / box.height)
         size = (max(1, round(box.width * factor)), max(1, round(box.height * factor)))
@@ -253,12 +267,11 @@ def arrange(output: np.ndarray, box: Box | None, options: ComposeOptions) -> np.
     ph, pw = patch.shape[:2]
     x, y = round(px * (canvas_w - pw)), round(py * (canvas_h - ph))
     out = np.zeros((canvas_h, canvas_w, *output.shape[2:]), dtype=output.dtype)
-    out[y:y + ph, x:x + pw] = patch
+    out[y : y + ph, x : x + pw] = patch
     return out
 
 
-def apply_background(rgba: np.ndarray, color: RGBA | None,
-                     image: Image.Image | None) -> np.ndarray:
+def apply_background(rgba: np.ndarray, color: RGBA | None, image: Image.Image | None) -> np.ndarray:
     """Composite an RGBA cutout over a colour and/or an image (resized to cover the canvas).
 
     The image is drawn over the colour, so a colour shows through a transparent background
@@ -275,8 +288,9 @@ def apply_background(rgba: np.ndarray, color: RGBA | None,
     return out
 
 
-def compose_output(output: np.ndarray, alpha: np.ndarray,
-                   options: ComposeOptions) -> tuple[np.ndarray, Box | None]:
+def compose_output(
+    output: np.ndarray, alpha: np.ndarray, options: ComposeOptions
+) -> tuple[np.ndarray, Box | None]:
     """Apply the output options to a cutout (HxWx4) or mask (HxW); also return the subject box.
 
     ``alpha`` is the final alpha at input size; the box is found in it (before any move), so it

@@ -35,8 +35,9 @@ FORMATS: dict[str, tuple[str, str]] = {
 JPEG_QUALITY = 90
 
 
-def encode_image(array: np.ndarray, format: str = "png", quality: int | None = None,
-                 compress_level: int = 1) -> bytes:
+def encode_image(
+    array: np.ndarray, format: str = "png", quality: int | None = None, compress_level: int = 1
+) -> bytes:
     """Bytes of ``array`` as PNG (lossless), WebP (lossless unless ``quality``) or JPEG.
 
     WebP stores no grayscale, so a mask comes back as RGB with three equal channels. JPEG has

@@ -35,8 +35,9 @@ _SOFT_LUT = ((np.arange(256) > SOFT_LOW) & (np.arange(256) < SOFT_HIGH)).astype(
 _EPS = 1e-5
 
 
-def _means(fg: np.ndarray, bg: np.ndarray, alpha: np.ndarray, radius: int,
-           scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+def _means(
+    fg: np.ndarray, bg: np.ndarray, alpha: np.ndarray, radius: int, scale: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
     """Alpha-weighted local means of F and (1 - alpha)-weighted means of B.
 
     With ``scale`` < 1 the box filters run on a grid that much coarser and come back
@@ -48,9 +49,14 @@ def _means(fg: np.ndarray, bg: np.ndarray, alpha: np.ndarray, radius: int,
         h, w = alpha.shape
         size = (max(1, round(w * scale)), max(1, round(h * scale)))
         small_radius = max(1, round(radius * scale))
-        stacks = [cv2.resize(box(cv2.resize(s, size, interpolation=cv2.INTER_AREA),
-                                  small_radius), (w, h), interpolation=cv2.INTER_LINEAR)
-                  for s in stacks]
+        stacks = [
+            cv2.resize(
+                box(cv2.resize(s, size, interpolation=cv2.INTER_AREA), small_radius),
+                (w, h),
+                interpolation=cv2.INTER_LINEAR,
+            )
+            for s in stacks
+        ]
     else:
         stacks = [box(s, radius) for s in stacks]
     mean_a, mean_fa, mean_bb = stacks
@@ -59,16 +65,18 @@ def _means(fg: np.ndarray, bg: np.ndarray, alpha: np.ndarray, radius: int,
     return mean_f, mean_b
 
 
-def _correct(image: np.ndarray, alpha: np.ndarray, mean_f: np.ndarray,
-             mean_b: np.ndarray) -> np.ndarray:
+def _correct(
+    image: np.ndarray, alpha: np.ndarray, mean_f: np.ndarray, mean_b: np.ndarray
+) -> np.ndarray:
     """F = mean_F + a (I - a mean_F - (1 - a) mean_B), clipped: the compositing equation."""
     a = alpha[..., None]
     fg = mean_f + a * (image - a * mean_f - (1.0 - a) * mean_b)
     return np.clip(fg, 0.0, 1.0, out=fg)
 
 
-def _sample(array: np.ndarray, ys: np.ndarray, xs: np.ndarray, scale_y: float,
-            scale_x: float) -> np.ndarray:
+def _sample(
+    array: np.ndarray, ys: np.ndarray, xs: np.ndarray, scale_y: float, scale_x: float
+) -> np.ndarray:
     """Bilinear samples of ``array`` (hxwxC) at full-resolution pixels (ys, xs): NxC."""
     count = ys.size
     # cv2.remap takes maps under 32767 wide: lay the N points out as rows of 4096.
@@ -78,13 +86,17 @@ def _sample(array: np.ndarray, ys: np.ndarray, xs: np.ndarray, scale_y: float,
     map_y = np.zeros(rows * cols, np.float32)
     map_x[:count] = (xs + 0.5) * scale_x - 0.5
     map_y[:count] = (ys + 0.5) * scale_y - 0.5
-    sampled = cv2.remap(array, map_x.reshape(rows, cols), map_y.reshape(rows, cols),
-                        cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    sampled = cv2.remap(
+        array,
+        map_x.reshape(rows, cols),
+        map_y.reshape(rows, cols),
+        cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_REPLICATE,
+    )
     return sampled.reshape(rows * cols, -1)[:count]
 
 
-def soft_edge_colours(image: np.ndarray, alpha: np.ndarray
-                      ) -> tuple[np.ndarray, np.ndarray] | None:
+def soft_edge_colours(image: np.ndarray, alpha: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """The subject's own colour under the soft pixels of ``alpha`` (uint8 HxW), sparse.
 
     Returns the flat indices of the pixels with ``1 < alpha < 254`` and their estimated
@@ -94,8 +106,10 @@ def soft_edge_colours(image: np.ndarray, alpha: np.ndarray
     around the soft pixels (plus the filters' reach) is read.
     """
     if alpha.dtype != np.uint8 or image.shape != (*alpha.shape, 3):
-        raise ValueError(f"need uint8 alpha HxW and image HxWx3, got {alpha.dtype} "
-                         f"{alpha.shape} and {image.shape}")
+        raise ValueError(
+            f"need uint8 alpha HxW and image HxWx3, got {alpha.dtype} "
+            f"{alpha.shape} and {image.shape}"
+        )
     soft = cv2.LUT(alpha, _SOFT_LUT)
     height, width = alpha.shape
     diagonal = math.hypot(height, width)
@@ -119,8 +133,7 @@ def soft_edge_colours(image: np.ndarray, alpha: np.ndarray
     small = crop.astype(np.float32) * (1.0 / 255.0)
     small_a = crop_a.astype(np.float32) * (1.0 / 255.0)
     wide_small = max(1, round(wide * scale))
-    mean_f, mean_b = _means(small, small, small_a, wide_small,
-                            min(1.0, WIDE_CELLS / wide_small))
+    mean_f, mean_b = _means(small, small, small_a, wide_small, min(1.0, WIDE_CELLS / wide_small))
     fg = _correct(small, small_a, mean_f, mean_b)
     mean_f, mean_b = _means(fg, mean_b, small_a, max(1, round(narrow * scale)))
     # The final correction at full resolution, on the soft pixels only.
@@ -130,8 +143,9 @@ def soft_edge_colours(image: np.ndarray, alpha: np.ndarray
     alpha_pixels = alpha.ravel()
 
     def correct(first: int, stop: int) -> None:
-        means = _sample(grid, ys[first:stop] - y0, xs[first:stop] - x0,
-                        grid_h / crop_h, grid_w / crop_w)
+        means = _sample(
+            grid, ys[first:stop] - y0, xs[first:stop] - x0, grid_h / crop_h, grid_w / crop_w
+        )
         pixel = image_pixels[flat[first:stop]].astype(np.float32) * (1.0 / 255.0)
         a = alpha_pixels[flat[first:stop]].astype(np.float32) * (1.0 / 255.0)
         colour = _correct(pixel, a, means[:, :3], means[:, 3:])

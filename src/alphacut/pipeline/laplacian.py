@@ -34,8 +34,9 @@ def _window_values(colors: np.ndarray, epsilon: float) -> np.ndarray:
     return affinity
 
 
-def unknown_system(image: np.ndarray, trimap: np.ndarray, epsilon: float = 1e-7
-                   ) -> tuple[sparse.csr_matrix, np.ndarray]:
+def unknown_system(
+    image: np.ndarray, trimap: np.ndarray, epsilon: float = 1e-7
+) -> tuple[sparse.csr_matrix, np.ndarray]:
     """The linear system ``L_uu x = rhs`` of closed-form matting for the unknown pixels.
 
     ``image`` is HxWx3 float (0..1), ``trimap`` HxW uint8 with 0 (background), 255
@@ -58,7 +59,7 @@ def unknown_system(image: np.ndarray, trimap: np.ndarray, epsilon: float = 1e-7
     matrix = sparse.csr_matrix((count, count), dtype=np.float32)
     rhs = np.zeros(count, np.float64)
     for start in range(0, cy.size, WINDOW_BATCH):
-        ys, xs = cy[start:start + WINDOW_BATCH], cx[start:start + WINDOW_BATCH]
+        ys, xs = cy[start : start + WINDOW_BATCH], cx[start : start + WINDOW_BATCH]
         pixels = (ys[:, None] + _OFFSETS[:, 0]) * w + (xs[:, None] + _OFFSETS[:, 1])  # (n, 9)
         values = _window_values(flat[pixels], epsilon)
         rows = np.broadcast_to(index[pixels][:, :, None], values.shape)
@@ -68,10 +69,11 @@ def unknown_system(image: np.ndarray, trimap: np.ndarray, epsilon: float = 1e-7
         col_rows = index[cols]
         inner = col_rows >= 0
         matrix = matrix + sparse.csr_matrix(
-            (values[inner].astype(np.float32), (rows[inner], col_rows[inner])),
-            shape=(count, count))
+            (values[inner].astype(np.float32), (rows[inner], col_rows[inner])), shape=(count, count)
+        )
         # Known columns move to the right-hand side (only foreground ones are non-zero).
         outer = ~inner
-        rhs -= np.bincount(rows[outer], weights=values[outer] * known_fg[cols[outer]],
-                           minlength=count)
+        rhs -= np.bincount(
+            rows[outer], weights=values[outer] * known_fg[cols[outer]], minlength=count
+        )
     return matrix, rhs

@@ -51,8 +51,9 @@ def erode_kernel_size(shape: tuple[int, int], params: AlphaMattingParams) -> int
     return max(params.erode_size, round(params.erode_fraction * diagonal))
 
 
-def build_trimap(mask: np.ndarray, params: AlphaMattingParams,
-                 kernel_size: int | None = None) -> np.ndarray:
+def build_trimap(
+    mask: np.ndarray, params: AlphaMattingParams, kernel_size: int | None = None
+) -> np.ndarray:
     """0 = background, 255 = foreground, 128 = unknown.
 
     Sure regions are the mask above / below the thresholds, eroded by a square kernel of
@@ -72,8 +73,13 @@ def build_trimap(mask: np.ndarray, params: AlphaMattingParams,
     return trimap
 
 
-def conjugate_gradient(matrix: sparse.csr_matrix, rhs: np.ndarray, x0: np.ndarray,
-                       max_iterations: int, rtol: float = 1e-4) -> np.ndarray:
+def conjugate_gradient(
+    matrix: sparse.csr_matrix,
+    rhs: np.ndarray,
+    x0: np.ndarray,
+    max_iterations: int,
+    rtol: float = 1e-4,
+) -> np.ndarray:
     """Jacobi-preconditioned conjugate gradient that returns its iterate after
     ``max_iterations`` instead of raising (pymatting's ``cg`` raises). The cap is the time
     bound: started from the model's own mask, 100 iterations scored the same SAD on the
@@ -103,8 +109,9 @@ def conjugate_gradient(matrix: sparse.csr_matrix, rhs: np.ndarray, x0: np.ndarra
     return x
 
 
-def solve_alpha(image: np.ndarray, trimap: np.ndarray, initial: np.ndarray,
-                max_iterations: int = 100) -> np.ndarray:
+def solve_alpha(
+    image: np.ndarray, trimap: np.ndarray, initial: np.ndarray, max_iterations: int = 100
+) -> np.ndarray:
     """Closed-form matting of ``image`` (HxWx3 uint8) on ``trimap``; float32 alpha 0..1.
 
     The matting Laplacian (Levin et al.) is built for the windows that touch an unknown
@@ -120,8 +127,9 @@ def solve_alpha(image: np.ndarray, trimap: np.ndarray, initial: np.ndarray,
     return np.clip(alpha, 0.0, 1.0).reshape(trimap.shape).astype(np.float32)
 
 
-def reject_resegmentation(alpha: np.ndarray, prior: np.ndarray, trimap: np.ndarray,
-                          max_flip: float) -> tuple[np.ndarray, np.ndarray | None]:
+def reject_resegmentation(
+    alpha: np.ndarray, prior: np.ndarray, trimap: np.ndarray, max_flip: float
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Put ``prior`` back in every unknown region where ``alpha`` re-segments the subject.
 
     A connected region of the unknown band is rejected when the pixels whose side of 0.5 the
@@ -151,8 +159,9 @@ def alpha_matting(image: np.ndarray, mask: np.ndarray, params: AlphaMattingParam
     levels = np.arange(256)
     unsure = cv2.LUT(mask, ((levels >= bg_t) & (levels <= fg_t)).astype(np.uint8))
     # Outside the unknown band the answer is the sure value, exactly as in rembg's trimap.
-    out = cv2.LUT(mask, np.where(levels > fg_t, 255, np.where(levels < bg_t, 0, levels))
-                  .astype(np.uint8))
+    out = cv2.LUT(
+        mask, np.where(levels > fg_t, 255, np.where(levels < bg_t, 0, levels)).astype(np.uint8)
+    )
     box = nonzero_box(unsure, margin=kernel + 2)
     if box is None:
         return out
@@ -181,15 +190,19 @@ def alpha_matting(image: np.ndarray, mask: np.ndarray, params: AlphaMattingParam
         return mask
     alpha, revert = reject_resegmentation(alpha, prior, trimap, params.max_flip)
     if revert is not None:
-        log.warning("alpha matting re-segmented part of a %dx%d image; that region keeps the "
-                    "plain mask", mask.shape[1], mask.shape[0])
+        log.warning(
+            "alpha matting re-segmented part of a %dx%d image; that region keeps the plain mask",
+            mask.shape[1],
+            mask.shape[0],
+        )
     if scale < 1.0:
         # Edge-aware return to full size: the fine structure follows the photo.
         refined = guided_upsample_mask(crop_img, alpha)
         trimap = cv2.resize(trimap, (w, h), interpolation=cv2.INTER_NEAREST)
         if revert is not None:
-            revert = cv2.resize(revert.astype(np.uint8), (w, h),
-                                interpolation=cv2.INTER_NEAREST) > 0
+            revert = (
+                cv2.resize(revert.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0
+            )
     else:
         refined = probability_to_mask(alpha)
     band = (trimap == 128) | (unsure[y0:y1, x0:x1] > 0)
@@ -198,8 +211,14 @@ def alpha_matting(image: np.ndarray, mask: np.ndarray, params: AlphaMattingParam
         np.copyto(out_crop, crop_mask, where=revert)
         band &= ~revert
     np.copyto(out_crop, refined, where=band)
-    log.debug("alpha matting: %dx%d box at scale %.2f, %d unknown, %.2f s", w, h, scale,
-              unknown, time.perf_counter() - started)
+    log.debug(
+        "alpha matting: %dx%d box at scale %.2f, %d unknown, %.2f s",
+        w,
+        h,
+        scale,
+        unknown,
+        time.perf_counter() - started,
+    )
     return out
 
 
@@ -207,5 +226,6 @@ def _resize(array: np.ndarray, scale: float, interpolation: int) -> np.ndarray:
     if scale >= 1.0:
         return array
     h, w = array.shape[:2]
-    return cv2.resize(array, (max(1, round(w * scale)), max(1, round(h * scale))),
-                      interpolation=interpolation)
+    return cv2.resize(
+        array, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=interpolation
+    )

@@ -25,10 +25,15 @@ FILTER_UP = 2
 PARALLEL_MIN_BYTES = 4 << 20
 _ADLER_BASE = 65521
 
+
 def supports(array: np.ndarray) -> bool:
     channels = 1 if array.ndim == 2 else array.shape[2] if array.ndim == 3 else 0
-    return (array.dtype == np.uint8 and channels in COLOUR_TYPES
-            and array.shape[0] > 0 and array.shape[1] > 0)
+    return (
+        array.dtype == np.uint8
+        and channels in COLOUR_TYPES
+        and array.shape[0] > 0
+        and array.shape[1] > 0
+    )
 
 
 def adler32_combine(adler1: int, adler2: int, len2: int) -> int:
@@ -50,21 +55,23 @@ def _filtered_rows(rows: np.ndarray, first: int, stop: int) -> np.ndarray:
     if first == 0:
         out[0, 1:] = rows[0]  # the row above the first row counts as zeros
         if stop > 1:
-            np.subtract(rows[1:stop], rows[:stop - 1], out=out[1:, 1:])
+            np.subtract(rows[1:stop], rows[: stop - 1], out=out[1:, 1:])
     else:
         # uint8 arithmetic wraps modulo 256, which is exactly what the PNG filter wants.
-        np.subtract(rows[first:stop], rows[first - 1:stop - 1], out=out[:, 1:])
+        np.subtract(rows[first:stop], rows[first - 1 : stop - 1], out=out[:, 1:])
     return out
 
 
-def _compress_part(rows: np.ndarray, first: int, stop: int, level: int,
-                   is_first: bool, is_last: bool) -> tuple[bytes, int, int]:
+def _compress_part(
+    rows: np.ndarray, first: int, stop: int, level: int, is_first: bool, is_last: bool
+) -> tuple[bytes, int, int]:
     data = _filtered_rows(rows, first, stop)
     view = memoryview(data).cast("B")
     # The first piece carries the zlib header; the others are raw deflate continuing it.
     compressor = zlib.compressobj(level, zlib.DEFLATED, 15 if is_first else -15)
     body = compressor.compress(view) + compressor.flush(
-        zlib.Z_FINISH if is_last else zlib.Z_SYNC_FLUSH)
+        zlib.Z_FINISH if is_last else zlib.Z_SYNC_FLUSH
+    )
     # A single piece is a complete zlib stream; otherwise the caller appends the Adler-32 of
     # all pieces, combined from each piece's.
     return body, (0 if is_first and is_last else zlib.adler32(view)), len(view)
@@ -92,8 +99,10 @@ def encode(array: np.ndarray, compress_level: int = 1, parts: int = 0) -> bytes:
         parts = parts_for_this_machine() if big else 1
     parts = max(1, min(parts, height))
     bounds = [height * i // parts for i in range(parts + 1)]
-    jobs = [(rows, bounds[i], bounds[i + 1], compress_level, i == 0, i == parts - 1)
-            for i in range(parts)]
+    jobs = [
+        (rows, bounds[i], bounds[i + 1], compress_level, i == 0, i == parts - 1)
+        for i in range(parts)
+    ]
     if parts == 1:
         results = [_compress_part(*jobs[0])]
     else:
@@ -105,5 +114,6 @@ def encode(array: np.ndarray, compress_level: int = 1, parts: int = 0) -> bytes:
             adler = adler32_combine(adler, part_adler, length)
         pieces.append(struct.pack(">I", adler))
     header = struct.pack(">IIBBBBB", width, height, 8, COLOUR_TYPES[channels], 0, 0, 0)
-    return b"".join([SIGNATURE, *_chunk(b"IHDR", [header]), *_chunk(b"IDAT", pieces),
-                     *_chunk(b"IEND", [])])
+    return b"".join(
+        [SIGNATURE, *_chunk(b"IHDR", [header]), *_chunk(b"IDAT", pieces), *_chunk(b"IEND", [])]
+    )

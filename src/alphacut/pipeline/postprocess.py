@@ -33,8 +33,9 @@ def _components(binary: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
     return count, labels, areas
 
 
-def remove_far_islands(binary: np.ndarray, fraction: float = ISLAND_FRACTION,
-                       distance: float = ISLAND_DISTANCE) -> np.ndarray:
+def remove_far_islands(
+    binary: np.ndarray, fraction: float = ISLAND_FRACTION, distance: float = ISLAND_DISTANCE
+) -> np.ndarray:
     """Drop small foreground parts that lie far from every large part (binary uint8 0/1)."""
     count, labels, areas = _components(binary)
     if count <= 2:
@@ -56,8 +57,12 @@ def remove_far_islands(binary: np.ndarray, fraction: float = ISLAND_FRACTION,
     return keep[labels]
 
 
-def fill_unsure_holes(binary: np.ndarray, mask: np.ndarray, fraction: float = HOLE_FRACTION,
-                      sure_background: int = HOLE_SURE_BACKGROUND) -> np.ndarray:
+def fill_unsure_holes(
+    binary: np.ndarray,
+    mask: np.ndarray,
+    fraction: float = HOLE_FRACTION,
+    sure_background: int = HOLE_SURE_BACKGROUND,
+) -> np.ndarray:
     """Fill small background regions where no pixel was sure background (``mask`` uint8)."""
     count, labels, areas = _components(1 - binary)
     if count <= 2:

@@ -23,19 +23,23 @@ def nonzero_box(flags: np.ndarray, margin: int = 0) -> tuple[int, int, int, int]
         return None
     cols = np.flatnonzero(flags.any(axis=0))
     h, w = flags.shape
-    return (max(0, int(rows[0]) - margin), min(h, int(rows[-1]) + margin + 1),
-            max(0, int(cols[0]) - margin), min(w, int(cols[-1]) + margin + 1))
+    return (
+        max(0, int(rows[0]) - margin),
+        min(h, int(rows[-1]) + margin + 1),
+        max(0, int(cols[0]) - margin),
+        min(w, int(cols[-1]) + margin + 1),
+    )
 
 
 def box(array: np.ndarray, radius: int) -> np.ndarray:
     """Mean over a (2r+1)² window; the border is reflected, so edges are not darkened."""
     size = 2 * radius + 1
-    return cv2.boxFilter(array, -1, (size, size), normalize=True,
-                         borderType=cv2.BORDER_REFLECT)
+    return cv2.boxFilter(array, -1, (size, size), normalize=True, borderType=cv2.BORDER_REFLECT)
 
 
-def _coefficients(guide: np.ndarray, src: np.ndarray, radius: int,
-                  eps: float) -> tuple[np.ndarray, np.ndarray]:
+def _coefficients(
+    guide: np.ndarray, src: np.ndarray, radius: int, eps: float
+) -> tuple[np.ndarray, np.ndarray]:
     """The local linear model ``q = a . I + b`` (a: HxWxC, b: HxW), box-averaged."""
     mean_p = box(src, radius)
     if guide.ndim == 2:
@@ -60,9 +64,17 @@ def _coefficients(guide: np.ndarray, src: np.ndarray, radius: int,
     inv_gg, inv_gb, inv_bb = rr * bb - rb * rb, rb * rg - rr * gb, rr * gg - rg * rg
     det = rr * inv_rr + rg * inv_rg + rb * inv_rb
     c0, c1, c2 = cov[..., 0], cov[..., 1], cov[..., 2]
-    a = np.stack([inv_rr * c0 + inv_rg * c1 + inv_rb * c2,
-                  inv_rg * c0 + inv_gg * c1 + inv_gb * c2,
-                  inv_rb * c0 + inv_gb * c1 + inv_bb * c2], axis=-1) / det[..., None]
+    a = (
+        np.stack(
+            [
+                inv_rr * c0 + inv_rg * c1 + inv_rb * c2,
+                inv_rg * c0 + inv_gg * c1 + inv_gb * c2,
+                inv_rb * c0 + inv_gb * c1 + inv_bb * c2,
+            ],
+            axis=-1,
+        )
+        / det[..., None]
+    )
     b = mean_p - np.einsum("...c,...c->...", a, mean_i)
     return box(a, radius), box(b, radius)
 
@@ -85,8 +97,9 @@ def _apply(a: np.ndarray, b: np.ndarray, guide: np.ndarray) -> np.ndarray:
     return np.einsum("...c,...c->...", a, guide) + b
 
 
-def _resize_region(array: np.ndarray, width: int, height: int, rows: tuple[int, int],
-                   cols: tuple[int, int]) -> np.ndarray:
+def _resize_region(
+    array: np.ndarray, width: int, height: int, rows: tuple[int, int], cols: tuple[int, int]
+) -> np.ndarray:
     """``cv2.resize(array, (width, height), INTER_LINEAR)[top:bottom, left:right]``.
 
     cv2.resize has no region of interest; remap with the same pixel-centre mapping gives the
@@ -100,8 +113,9 @@ def _resize_region(array: np.ndarray, width: int, height: int, rows: tuple[int, 
     return cv2.remap(array, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
-def guided_upsample_mask(guide: np.ndarray, src: np.ndarray, radius: int = 1,
-                         eps: float = 1e-4, tile: int = 256) -> np.ndarray:
+def guided_upsample_mask(
+    guide: np.ndarray, src: np.ndarray, radius: int = 1, eps: float = 1e-4, tile: int = 256
+) -> np.ndarray:
     """Guided filter of a low-resolution ``src`` (0..1) to the size of the full-resolution
     ``guide``, as a uint8 alpha (HxW, 0..255).
 

@@ -59,8 +59,9 @@ class _Stopwatch:
         return now
 
 
-def predict_probability(image: Image.Image, predict: Predictor, quality: str = "normal"
-                        ) -> np.ndarray:
+def predict_probability(
+    image: Image.Image, predict: Predictor, quality: str = "normal"
+) -> np.ndarray:
     """The model's probability map; with quality "high", averaged with the mirrored photo's.
 
     The two maps are averaged as logits, not probabilities: where one pass is sure and the
@@ -72,8 +73,9 @@ def predict_probability(image: Image.Image, predict: Predictor, quality: str = "
         return prob
     mirrored = predict(image.transpose(Image.Transpose.FLIP_LEFT_RIGHT))[:, ::-1]
     eps = 1e-6
-    logits = [np.log(np.clip(p, eps, 1.0 - eps) / np.clip(1.0 - p, eps, 1.0))
-              for p in (prob, mirrored)]
+    logits = [
+        np.log(np.clip(p, eps, 1.0 - eps) / np.clip(1.0 - p, eps, 1.0)) for p in (prob, mirrored)
+    ]
     return (1.0 / (1.0 + np.exp(-0.5 * (logits[0] + logits[1])))).astype(np.float32)
 
 
@@ -83,14 +85,20 @@ def _as_rgb(image: Image.Image) -> tuple[Image.Image, np.ndarray]:
     return rgb_image, np.asarray(rgb_image)
 
 
-def compute_mask(image: Image.Image, predict: Predictor, options: RemoveOptions,
-                 watch: _Stopwatch | None = None) -> np.ndarray:
+def compute_mask(
+    image: Image.Image, predict: Predictor, options: RemoveOptions, watch: _Stopwatch | None = None
+) -> np.ndarray:
     """The uint8 alpha the options ask for (before inversion)."""
     return _compute_mask(*_as_rgb(image), predict, options, watch or _Stopwatch())
 
 
-def _compute_mask(rgb_image: Image.Image, rgb: np.ndarray, predict: Predictor,
-                  options: RemoveOptions, watch: _Stopwatch) -> np.ndarray:
+def _compute_mask(
+    rgb_image: Image.Image,
+    rgb: np.ndarray,
+    predict: Predictor,
+    options: RemoveOptions,
+    watch: _Stopwatch,
+) -> np.ndarray:
     t = time.perf_counter()
     prob = predict_probability(rgb_image, predict, options.mask_quality)
     t = watch.lap("inference", t)
@@ -104,8 +112,9 @@ def _compute_mask(rgb_image: Image.Image, rgb: np.ndarray, predict: Predictor,
     return mask
 
 
-def remove_background(image: Image.Image, predict: Predictor,
-                      options: RemoveOptions | None = None) -> RemoveResult:
+def remove_background(
+    image: Image.Image, predict: Predictor, options: RemoveOptions | None = None
+) -> RemoveResult:
     """Run the whole pipeline on a decoded image."""
     options = options or RemoveOptions()
     watch = _Stopwatch()

@@ -33,8 +33,9 @@ def resize_bilinear(rgb: Image.Image, size: int) -> np.ndarray:
 
     def band(top: int, bottom: int) -> None:
         box = (0.0, top * height / size, float(width), bottom * height / size)
-        out[top:bottom] = np.asarray(rgb.resize((size, bottom - top),
-                                                Image.Resampling.BILINEAR, box=box))
+        out[top:bottom] = np.asarray(
+            rgb.resize((size, bottom - top), Image.Resampling.BILINEAR, box=box)
+        )
 
     in_parts(band, size, bands)
     return out

@@ -95,8 +95,9 @@ def _install_local_docs(app: FastAPI) -> None:
     """Swagger UI at /docs from the swagger-ui-bundle package instead of FastAPI's CDN links."""
     import swagger_ui_bundle
 
-    app.mount("/docs-assets", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path),
-              name="docs-assets")
+    app.mount(
+        "/docs-assets", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="docs-assets"
+    )
 
     @app.get("/docs", include_in_schema=False)
     async def docs() -> HTMLResponse:

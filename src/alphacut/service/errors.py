@@ -14,8 +14,13 @@ from alphacut.errors import AlphacutError, TooManyJobs
 log = logging.getLogger(__name__)
 
 
-def error_response(request: Request, status_code: int, message: str,
-                   extra: dict | None = None, headers: dict | None = None) -> JSONResponse:
+def error_response(
+    request: Request,
+    status_code: int,
+    message: str,
+    extra: dict | None = None,
+    headers: dict | None = None,
+) -> JSONResponse:
     body = {"status": "error", "message": message, **(extra or {})}
     # Some clients of the hosted API only read the body; they can ask for HTTP 200 always.
     if request.app.state.settings.errors_http_200:
@@ -27,9 +32,13 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(AlphacutError)
     async def _alphacut_error(request: Request, exc: AlphacutError) -> JSONResponse:
         if isinstance(exc, TooManyJobs):
-            return error_response(request, exc.status_code, exc.message,
-                                  {"retry_after": exc.retry_after},
-                                  {"Retry-After": str(exc.retry_after)})
+            return error_response(
+                request,
+                exc.status_code,
+                exc.message,
+                {"retry_after": exc.retry_after},
+                {"Retry-After": str(exc.retry_after)},
+            )
         return error_response(request, exc.status_code, exc.message)
 
     @app.exception_handler(RequestValidationError)
@@ -40,8 +49,9 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         message = exc.detail if isinstance(exc.detail, str) else "request failed"
-        return error_response(request, exc.status_code, message,
-                              headers=getattr(exc, "headers", None))
+        return error_response(
+            request, exc.status_code, message, headers=getattr(exc, "headers", None)
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -8,7 +8,8 @@ import logging
 import time
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "request_id", default=None)
+    "request_id", default=None
+)
 job_id_var: contextvars.ContextVar[int | None] = contextvars.ContextVar("job_id", default=None)
 
 

@@ -43,28 +43,51 @@ class Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.http_requests = Counter(
-            "alphacut_http_requests", "HTTP requests by method, route template and HTTP status",
-            ["method", "route", "status"], registry=r)
+            "alphacut_http_requests",
+            "HTTP requests by method, route template and HTTP status",
+            ["method", "route", "status"],
+            registry=r,
+        )
         self.http_latency = Histogram(
-            "alphacut_http_request_duration_seconds", "Time to answer an HTTP request",
-            ["route"], buckets=STAGE_BUCKETS, registry=r)
+            "alphacut_http_request_duration_seconds",
+            "Time to answer an HTTP request",
+            ["route"],
+            buckets=STAGE_BUCKETS,
+            registry=r,
+        )
         self.api_responses = Counter(
-            "alphacut_api_responses", "API answers by endpoint and body status "
-            "(success, processing, failed, error)", ["endpoint", "status"], registry=r)
+            "alphacut_api_responses",
+            "API answers by endpoint and body status (success, processing, failed, error)",
+            ["endpoint", "status"],
+            registry=r,
+        )
         self.stage_latency = Histogram(
-            "alphacut_stage_duration_seconds", "Time spent per pipeline stage (fetch, decode, "
-            "inference, postprocess, matting, compose, encode)", ["stage"],
-            buckets=STAGE_BUCKETS, registry=r)
+            "alphacut_stage_duration_seconds",
+            "Time spent per pipeline stage (fetch, decode, "
+            "inference, postprocess, matting, compose, encode)",
+            ["stage"],
+            buckets=STAGE_BUCKETS,
+            registry=r,
+        )
         self.jobs_finished = Counter(
-            "alphacut_jobs_finished", "Jobs this process finished, by outcome", ["status"],
-            registry=r)
+            "alphacut_jobs_finished",
+            "Jobs this process finished, by outcome",
+            ["status"],
+            registry=r,
+        )
         self.generation_time = Histogram(
-            "alphacut_job_generation_seconds", "generationTime of successful jobs",
-            buckets=STAGE_BUCKETS, registry=r)
+            "alphacut_job_generation_seconds",
+            "generationTime of successful jobs",
+            buckets=STAGE_BUCKETS,
+            registry=r,
+        )
         self.webhook_deliveries = Counter(
-            "alphacut_webhook_deliveries", "Webhook delivery attempts by outcome "
-            "(delivered, retry: failed and will be tried again, failed: gave up)", ["outcome"],
-            registry=r)
+            "alphacut_webhook_deliveries",
+            "Webhook delivery attempts by outcome "
+            "(delivered, retry: failed and will be tried again, failed: gave up)",
+            ["outcome"],
+            registry=r,
+        )
         self.state: ServiceState | None = None
         r.register(_StateCollector(self))
 
@@ -90,7 +113,8 @@ class Metrics:
             ok = attempt(job, payload)
             last = len(job.webhook_attempts) + 1 >= sender.max_attempts
             self.webhook_deliveries.labels(
-                "delivered" if ok else "failed" if last else "retry").inc()
+                "delivered" if ok else "failed" if last else "retry"
+            ).inc()
             return ok
 
         sender.attempt = counted_attempt  # type: ignore[method-assign]
@@ -118,10 +142,23 @@ class Metrics:
             self.api_responses.labels(endpoint, api_status).inc()
         path = request.url.path
         level = logging.DEBUG if path in QUIET_PATHS else logging.INFO
-        access_log.log(level, "%s %s %d", request.method, path, status, extra={
-            "request_id": request_id_var.get(), "job_id": getattr(request.state, "job_id", None),
-            "fields": {"method": request.method, "path": path, "status": status,
-                       "duration_ms": round(seconds * 1000, 1)}})
+        access_log.log(
+            level,
+            "%s %s %d",
+            request.method,
+            path,
+            status,
+            extra={
+                "request_id": request_id_var.get(),
+                "job_id": getattr(request.state, "job_id", None),
+                "fields": {
+                    "method": request.method,
+                    "path": path,
+                    "status": status,
+                    "duration_ms": round(seconds * 1000, 1),
+                },
+            },
+        )
 
 
 def observe_stage(request: Request, stage: str, seconds: float) -> None:
@@ -148,22 +185,40 @@ class _StateCollector:
         for name in (QUEUED, RUNNING, SUCCESS, FAILED):
             jobs.add_metric([name], counts.get(name, 0))
         yield jobs
-        yield GaugeMetricFamily("alphacut_queue_depth", "Jobs waiting for a worker",
-                                value=counts.get(QUEUED, 0))
-        yield GaugeMetricFamily("alphacut_workers_busy", "Jobs this process is running now",
-                                value=state.pool.running)
-        yield GaugeMetricFamily("alphacut_models_loaded", "Models loaded in memory",
-                                value=len(state.engine.loaded_models))
+        yield GaugeMetricFamily(
+            "alphacut_queue_depth", "Jobs waiting for a worker", value=counts.get(QUEUED, 0)
+        )
+        yield GaugeMetricFamily(
+            "alphacut_workers_busy", "Jobs this process is running now", value=state.pool.running
+        )
+        yield GaugeMetricFamily(
+            "alphacut_models_loaded",
+            "Models loaded in memory",
+            value=len(state.engine.loaded_models),
+        )
 
 
 router = APIRouter()
 
 
-@router.get("/metrics", tags=["operations"], summary="Prometheus metrics",
-            response_class=Response,
-            responses={200: {"content": {CONTENT_TYPE_LATEST: {"example": (
-                "# HELP alphacut_queue_depth Jobs waiting for a worker\n"
-                "# TYPE alphacut_queue_depth gauge\nalphacut_queue_depth 0.0\n")}}}})
+@router.get(
+    "/metrics",
+    tags=["operations"],
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={
+        200: {
+            "content": {
+                CONTENT_TYPE_LATEST: {
+                    "example": (
+                        "# HELP alphacut_queue_depth Jobs waiting for a worker\n"
+                        "# TYPE alphacut_queue_depth gauge\nalphacut_queue_depth 0.0\n"
+                    )
+                }
+            }
+        }
+    },
+)
 async def metrics_endpoint(request: Request) -> Response:
     metrics: Metrics = request.app.state.metrics
     # The collector queries the job store: keep that off the event loop.

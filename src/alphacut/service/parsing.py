@@ -52,7 +52,8 @@ async def read_body(request: Request) -> tuple[dict[str, Any], bytes | None]:
         "+json"
     ):
         raise InvalidRequest(
-            f"unsupported content type {content_type!r}; send JSON, form or multipart", 415)
+            f"unsupported content type {content_type!r}; send JSON, form or multipart", 415
+        )
     try:
         body = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -85,7 +86,7 @@ def decode_data_uri(uri: str, max_bytes: int) -> bytes:
     match = _DATA_URI.match(uri)
     if match is None:
         raise InvalidRequest("image data URI must look like data:image/<type>;base64,<data>", 400)
-    payload = uri[match.end():]
+    payload = uri[match.end() :]
     if len(payload) * 3 // 4 > max_bytes:
         raise ImageTooLarge(f"image is larger than the {max_bytes // (1024 * 1024)} MB limit")
     try:
@@ -100,6 +101,5 @@ def load_image_bytes(image: str, settings: Settings) -> tuple[bytes, str]:
     if value.lower().startswith("data:"):
         return decode_data_uri(value, settings.max_download_bytes), "data-uri"
     if not re.match(r"^https?://", value, re.IGNORECASE):
-        raise InvalidRequest(
-            "image must be an http(s) URL or a data:image/...;base64, URI", 400)
+        raise InvalidRequest("image must be an http(s) URL or a data:image/...;base64, URI", 400)
     return fetch_url(value, fetch_policy(settings)).content, value

@@ -10,7 +10,7 @@ PROCESSING_MESSAGE = (
     "Request processing in background, you can fetch the result using fetch_result."
 )
 PROCESSING_TIP = (
-    "Your image is processing in the background; POST {\"key\": ...} to fetch_result, "
+    'Your image is processing in the background; POST {"key": ...} to fetch_result, '
     "or wait for the webhook if you set one."
 )
 
@@ -66,8 +66,13 @@ def fetch_body(job: Job, eta: float) -> dict[str, Any]:
     elif job.status == FAILED:
         body = failed_body(job)
     else:
-        body = {"status": "processing", "id": job.id, "message": PROCESSING_MESSAGE,
-                "eta": round(eta, 1), "output": []}
+        body = {
+            "status": "processing",
+            "id": job.id,
+            "message": PROCESSING_MESSAGE,
+            "eta": round(eta, 1),
+            "output": [],
+        }
     if job.request.get("webhook"):
         body["webhook_status"] = job.webhook_status or "waiting"
     return body
@@ -77,12 +82,25 @@ def webhook_payload(job: Job) -> dict[str, Any]:
     track_id = job.request.get("track_id")
     if job.status == SUCCESS:
         body = success_body(job)
-        return {"status": "success", "id": job.id, "output": body["output"],
-                "generationTime": body["generationTime"], "track_id": track_id,
-                "meta": body["meta"]}
-    return {"status": "failed", "id": job.id, "message": job.error or "processing failed",
-            "track_id": track_id}
+        return {
+            "status": "success",
+            "id": job.id,
+            "output": body["output"],
+            "generationTime": body["generationTime"],
+            "track_id": track_id,
+            "meta": body["meta"],
+        }
+    return {
+        "status": "failed",
+        "id": job.id,
+        "message": job.error or "processing failed",
+        "track_id": track_id,
+    }
 
 
 NOT_FOUND_BODY: dict[str, Any] = {
-    "status": "failed", "id": "", "message": "Request not found", "output": ""}
+    "status": "failed",
+    "id": "",
+    "message": "Request not found",
+    "output": "",
+}

@@ -61,21 +61,31 @@ FETCH_BY_PATH = (
 FETCH_BY_BODY = ("/api/v4/dreambooth/fetch", "/api/v1/enterprise/fetch")
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse, "description": text,
-           "content": {"application/json": {"example": {"status": "error", "message": message}}}}
+    code: {
+        "model": ErrorResponse,
+        "description": text,
+        "content": {"application/json": {"example": {"status": "error", "message": message}}},
+    }
     for code, (text, message) in ERROR_MESSAGES.items()
 }
 REMOVEBG_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"description": "Done (success), or still running (processing: fetch it later)",
-          "content": json_examples(success=SUCCESS_EXAMPLE, processing=PROCESSING_EXAMPLE)},
+    200: {
+        "description": "Done (success), or still running (processing: fetch it later)",
+        "content": json_examples(success=SUCCESS_EXAMPLE, processing=PROCESSING_EXAMPLE),
+    },
     **ERROR_RESPONSES,
 }
 FETCH_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"description": "The job's state; a job that failed, or is unknown to this key, "
-          "answers status failed",
-          "content": json_examples(fetch_success=SUCCESS_EXAMPLE,
-                                   fetch_processing=FETCH_PROCESSING_EXAMPLE,
-                                   fetch_failed=FAILED_EXAMPLE, fetch_not_found=NOT_FOUND_EXAMPLE)},
+    200: {
+        "description": "The job's state; a job that failed, or is unknown to this key, "
+        "answers status failed",
+        "content": json_examples(
+            fetch_success=SUCCESS_EXAMPLE,
+            fetch_processing=FETCH_PROCESSING_EXAMPLE,
+            fetch_failed=FAILED_EXAMPLE,
+            fetch_not_found=NOT_FOUND_EXAMPLE,
+        ),
+    },
     401: ERROR_RESPONSES[401],
 }
 
@@ -87,8 +97,15 @@ def get_state(request: Request) -> ServiceState:
 StateDep = Annotated[ServiceState, Depends(get_state)]
 
 
-def _meta(req: RemoveBgRequest, image_url: str, file_name: str, seed: int,
-          size: tuple[int, int], model: str, bg_url: str | None) -> dict[str, Any]:
+def _meta(
+    req: RemoveBgRequest,
+    image_url: str,
+    file_name: str,
+    seed: int,
+    size: tuple[int, int],
+    model: str,
+    bg_url: str | None,
+) -> dict[str, Any]:
     """meta exactly as the hosted API: mixed "0"/"1", "yes"/"no" and boolean types.
 
     The keys after "temp" are alphacut's additions; "foreground" joins them once the job is
@@ -109,16 +126,25 @@ def _meta(req: RemoveBgRequest, image_url: str, file_name: str, seed: int,
         "post_process_mask": "1" if req.post_process_mask else "0",
         "seed": seed,
         "temp": "yes" if req.temp else "no",
-        "model": model, "width": size[0], "height": size[1],
-        "format": req.format, "quality": req.quality, "bg_color": req.bg_color,
-        "bg_image": bg_url, "crop": req.crop, "crop_margin": req.crop_margin,
-        "scale": req.scale, "position": req.position, "channels": req.channels,
+        "model": model,
+        "width": size[0],
+        "height": size[1],
+        "format": req.format,
+        "quality": req.quality,
+        "bg_color": req.bg_color,
+        "bg_image": bg_url,
+        "crop": req.crop,
+        "crop_margin": req.crop_margin,
+        "scale": req.scale,
+        "position": req.position,
+        "channels": req.channels,
         "mask_quality": req.mask_quality,
     }
 
 
-async def _save_background(request: Request, req: RemoveBgRequest, state: ServiceState,
-                           file_id: str) -> tuple[str | None, str | None]:
+async def _save_background(
+    request: Request, req: RemoveBgRequest, state: ServiceState, file_id: str
+) -> tuple[str | None, str | None]:
     """Fetch (same SSRF rules as ``image``) and check bg_image now, so a bad one fails the
     request rather than the job. Returns its stored path and what meta reports for it."""
     if req.bg_image is None:
@@ -166,15 +192,29 @@ async def _removebg_mask(request: Request, state: StateDep):
     input_path = await asyncio.to_thread(state.storage.save_input, f"{file_id}.input", data)
     seed = req.seed if req.seed is not None else random.randint(0, 2**32 - 1)
     job_request = {
-        "options": req.model_dump(include={
-            "only_mask", "post_process_mask", "alpha_matting", "inverse_mask",
-            "alpha_matting_foreground_threshold", "alpha_matting_background_threshold",
-            "alpha_matting_erode_size", "mask_quality"}),
-        "model": model, "file_name": file_name, "input_path": str(input_path),
-        "temp": req.temp, "base64": req.base64, "webhook": req.webhook,
-        "track_id": req.track_id, "base_url": state.base_url(request),
+        "options": req.model_dump(
+            include={
+                "only_mask",
+                "post_process_mask",
+                "alpha_matting",
+                "inverse_mask",
+                "alpha_matting_foreground_threshold",
+                "alpha_matting_background_threshold",
+                "alpha_matting_erode_size",
+                "mask_quality",
+            }
+        ),
+        "model": model,
+        "file_name": file_name,
+        "input_path": str(input_path),
+        "temp": req.temp,
+        "base64": req.base64,
+        "webhook": req.webhook,
+        "track_id": req.track_id,
+        "base_url": state.base_url(request),
         "compose": {**req.compose_options(), "bg_image_path": bg_path},
-        "format": req.format, "quality": req.quality,
+        "format": req.format,
+        "quality": req.quality,
         "meta": _meta(req, image_url, file_name, seed, image.size, model, bg_url),
     }
     state.pool.offer_decoded(str(input_path), image)
@@ -203,14 +243,26 @@ async def _removebg_mask(request: Request, state: StateDep):
 
 for _path in REMOVEBG_PATHS:
     router.add_api_route(
-        _path, _removebg_mask, methods=["POST"], tags=["removebg_mask"],
+        _path,
+        _removebg_mask,
+        methods=["POST"],
+        tags=["removebg_mask"],
         summary="Remove the background of an image and create its mask",
-        response_model=SuccessResponse | ProcessingResponse, responses=REMOVEBG_RESPONSES,
-        openapi_extra={"requestBody": {"required": True, "content": {
-            "application/json": {"schema": RemoveBgRequest.model_json_schema(),
-                                 "examples": REQUEST_EXAMPLES},
-            "application/x-www-form-urlencoded": {"schema": {"type": "object"}},
-            "multipart/form-data": {"schema": {"type": "object"}}}}},
+        response_model=SuccessResponse | ProcessingResponse,
+        responses=REMOVEBG_RESPONSES,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": RemoveBgRequest.model_json_schema(),
+                        "examples": REQUEST_EXAMPLES,
+                    },
+                    "application/x-www-form-urlencoded": {"schema": {"type": "object"}},
+                    "multipart/form-data": {"schema": {"type": "object"}},
+                },
+            }
+        },
         include_in_schema=_path == REMOVEBG_PATHS[0] or _path == REMOVEBG_PATHS[1],
     )
 
@@ -230,8 +282,7 @@ async def _fetch(state: ServiceState, key: str, raw_id: Any) -> Any:
     return fetch_body(job, eta)
 
 
-async def _fetch_by_path(job_id: str, request: Request,
-                         state: StateDep):
+async def _fetch_by_path(job_id: str, request: Request, state: StateDep):
     request.state.api_endpoint = "fetch"
     fields, _ = await read_body(request) if await request.body() else ({}, None)
     req: FetchRequest = validate(FetchRequest, fields)
@@ -251,24 +302,52 @@ async def _fetch_by_body(request: Request, state: StateDep):
     return body
 
 
-_FETCH_BODY_DOC = {"requestBody": {"required": False, "content": {"application/json": {
-    "schema": FetchRequest.model_json_schema(),
-    "examples": {"by_path": {"summary": "fetch/{id}: the key only", "value": {"key": ""}},
-                 "by_body": {"summary": "request_id in the body (dreambooth/enterprise paths)",
-                             "value": {"key": "", "request_id": 2}}}}}}}
+_FETCH_BODY_DOC = {
+    "requestBody": {
+        "required": False,
+        "content": {
+            "application/json": {
+                "schema": FetchRequest.model_json_schema(),
+                "examples": {
+                    "by_path": {"summary": "fetch/{id}: the key only", "value": {"key": ""}},
+                    "by_body": {
+                        "summary": "request_id in the body (dreambooth/enterprise paths)",
+                        "value": {"key": "", "request_id": 2},
+                    },
+                },
+            }
+        },
+    }
+}
 for _path in FETCH_BY_PATH:
-    router.add_api_route(_path, _fetch_by_path, methods=["POST"], tags=["fetch"],
-                         summary="Fetch the result of a queued request",
-                         responses=FETCH_RESPONSES, openapi_extra=_FETCH_BODY_DOC,
-                         include_in_schema=_path == FETCH_BY_PATH[0])
+    router.add_api_route(
+        _path,
+        _fetch_by_path,
+        methods=["POST"],
+        tags=["fetch"],
+        summary="Fetch the result of a queued request",
+        responses=FETCH_RESPONSES,
+        openapi_extra=_FETCH_BODY_DOC,
+        include_in_schema=_path == FETCH_BY_PATH[0],
+    )
 for _path in FETCH_BY_BODY:
-    router.add_api_route(_path, _fetch_by_body, methods=["POST"], tags=["fetch"],
-                         summary="Fetch a result by request_id in the body",
-                         responses=FETCH_RESPONSES, openapi_extra=_FETCH_BODY_DOC)
+    router.add_api_route(
+        _path,
+        _fetch_by_body,
+        methods=["POST"],
+        tags=["fetch"],
+        summary="Fetch a result by request_id in the body",
+        responses=FETCH_RESPONSES,
+        openapi_extra=_FETCH_BODY_DOC,
+    )
 
 
-_MEDIA_TYPES = {".png": "image/png", ".base64": "text/plain", ".webp": "image/webp",
-                ".jpg": "image/jpeg"}
+_MEDIA_TYPES = {
+    ".png": "image/png",
+    ".base64": "text/plain",
+    ".webp": "image/webp",
+    ".jpg": "image/jpeg",
+}
 
 
 @router.get("/outputs/{relative:path}", tags=["outputs"], summary="Download an output file")

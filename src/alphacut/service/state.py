@@ -43,8 +43,12 @@ class ServiceState:
         store = SQLiteJobStore(settings.home / "jobs.sqlite3")
         storage = OutputStorage(settings.outputs_path, settings.home / "inputs")
         webhooks = WebhookSender(
-            store, load_or_create_secret(settings.webhook_secret, settings.home),
-            fetch_policy(settings), settings.webhook_attempts, settings.webhook_backoff)
+            store,
+            load_or_create_secret(settings.webhook_secret, settings.home),
+            fetch_policy(settings),
+            settings.webhook_attempts,
+            settings.webhook_backoff,
+        )
         # The store itself queues a finished job's webhook; the callback only wakes the sender.
         pool = WorkerPool(settings, store, engine, storage)
         state = cls(settings, engine, store, storage, pool, webhooks)
@@ -81,8 +85,10 @@ class ServiceState:
         # Load the default model before serving, so /healthz means "ready to remove".
         await asyncio.to_thread(self.engine.runner)
         await self.pool.start()
-        self.background = [asyncio.create_task(self._webhook_loop()),
-                           asyncio.create_task(self._cleanup_loop())]
+        self.background = [
+            asyncio.create_task(self._webhook_loop()),
+            asyncio.create_task(self._cleanup_loop()),
+        ]
 
     async def stop(self) -> None:
         for task in self.background:
