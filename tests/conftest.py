@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import http.server
 import json
+import os
 import socket
 import threading
 import time
@@ -17,13 +17,42 @@ import pytest
 import uvicorn
 from PIL import Image
 
-from alphacut.config import Settings
+from alphacut.config import Settings, load_settings
 from alphacut.models.registry import BUILTIN_MODELS
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-EVALDATA = SHARED / "evaldata"
-PHOTOS = SHARED / "photos"
+# Small MIT-licensed sample photos kept in the repository (see tests/data/README.md).
+PHOTOS = Path(__file__).resolve().parent / "data"
+# Research-only evaluation data with ground truth: never in the repository, found only through
+# ALPHACUT_EVALDATA (``.ci/run`` sets it where CI has the data); None when unset.
+EVALDATA = Path(os.environ["ALPHACUT_EVALDATA"]) if os.environ.get("ALPHACUT_EVALDATA") else None
 TINY_SIZE = 64
+
+
+def evaldata_missing(subset: str) -> str | None:
+    """Why ``ALPHACUT_EVALDATA/<subset>`` cannot be used (a skip reason), or None if it can."""
+    if EVALDATA is None:
+        return (
+            "EVALUATION DATA NOT SET: ALPHACUT_EVALDATA is unset; point it at the evaldata "
+            "folder (research-only photos with ground truth, never in the repo) to run this test"
+        )
+    if not (EVALDATA / subset / "images").is_dir():
+        return f"EVALUATION DATA MISSING: no {EVALDATA / subset / 'images'} (ALPHACUT_EVALDATA)"
+    return None
+
+
+def requires_evaldata(subset: str) -> pytest.MarkDecorator:
+    """Skip mark for tests that read ``ALPHACUT_EVALDATA/<subset>`` (general, matting)."""
+    reason = evaldata_missing(subset)
+    return pytest.mark.skipif(reason is not None, reason=reason or "")
+
+
+def evaldata(subset: str) -> Path:
+    """``ALPHACUT_EVALDATA/<subset>``; skips the calling test, with the reason, if it is missing."""
+    reason = evaldata_missing(subset)
+    if reason is not None:
+        pytest.skip(reason)
+    assert EVALDATA is not None
+    return EVALDATA / subset
 
 
 def build_tiny_onnx(path: Path, size: int = TINY_SIZE) -> None:
@@ -94,7 +123,7 @@ def tiny_settings(tmp_path: Path, tiny_model_dir: Path) -> Settings:
 
 def real_settings(home: Path) -> Settings:
     """Settings for the real model: weights from the normal model folder, state in ``home``."""
-    model_dir = Settings.from_env().models_path
+    model_dir = load_settings().model_dir
     # A generous sync wait: a loaded CI machine must not turn a success into "processing".
     return Settings(
         home=home,
@@ -107,7 +136,7 @@ def real_settings(home: Path) -> Settings:
 
 
 def real_model_installed() -> bool:
-    return BUILTIN_MODELS["medium"].path(Settings.from_env().models_path).is_file()
+    return BUILTIN_MODELS["medium"].path(load_settings().model_dir).is_file()
 
 
 requires_real_model = pytest.mark.skipif(
@@ -173,7 +202,7 @@ def live_server() -> Iterator[Callable[..., LiveServer]]:
     started: list[LiveServer] = []
 
     def start(settings: Settings, **overrides: object) -> LiveServer:
-        server = LiveServer(dataclasses.replace(settings, **overrides))
+        server = LiveServer(settings.model_copy(update=overrides))
         started.append(server.__enter__())
         return server
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,14 +13,14 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from alphacut.cli import app
-from alphacut.config import Settings
+from alphacut.config import Settings, load_settings
 from alphacut.engine import Engine
 from alphacut.evaluate import run_eval
 from alphacut.evaluate.report import LABEL_HEIGHT, format_table
 from alphacut.evaluate.runner import THUMB_HEIGHT, group_of
 from alphacut.models.registry import resolve_model
 from alphacut.pipeline.remove import RemoveOptions
-from tests.conftest import EVALDATA
+from tests.conftest import evaldata, requires_evaldata
 
 # (id, width, height, square box x0, y0, x1, y1, file suffix)
 SQUARES = [
@@ -143,28 +142,18 @@ def test_cli_eval_missing_folder(tmp_path: Path) -> None:
     assert result.exit_code == 1
 
 
-def _evaldata() -> Path | None:
-    candidates = [os.environ.get("ALPHACUT_EVALDATA", ""), str(EVALDATA)]
-    for candidate in candidates:
-        if candidate and (Path(candidate) / "general" / "images").is_dir():
-            return Path(candidate)
-    return None
-
-
 @pytest.mark.real_model
+@requires_evaldata("general")
 def test_real_model_eval_on_horses(tmp_path: Path) -> None:
-    settings = Settings.from_env()
-    spec = resolve_model("medium", settings.models_path)
-    model_path = spec.runtime_path(settings.models_path)
+    settings = load_settings()
+    spec = resolve_model("medium", settings.model_dir)
+    model_path = spec.runtime_path(settings.model_dir)
     if not model_path.is_file():
         pytest.skip(
             f"REAL MODEL NOT INSTALLED: {model_path} is missing; set ALPHACUT_HOME or "
             "run `alphacut models pull medium` to run this test"
         )
-    evaldata = _evaldata()
-    if evaldata is None:
-        pytest.skip("EVALUATION DATA NOT FOUND: set ALPHACUT_EVALDATA to the evaldata folder")
-    source = evaldata / "general"
+    source = evaldata("general")
     dataset = tmp_path / "horses"
     (dataset / "images").mkdir(parents=True)
     (dataset / "masks").mkdir()

@@ -13,7 +13,7 @@ from PIL import Image
 from alphacut.engine import Engine
 from alphacut.pipeline.matting import AlphaMattingParams
 from alphacut.pipeline.remove import RemoveOptions, compute_mask
-from tests.conftest import EVALDATA, real_settings, requires_real_model
+from tests.conftest import evaldata, real_settings, requires_real_model
 
 pytestmark = [pytest.mark.real_model, requires_real_model]
 
@@ -29,7 +29,7 @@ def engine(tmp_path_factory) -> Engine:
 
 
 def _load(image_id: str) -> tuple[Image.Image, np.ndarray]:
-    root = EVALDATA / "matting"
+    root = evaldata("matting")
     image = Image.open(root / "images" / f"{image_id}.png").convert("RGB")
     gt = np.asarray(Image.open(root / "masks" / f"{image_id}.png").convert("L"), np.float64)
     return image, gt / 255.0

@@ -16,17 +16,17 @@ from PIL import Image
 
 from alphacut.engine import Engine
 from alphacut.models.registry import BUILTIN_MODELS
-from tests.conftest import EVALDATA, PHOTOS, real_settings, requires_real_model
+from tests.conftest import PHOTOS, evaldata, real_settings, requires_real_model
 
 pytestmark = [pytest.mark.real_model, requires_real_model]
 
 
 def _image_path(stem: str) -> Path:
-    return next((EVALDATA / "general" / "images").glob(stem + ".*"))
+    return next((evaldata("general") / "images").glob(stem + ".*"))
 
 
 def _gt(stem: str) -> np.ndarray:
-    return np.asarray(Image.open(EVALDATA / "general" / "masks" / f"{stem}.png")) > 127
+    return np.asarray(Image.open(evaldata("general") / "masks" / f"{stem}.png")) > 127
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -43,7 +43,7 @@ def engine(tmp_path_factory) -> Engine:
 
 def _stems() -> list[str]:
     """A spread of horse_ and davis_ images (every 20th / 8th), 16 in all."""
-    stems = sorted(p.stem for p in (EVALDATA / "general" / "images").iterdir())
+    stems = sorted(p.stem for p in (evaldata("general") / "images").iterdir())
     horses = [s for s in stems if s.startswith("horse_")][::20]
     davis = [s for s in stems if s.startswith("davis_")][::8]
     return horses + davis
@@ -65,7 +65,7 @@ def test_mask_quality_against_ground_truth_and_bare_model(engine):
     assert len(stems) >= 12
     spec = BUILTIN_MODELS["medium"]
     bare = ort.InferenceSession(
-        str(spec.path(engine.settings.models_path)), providers=["CPUExecutionProvider"]
+        str(spec.path(engine.settings.model_dir)), providers=["CPUExecutionProvider"]
     )
     ours, theirs = {}, {}
     for stem in stems:
