@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import inspect
 import io
 import json
 
@@ -13,6 +15,7 @@ from PIL import Image
 
 import alphacut
 from alphacut import AlphacutAPIError, AlphacutTimeout, AsyncClient, Client
+from alphacut.service.schemas import RemoveBgRequest
 from tests.conftest import PHOTOS, real_settings, requires_real_model, subject_image
 
 
@@ -129,6 +132,67 @@ def test_errors_with_http_200_are_still_errors():
     with pytest.raises(AlphacutAPIError) as err:
         Client("http://x", transport=transport).remove(b"\x89PNG")
     assert err.value.status_code == 200 and err.value.message == "image is required"
+
+
+def _keyword_parameters(method) -> set[str]:
+    return {
+        name
+        for name, parameter in inspect.signature(method).parameters.items()
+        if parameter.kind is inspect.Parameter.KEYWORD_ONLY
+    }
+
+
+@pytest.mark.parametrize("client_class", [Client, AsyncClient])
+def test_remove_takes_every_api_field_as_a_keyword(client_class):
+    """A new request field in the API cannot be forgotten in the client (nor a stale one kept)."""
+    api_fields = set(RemoveBgRequest.model_fields) - {"key", "image"}
+    call_settings = {"timeout", "download"}
+    assert _keyword_parameters(client_class.remove) - call_settings == api_fields
+
+
+def _recording_transport(bodies: list[dict]) -> httpx.MockTransport:
+    """Answers every request with an API error, after recording its JSON body (for the sync
+    and the async client alike)."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        bodies.append(json.loads(request.content))
+        return httpx.Response(400, json={"status": "error", "message": "recorded"})
+
+    return httpx.MockTransport(handler)
+
+
+def test_unknown_keyword_is_a_type_error_and_nothing_is_sent():
+    bodies: list[dict] = []
+    sync_client = Client("http://x", transport=_recording_transport(bodies))
+    with pytest.raises(TypeError, match="bgcolor"):
+        sync_client.remove(b"\x89PNG", bgcolor="#fff")
+    with pytest.raises(TypeError):
+        sync_client.remove(b"\x89PNG", "png")  # the options are keyword-only
+
+    async def main() -> None:
+        async with AsyncClient("http://x", transport=_recording_transport(bodies)) as client:
+            with pytest.raises(TypeError, match="bgcolor"):
+                await client.remove(b"\x89PNG", bgcolor="#fff")
+
+    asyncio.run(main())
+    assert bodies == []
+
+
+def test_only_the_given_fields_are_sent():
+    """None means "not sent" (the server's default applies); False and 0 are sent."""
+    bodies: list[dict] = []
+    client = Client("http://x", key="k", transport=_recording_transport(bodies))
+    with pytest.raises(AlphacutAPIError):
+        client.remove(b"\x89PNG", only_mask=False, seed=0, crop=None, format="webp", timeout=5)
+    assert bodies == [
+        {
+            "key": "k",
+            "image": "data:image/png;base64," + base64.b64encode(b"\x89PNG").decode(),
+            "only_mask": False,
+            "seed": 0,
+            "format": "webp",
+        }
+    ]
 
 
 def test_async_client(server, subject):

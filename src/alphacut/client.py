@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import inspect
 import io
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, Literal, ParamSpec, TypeVar, cast
 
 import httpx
 from PIL import Image
@@ -49,6 +51,11 @@ _MAGIC = (
     (b"II*\x00", "image/tiff"),
     (b"MM\x00*", "image/tiff"),
 )
+
+
+_Params = ParamSpec("_Params")
+_Self = TypeVar("_Self")
+_Return = TypeVar("_Return")
 
 
 class AlphacutClientError(Exception):
@@ -81,13 +88,102 @@ class RemovalResult:
     output_url: str
     content: bytes = b""  # the output file's bytes (base64 outputs already decoded)
     image: Image.Image | None = None  # None when downloading was switched off
-    raw: dict[str, Any] = field(default_factory=dict)  # the whole JSON answer
+    raw: dict[str, Any] = field(default_factory=dict[str, Any])  # the whole JSON answer
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the output file as served (its format is ``meta["format"]``)."""
         target = Path(path)
         target.write_bytes(self.content)
         return target
+
+
+# remove_arguments' parameters that steer the call rather than travel as request fields.
+_CALL_SETTINGS = frozenset({"image", "timeout", "download"})
+
+
+@dataclass(frozen=True)
+class RemoveCall:
+    """One ``remove()`` call's arguments: what to send, and how long to wait for it."""
+
+    image: ImageInput
+    timeout: float | None
+    download: bool
+    fields: dict[str, Any]  # the request fields given, by their API names
+
+
+def remove_arguments(
+    image: ImageInput,
+    *,
+    timeout: float | None = None,
+    download: bool = True,
+    alpha_matting: bool | None = None,
+    post_process_mask: bool | None = None,
+    only_mask: bool | None = None,
+    inverse_mask: bool | None = None,
+    seed: int | None = None,
+    alpha_matting_foreground_threshold: int | None = None,
+    alpha_matting_background_threshold: int | None = None,
+    alpha_matting_erode_size: int | None = None,
+    webhook: str | None = None,
+    track_id: str | int | None = None,
+    base64: bool | None = None,
+    temp: bool | None = None,
+    instant_response: bool | None = None,
+    model: str | None = None,
+    mask_quality: Literal["normal", "high"] | None = None,
+    guided_upsampling: bool | None = None,
+    decontaminate: bool | None = None,
+    bg_color: str | None = None,
+    bg_image: str | None = None,
+    crop: bool | None = None,
+    crop_margin: int | str | None = None,
+    scale: float | str | None = None,
+    position: str | None = None,
+    format: Literal["png", "webp", "jpg"] | None = None,
+    quality: int | None = None,
+    channels: Literal["rgba", "alpha"] | None = None,
+) -> RemoveCall:
+    """The parameters of ``Client.remove`` and ``AsyncClient.remove``, written once.
+
+    ``image`` is a path, bytes, a PIL image or an ``http(s)://`` URL. ``timeout`` (seconds; the
+    client's by default) bounds the whole call, polling included; ``download=False`` skips
+    downloading the output. The other keywords are the API's request fields (see the server's
+    ``/docs``); None leaves a field out of the request, so the server's default applies.
+    """
+    # Every parameter, by name; locals() holds nothing else yet.
+    arguments = dict(locals())
+    fields = {
+        name: value
+        for name, value in arguments.items()
+        if name not in _CALL_SETTINGS and value is not None
+    }
+    return RemoveCall(image, timeout, download, fields)
+
+
+def _same_parameters_as(
+    spec: Callable[_Params, Any],
+) -> Callable[
+    [Callable[Concatenate[_Self, ...], _Return]], Callable[Concatenate[_Self, _Params], _Return]
+]:
+    """Give a ``(self, *args, **kwargs)`` method the parameters of ``spec``, for type checkers
+    (through the ParamSpec) and for ``help()``/``inspect`` (through ``__signature__``).
+
+    The method itself stays as written (a coroutine function stays one); it checks its
+    arguments by calling ``spec(*args, **kwargs)``, which raises TypeError for a wrong one.
+    """
+
+    def decorate(
+        method: Callable[Concatenate[_Self, ...], _Return],
+    ) -> Callable[Concatenate[_Self, _Params], _Return]:
+        signature = inspect.signature(spec)
+        self_parameter = inspect.Parameter("self", inspect.Parameter.POSITIONAL_ONLY)
+        method.__signature__ = signature.replace(  # type: ignore[attr-defined]
+            parameters=[self_parameter, *signature.parameters.values()],
+            return_annotation=inspect.signature(method).return_annotation,
+        )
+        return method
+
+    return decorate
 
 
 def _mime(data: bytes) -> str:
@@ -125,8 +221,8 @@ class _Base:
         self.timeout = timeout
         self.poll_interval = poll_interval
 
-    def _payload(self, image: ImageInput, options: dict[str, Any]) -> dict[str, Any]:
-        return {"key": self.key, "image": image_field(image), **options}
+    def _payload(self, call: RemoveCall) -> dict[str, Any]:
+        return {"key": self.key, "image": image_field(call.image), **call.fields}
 
     def _fetch_url(self, body: dict[str, Any]) -> str:
         # A "processing" answer names its fetch URL; fetch answers themselves do not.
@@ -135,13 +231,14 @@ class _Base:
     @staticmethod
     def _check(response: httpx.Response) -> dict[str, Any]:
         try:
-            body = response.json()
+            answer: Any = response.json()
         except ValueError:
             raise AlphacutAPIError(
                 f"the server answered {response.reason_phrase or 'non-JSON'}", response.status_code
             ) from None
-        if not isinstance(body, dict):
+        if not isinstance(answer, dict):
             raise AlphacutAPIError("the server answered an unexpected body", response.status_code)
+        body = cast(dict[str, Any], answer)  # JSON objects have string keys
         # Some servers answer errors with HTTP 200 (ALPHACUT_ERRORS_HTTP_200): read the body too.
         if response.status_code >= 400 or body.get("status") in ("error", "failed"):
             message = body.get("message") or body.get("messege") or "request failed"
@@ -175,7 +272,7 @@ class _Base:
 
 
 class Client(_Base):
-    """Synchronous client. ``Client(base_url, key).remove(image, **options)``."""
+    """Synchronous client. ``Client(base_url, key).remove(image, bg_color="#fff", ...)``."""
 
     def __init__(
         self,
@@ -189,19 +286,14 @@ class Client(_Base):
         super().__init__(base_url, key, timeout, poll_interval)
         self._http = httpx.Client(transport=transport, follow_redirects=True)
 
-    def remove(
-        self,
-        image: ImageInput,
-        *,
-        timeout: float | None = None,
-        download: bool = True,
-        **options: Any,
-    ) -> RemovalResult:
-        """Remove the background; ``options`` are the API's fields (only_mask, bg_color...).
+    @_same_parameters_as(remove_arguments)
+    def remove(self, *args: Any, **kwargs: Any) -> RemovalResult:
+        """Remove the background; the keywords are the API's fields (only_mask, bg_color...).
 
         Waits (polling the fetch endpoint) until the job ends, at most ``timeout`` seconds.
         """
-        limit = self.timeout if timeout is None else timeout
+        call = remove_arguments(*args, **kwargs)
+        limit = self.timeout if call.timeout is None else call.timeout
         deadline = time.monotonic() + limit
         body = self._request(
             "POST",
@@ -209,7 +301,7 @@ class Client(_Base):
             deadline,
             limit,
             None,
-            json=self._payload(image, options),
+            json=self._payload(call),
         )
         fetch_url = self._fetch_url(body) if body.get("status") == "processing" else ""
         while body.get("status") == "processing":
@@ -221,7 +313,9 @@ class Client(_Base):
                 "POST", fetch_url, deadline, limit, body.get("id"), json={"key": self.key}
             )
         content = (
-            self._download(body["output"][0], deadline, limit, body["id"]) if download else None
+            self._download(body["output"][0], deadline, limit, body["id"])
+            if call.download
+            else None
         )
         return self._result(body, content)
 
@@ -275,7 +369,7 @@ class Client(_Base):
 
 
 class AsyncClient(_Base):
-    """Asynchronous client: ``await AsyncClient(base_url, key).remove(image, **options)``."""
+    """Asynchronous client: ``await AsyncClient(base_url, key).remove(image, ...)``."""
 
     def __init__(
         self,
@@ -289,18 +383,13 @@ class AsyncClient(_Base):
         super().__init__(base_url, key, timeout, poll_interval)
         self._http = httpx.AsyncClient(transport=transport, follow_redirects=True)
 
-    async def remove(
-        self,
-        image: ImageInput,
-        *,
-        timeout: float | None = None,
-        download: bool = True,
-        **options: Any,
-    ) -> RemovalResult:
+    @_same_parameters_as(remove_arguments)
+    async def remove(self, *args: Any, **kwargs: Any) -> RemovalResult:
         """Like ``Client.remove``; reading a local file or encoding it happens in a thread."""
-        limit = self.timeout if timeout is None else timeout
+        call = remove_arguments(*args, **kwargs)
+        limit = self.timeout if call.timeout is None else call.timeout
         deadline = time.monotonic() + limit
-        payload = await asyncio.to_thread(self._payload, image, options)
+        payload = await asyncio.to_thread(self._payload, call)
         body = await self._request(
             "POST", self.base_url + REMOVE_PATH, deadline, limit, None, json=payload
         )
@@ -315,7 +404,7 @@ class AsyncClient(_Base):
             )
         content = (
             await self._download(body["output"][0], deadline, limit, body["id"])
-            if download
+            if call.download
             else None
         )
         return await asyncio.to_thread(self._result, body, content)
