@@ -1,21 +1,9 @@
 """glibc malloc settings for long-running processes (the server, folder runs of the CLI).
 
-Every request allocates and frees a few buffers of 4-50 MB: the decoded image, the probability
-map, the cutout, the PNG. glibc raises its mmap threshold to the size of the largest block freed
-so far (up to 32 MB); after that such buffers come from the heap arenas, whose fragmentation
-keeps them, and the server's RSS creeps up request after request (bench/: +400 MB over 40
-mixed requests, still rising). A fixed threshold hands every large buffer back to the OS
-when it is freed, and two arenas keep per-thread arenas from multiplying the effect.
-
-The threshold is 13 MiB, just above the largest temporaries of the per-image work at the
-model's 1024x1024 resolution (a float32 map is 4 MiB, a 3-channel one 12 MiB): those are
-allocated dozens of times per image by the guided filter and decontamination, and from the
-heap they are reused instead of being mapped and page-faulted afresh each time. The buffers
-of large photos (a 12 MP float map is 48 MB) still go back to the OS. Measured on the
-200-request soak (bench/README.md): 1 MiB gave peak 1122 MB, final 851 MB, 0.378 img/s;
-13 MiB gives peak 1222 MB, final 963 MB, flat (+11 MB per 100 requests), 0.415 img/s. On a
-1.5 MP photo the guided upsampling and decontamination took 0.42 s instead of 0.68 s.
-Without any setting RSS crept up by 400 MB over 40 requests.
+glibc's adaptive mmap threshold lets the 4-50 MB per-request buffers fragment the heap, so RSS
+creeps up request after request. A fixed 13 MiB threshold (just above the 1024x1024
+temporaries, which are then reused from the heap; larger buffers go back to the OS) and two
+arenas keep it flat. Measurements: docs/performance.md (Memory).
 """
 
 from __future__ import annotations

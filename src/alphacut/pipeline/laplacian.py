@@ -1,12 +1,10 @@
 """The closed-form matting Laplacian (Levin, Lischinski & Weiss 2008), restricted to the
 unknown pixels of a trimap.
 
-Written with numpy's batched linear algebra rather than imported from pymatting: pymatting
-compiles its numba kernels when it is first imported, which took 74 s on a 2-core machine
-(the first alpha-matting request of a fresh install would wait that long), and it builds the
-Laplacian of the whole image (25 entries per pixel) where matting needs only the rows of the
-unknown band. The values are the same as pymatting's ``cf_laplacian`` (3x3 windows,
-regularisation ``epsilon`` added to the covariance before dividing by the window area).
+Written with numpy rather than imported from pymatting, whose numba compilation on first import
+is slow and which builds the whole image's Laplacian (why: docs/quality.md). The values are the
+same as pymatting's ``cf_laplacian`` (3x3 windows, regularisation ``epsilon`` added to the
+covariance before dividing by the window area).
 """
 
 from __future__ import annotations

@@ -124,9 +124,8 @@ def guided_upsample_mask(
     follow the full-resolution guide at the cost of a bilinear resize. Where ``src`` is flat
     (most of a photo: sure subject, sure background) ``a`` is zero and the answer is the
     resized ``b``, so the per-pixel dot product runs only on the tiles that hold an edge, and
-    everything else is a uint8 resize: no full-size float map is ever made (a 12 MP one is
-    48 MB, and quantising it alone took 0.16 s). ``radius`` is in ``src`` pixels; ``guide``
-    is uint8 RGB (or grey).
+    everything else is a uint8 resize: no full-size float map is ever made. ``radius`` is in
+    ``src`` pixels; ``guide`` is uint8 RGB (or grey).
     """
     height, width = guide.shape[:2]
     small_h, small_w = src.shape
@@ -175,9 +174,8 @@ def upsample_mask(prob: np.ndarray, image: np.ndarray, guided: bool = True) -> n
 
     When the photo is larger than the map (in either axis), plain bilinear upsampling blurs
     the edge over several photo pixels; the fast guided filter puts it on the photo's own edge
-    instead (on davis and am, with the map shrunk to simulate a 2-4x upsampling, it beat
-    bilinear on every metric). When the photo is no larger, there is nothing to recover:
-    bilinear, as before.
+    instead (measured in docs/quality.md). When the photo is no larger, there is nothing to
+    recover: bilinear.
     """
     height, width = image.shape[:2]
     if not guided or (height <= prob.shape[0] and width <= prob.shape[1]):
