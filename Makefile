@@ -3,21 +3,26 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup test lint bench eval clean
+.PHONY: setup test lint bench eval clean docs
 
 setup:
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,heif]'
+	$(BIN)/pip install --quiet -e '.[test,heif,docs]'
 	$(BIN)/alphacut models pull medium
 	bash scripts/setup-browser.sh
 
 test:
 	$(BIN)/ruff check src tests bench
 	$(BIN)/pytest -q -rs
+	$(MAKE) docs
 
 lint:
 	$(BIN)/ruff check src tests bench
+
+# The documentation site (mkdocs.yml); --strict turns every warning into an error.
+docs:
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir build/site
 
 bench:
 	$(BIN)/python bench/run.py
