@@ -39,10 +39,10 @@ def reset_peak() -> None:
 
 class AlphacutSide:
     def __init__(self, model: str) -> None:
-        from alphacut.config import Settings
+        from alphacut.config import load_settings
         from alphacut.engine import Engine
 
-        self.settings = Settings.from_env()
+        self.settings = load_settings()
         self.engine = Engine(self.settings)
         self.runner = self.engine.runner()  # loads and warms the model, as the server does
         self.model = model

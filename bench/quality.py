@@ -13,7 +13,6 @@ per image instead of six.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
 import json
 import sys
@@ -24,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from alphacut.config import Settings
+from alphacut.config import load_settings
 from alphacut.engine import Engine
 from alphacut.evaluate.metrics import METRIC_NAMES, compute_metrics
 from alphacut.evaluate.runner import find_pairs, group_of, load_gt, mean_metrics
@@ -89,9 +88,7 @@ def main() -> None:
     if args.variants:
         wanted = {name.strip() for name in args.variants.split(",")}
         variants = tuple(v for v in variants if v.name.split(" ")[0] in wanted)
-    settings = Settings.from_env()
-    if args.input_size:
-        settings = dataclasses.replace(settings, input_size=args.input_size)
+    settings = load_settings(**({"input_size": args.input_size} if args.input_size else {}))
     engine = Engine(settings)
     runner = engine.runner()
     pairs = find_pairs(args.dataset)[: args.limit]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from alphacut.config import Settings
+from alphacut.config import load_settings
 from alphacut.jobs.budget import PixelBudget
 
 
@@ -63,4 +63,4 @@ def test_zero_disables_the_budget_and_the_setting_reads_the_environment(monkeypa
     with budget.hold(10**9), budget.hold(10**9):
         assert budget.used == 0
     monkeypatch.setenv("ALPHACUT_MAX_INFLIGHT_PIXELS", "5000000")
-    assert Settings.from_env().max_inflight_pixels == 5_000_000
+    assert load_settings().max_inflight_pixels == 5_000_000

@@ -123,13 +123,11 @@ def real_engine(tmp_path_factory):
 @pytest.fixture
 def real_server(real_engine, tmp_path):
     """Factory: a server on the real model with ``overrides`` of the real settings."""
-    import dataclasses
-
     servers: list[LiveServer] = []
 
     def start(**overrides: object) -> LiveServer:
-        settings = dataclasses.replace(
-            real_settings(tmp_path / f"home{len(servers)}"), webhook_secret=SECRET, **overrides
+        settings = real_settings(tmp_path / f"home{len(servers)}").model_copy(
+            update={"webhook_secret": SECRET, **overrides}
         )
         servers.append(LiveServer(settings, real_engine).__enter__())
         return servers[-1]
@@ -261,7 +259,7 @@ def test_base64_and_temp_outputs(real_server, subject_url):
     temp = submit_and_wait(server.url, {"image": subject_url, "temp": "yes"})
     assert temp["meta"]["temp"] == "yes"
     assert temp["output"][0] == f"{server.url}/outputs/temp/{temp['meta']['file_prefix']}"
-    path = server.settings.outputs_path / "temp" / temp["meta"]["file_prefix"]
+    path = server.settings.output_dir / "temp" / temp["meta"]["file_prefix"]
     assert path.is_file()
     wait_until(lambda: not path.exists(), timeout=30, what="temp output to expire")
     assert fetch(server.url, temp["id"]) == NOT_FOUND  # the row went with the file
@@ -311,9 +309,7 @@ def test_client_that_goes_away_keeps_its_job(real_server, subject_url):
 @requires_real_model
 def test_stop_lets_running_jobs_finish(real_engine, tmp_path, subject_url):
     """A graceful stop waits for the running job; the queued one stays queued for next time."""
-    import dataclasses
-
-    settings = dataclasses.replace(real_settings(tmp_path / "home"), workers=1)
+    settings = real_settings(tmp_path / "home").model_copy(update={"workers": 1})
     server = LiveServer(settings, real_engine).__enter__()
     ids = [
         post(server.url, {"image": subject_url, "instant_response": True}).json()["id"]

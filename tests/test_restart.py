@@ -14,7 +14,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from alphacut.config import Settings
+from alphacut.config import load_settings
 from alphacut.jobs.store import QUEUED, RUNNING, SQLiteJobStore
 from tests.conftest import free_port, requires_real_model, subject_image
 from tests.jobhelpers import post, wait_done, wait_until
@@ -31,7 +31,7 @@ class ServerProcess:
         env = {
             **os.environ,
             "ALPHACUT_HOME": str(home),
-            "ALPHACUT_MODEL_DIR": str(Settings.from_env().models_path),
+            "ALPHACUT_MODEL_DIR": str(load_settings().model_dir),
             "ALPHACUT_URL_ALLOWLIST": "127.0.0.1",
             "ALPHACUT_WORKERS": "1",
         }

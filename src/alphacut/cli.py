@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from alphacut.config import Settings
-from alphacut.errors import AlphacutError
+from alphacut.config import Settings, load_settings
+from alphacut.errors import AlphacutError, SettingsError
+from alphacut.models.registry import DEFAULT_MODEL
 
 if TYPE_CHECKING:
     from alphacut.pipeline.compose import ComposeOptions
@@ -60,19 +61,30 @@ def _fail(message: str) -> None:
     raise typer.Exit(code=1)
 
 
+def _settings(**overrides: object) -> Settings:
+    """The ``ALPHACUT_*`` settings; a bad one ends the command with a clear message."""
+    try:
+        return load_settings(**overrides)
+    except SettingsError as exc:
+        _fail(exc.message)
+        raise  # not reached (_fail exits); tells type checkers no None comes back
+
+
 @models_app.command("pull")
 def models_pull(
-    name: Annotated[str, typer.Argument(help="medium (default) or small")] = "medium",
+    name: Annotated[
+        str, typer.Argument(help=f"{DEFAULT_MODEL} (default) or small")
+    ] = DEFAULT_MODEL,
     force: Annotated[bool, typer.Option(help="Download and verify again")] = False,
 ) -> None:
     """Download a model with npm, verify every hash and install it in the model folder."""
     from alphacut.models.pull import pull_model
 
-    settings = Settings.from_env()
+    settings = _settings()
     try:
         path = pull_model(
             name,
-            settings.models_path,
+            settings.model_dir,
             settings.home / "cache",
             force=force,
             progress=lambda msg: typer.echo(msg, err=True),
@@ -87,8 +99,8 @@ def models_list() -> None:
     """Show every known model: installed or not, size, input size, licence."""
     from alphacut.models.registry import known_models
 
-    settings = Settings.from_env()
-    model_dir = settings.models_path
+    settings = _settings()
+    model_dir = settings.model_dir
     rows = [("name", "installed", "size", "input", "licence")]
     for spec in known_models(model_dir).values():
         path = spec.path(model_dir)
@@ -146,6 +158,7 @@ def _output_path(
 
 
 def _compose_options(
+    settings: Settings,
     bg_color: str | None,
     bg_image: str | None,
     crop: bool,
@@ -171,9 +184,10 @@ def _compose_options(
     if bg_image:
         try:
             if bg_image.lower().startswith(("http://", "https://")):
-                from alphacut.io.fetch import FetchPolicy, fetch_url
+                from alphacut.io.fetch import fetch_url
+                from alphacut.service.parsing import fetch_policy
 
-                data = fetch_url(bg_image, FetchPolicy()).content
+                data = fetch_url(bg_image, fetch_policy(settings)).content
             else:
                 data = Path(bg_image).read_bytes()
             background = decode_image(data)
@@ -254,12 +268,22 @@ def remove(
     from alphacut.pipeline.matting import AlphaMattingParams
     from alphacut.pipeline.remove import RemoveOptions
 
+    settings = _settings()
     files = _collect_inputs(inputs)
     if not files:
         _fail("no images found")
     output_format = {"jpeg": "jpg"}.get(output_format.lower(), output_format.lower())
     compose = _compose_options(
-        bg_color, bg_image, crop, crop_margin, scale, position, output_format, quality, only_mask
+        settings,
+        bg_color,
+        bg_image,
+        crop,
+        crop_margin,
+        scale,
+        position,
+        output_format,
+        quality,
+        only_mask,
     )
     _check_mask_quality(mask_quality)
     options = RemoveOptions(
@@ -271,7 +295,7 @@ def remove(
         compose=compose,
         mask_quality=mask_quality.lower(),
     )
-    engine = Engine()
+    engine = Engine(settings)
     many = len(files) > 1
     failures = 0
     bar = tqdm(files, unit="img", disable=not many, file=sys.stderr)
@@ -312,10 +336,11 @@ def serve(
     from alphacut.service.app import create_app
     from alphacut.service.logs import configure_logging
 
+    settings = _settings()  # before the server starts: a bad setting fails here, clearly
     configure_logging(log_level)
     # alphacut writes its own access log (no query strings, with request and job ids).
     uvicorn.run(
-        create_app(Settings.from_env()),
+        create_app(settings),
         host=host,
         port=port,
         log_config=None,
@@ -353,17 +378,13 @@ def eval_command(
     ] = False,
 ) -> None:
     """Measure mask quality against ground truth (MAE, maxF, IoU, SAD, MSE, boundary)."""
-    import dataclasses
-
     from alphacut.engine import Engine
     from alphacut.evaluate.report import format_table
     from alphacut.evaluate.runner import run_eval
     from alphacut.pipeline.matting import AlphaMattingParams
     from alphacut.pipeline.remove import RemoveOptions
 
-    settings = Settings.from_env()
-    if input_size:
-        settings = dataclasses.replace(settings, input_size=input_size)
+    settings = _settings(**({"input_size": input_size} if input_size else {}))
     _check_mask_quality(mask_quality)
     options = RemoveOptions(
         post_process_mask=post_process_mask,

@@ -1,124 +1,277 @@
 """Settings read from ``ALPHACUT_*`` environment variables.
 
-Settings are read once per process (``Settings.from_env()``) and passed down explicitly, so tests
-can build an app with any configuration without touching the environment.
+The environment is read in one place, ``load_settings()``, once per process; the result is
+passed down explicitly. ``Settings(...)`` itself never reads the environment, so tests and
+library users get exactly the values they pass (plus the defaults below).
+
+The field descriptions are user documentation: the configuration page is generated from
+``Settings.model_fields``.
 """
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from alphacut.errors import SettingsError
+from alphacut.models.registry import DEFAULT_MODEL
+
+__all__ = [
+    "DEFAULT_FETCH_TIMEOUT",
+    "DEFAULT_MAX_DOWNLOAD_BYTES",
+    "ENV_PREFIX",
+    "Settings",
+    "load_settings",
+]
+
+ENV_PREFIX = "ALPHACUT_"
+# Also FetchPolicy's defaults (io/fetch.py), so a policy built without settings agrees.
+DEFAULT_MAX_DOWNLOAD_BYTES = 25 * 1024 * 1024
+DEFAULT_FETCH_TIMEOUT = 20.0
+
+# Comma-separated in the environment ("a,b,c"); NoDecode stops pydantic-settings from
+# expecting JSON for these, so _split_commas below sees the raw string.
+CommaList = Annotated[tuple[str, ...], NoDecode]
+
+# Folders under ``home`` used when model_dir / output_dir are not set.
+_HOME_SUBFOLDERS = {"model_dir": "models", "output_dir": "outputs"}
 
 
-def _env(name: str, default: str = "") -> str:
-    return os.environ.get(f"ALPHACUT_{name}", default).strip()
+class Settings(BaseSettings):
+    """Every setting of the service, the CLI and the library, with its default."""
 
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        frozen=True,
+        # An empty variable (ALPHACUT_WORKERS=) means "use the default", as it always has.
+        env_ignore_empty=True,
+        extra="forbid",
+    )
 
-def _env_float(name: str, default: float) -> float:
-    raw = _env(name)
-    return float(raw) if raw else default
-
-
-def _env_int(name: str, default: int) -> int:
-    raw = _env(name)
-    return int(raw) if raw else default
-
-
-def _env_bool(name: str, default: bool) -> bool:
-    raw = _env(name).lower()
-    if not raw:
-        return default
-    return raw in {"1", "true", "yes", "on"}
-
-
-def _env_list(name: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in _env(name).split(",") if part.strip())
-
-
-def default_home() -> Path:
-    return Path(_env("HOME") or Path.home() / ".alphacut").expanduser()
-
-
-@dataclass(frozen=True)
-class Settings:
-    home: Path = field(default_factory=default_home)
-    model_dir: Path | None = None
-    output_dir: Path | None = None
-    model: str = "medium"
-    api_keys: tuple[str, ...] = ()
-    public_url: str = ""
-    url_allowlist: tuple[str, ...] = ()
-    max_download_bytes: int = 25 * 1024 * 1024
-    fetch_timeout: float = 20.0
-    max_pixels: int = 50_000_000
-    errors_http_200: bool = False
-    sync_wait: float = 20.0
-    max_queued_per_key: int = 10
-    webhook_secret: str = ""
-    temp_ttl: float = 24 * 3600.0
-    output_ttl: float = 0.0  # 0 = keep forever
-    png_compress_level: int = 1
-    providers: tuple[str, ...] = ()
-    input_size: int = 0  # 0 = the model's own input size
-    workers: int = 2
-    # Image pixels in the pipeline at once across workers (jobs/budget.py); 0: no limit.
-    max_inflight_pixels: int = 16_000_000
-    batch_size: int = 1
-    batch_wait_ms: float = 5.0
-    web_ui: bool = True
-    webhook_attempts: int = 6
-    webhook_backoff: float = 7.5  # seconds; x3 per retry: 6 attempts span ~15 min
-    cleanup_interval: float = 300.0
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "home", Path(self.home).expanduser())
-        if self.model_dir is None:
-            object.__setattr__(self, "model_dir", self.home / "models")
-        if self.output_dir is None:
-            object.__setattr__(self, "output_dir", self.home / "outputs")
-
-    @property
-    def models_path(self) -> Path:
-        assert self.model_dir is not None
-        return Path(self.model_dir)
-
-    @property
-    def outputs_path(self) -> Path:
-        assert self.output_dir is not None
-        return Path(self.output_dir)
+    home: Path = Field(
+        default=Path("~/.alphacut"),
+        validate_default=True,  # so the default is expanded too
+        description="Folder for alphacut's state: models, outputs, the job database and the "
+        "generated webhook secret.",
+    )
+    model_dir: Path = Field(
+        default=None,
+        validate_default=True,
+        description="Folder holding the model files; defaults to `models` inside the home folder.",
+    )
+    output_dir: Path = Field(
+        default=None,
+        validate_default=True,
+        description="Folder where results are written and served from at `/outputs/`; defaults "
+        "to `outputs` inside the home folder.",
+    )
+    model: str = Field(
+        default=DEFAULT_MODEL,
+        min_length=1,
+        description="Model used when a request or command does not name one.",
+    )
+    api_keys: CommaList = Field(
+        default=(),
+        repr=False,  # keys must not end up in logs through a printed Settings
+        description="Comma-separated API keys the server accepts; when empty, anyone who can "
+        "reach the server may use it.",
+    )
+    public_url: str = Field(
+        default="",
+        description="Base URL put in front of output links, for a server behind a reverse proxy; "
+        "when empty, links use the URL the request came in on.",
+    )
+    url_allowlist: CommaList = Field(
+        default=(),
+        description="Comma-separated hosts or `host:port` pairs that image and webhook URLs may "
+        "reach even though they resolve to private addresses, e.g. `127.0.0.1,localhost:8081`.",
+    )
+    max_download_bytes: int = Field(
+        default=DEFAULT_MAX_DOWNLOAD_BYTES,
+        ge=1,
+        description="Largest image the server downloads from a URL, in bytes (default 25 MiB).",
+    )
+    fetch_timeout: float = Field(
+        default=DEFAULT_FETCH_TIMEOUT,
+        gt=0,
+        description="Time allowed for downloading an image from a URL, in seconds, in total.",
+    )
+    max_pixels: int = Field(
+        default=50_000_000,
+        ge=1,
+        description="Largest image accepted, in pixels (width x height); guards against "
+        "decompression bombs.",
+    )
+    errors_http_200: bool = Field(
+        default=False,
+        description="Answer errors with HTTP status 200 (and the error in the body), for clients "
+        "that expect it: `1` or `0` (also true/false, yes/no, on/off).",
+    )
+    sync_wait: float = Field(
+        default=20.0,
+        ge=0,
+        description='Time a request waits for its result before answering "processing", in '
+        "seconds.",
+    )
+    max_queued_per_key: int = Field(
+        default=10,
+        ge=1,
+        description="Jobs one API key may have queued or running; more are refused with HTTP 429.",
+    )
+    webhook_secret: str = Field(
+        default="",
+        repr=False,  # a secret: keep it out of logs
+        description="Key for the HMAC signature of webhook deliveries; when empty, one is "
+        "generated and kept in the home folder.",
+    )
+    temp_ttl: float = Field(
+        default=24 * 3600.0,
+        ge=0,
+        description="How long outputs of `temp` requests are kept, in seconds (0 keeps them "
+        "forever).",
+    )
+    output_ttl: float = Field(
+        default=0.0,
+        ge=0,
+        description="How long other outputs are kept, in seconds (0 keeps them forever).",
+    )
+    png_compress_level: int = Field(
+        default=1,
+        ge=0,
+        le=9,
+        description="zlib compression level of PNG outputs, 0 to 9: 1 is fast, 9 gives the "
+        "smallest files.",
+    )
+    providers: CommaList = Field(
+        default=(),
+        description="Comma-separated ONNX Runtime providers to try in order (`tensorrt`, `cuda`, "
+        "`openvino`, `cpu`); unavailable ones are skipped. When empty: `cuda,cpu`.",
+    )
+    input_size: int = Field(
+        default=0,
+        ge=0,
+        description="Side of the square image the model sees, in pixels (a multiple of 64 for "
+        "ISNet); smaller is faster and less accurate. 0 uses the model's own size.",
+    )
+    workers: int = Field(
+        default=2,
+        ge=1,
+        description="Jobs processed at the same time (inference itself runs one at a time per "
+        "model).",
+    )
+    max_inflight_pixels: int = Field(
+        default=16_000_000,
+        ge=0,
+        description="Image pixels in the pipeline at once across all workers; a job that would "
+        "exceed it waits for the others, bounding peak memory. 0 means no limit.",
+    )
+    batch_size: int = Field(
+        default=1,
+        ge=1,
+        description="Queued images inferred together in one model call, at most (useful on GPUs).",
+    )
+    batch_wait_ms: float = Field(
+        default=5.0,
+        ge=0,
+        description="Time to wait for more images to fill a batch, in milliseconds.",
+    )
+    web_ui: bool = Field(
+        default=True,
+        description="Serve the web page at `/`: `1` or `0` (also true/false, yes/no, on/off).",
+    )
+    webhook_attempts: int = Field(
+        default=6,
+        ge=1,
+        description="Times a webhook delivery is tried before giving up.",
+    )
+    webhook_backoff: float = Field(
+        default=7.5,
+        ge=0,
+        description="Wait before the first webhook retry, in seconds; each later wait is three "
+        "times longer (the default 6 attempts span about 15 minutes).",
+    )
+    cleanup_interval: float = Field(
+        default=300.0,
+        gt=0,
+        description="Time between passes that delete expired outputs, in seconds.",
+    )
 
     @classmethod
-    def from_env(cls) -> Settings:
-        home = default_home()
-        model_dir = _env("MODEL_DIR")
-        output_dir = _env("OUTPUT_DIR")
-        return cls(
-            home=home,
-            model_dir=Path(model_dir).expanduser() if model_dir else None,
-            output_dir=Path(output_dir).expanduser() if output_dir else None,
-            model=_env("MODEL", "medium"),
-            api_keys=_env_list("API_KEYS"),
-            public_url=_env("PUBLIC_URL").rstrip("/"),
-            url_allowlist=_env_list("URL_ALLOWLIST"),
-            max_download_bytes=_env_int("MAX_DOWNLOAD_BYTES", 25 * 1024 * 1024),
-            fetch_timeout=_env_float("FETCH_TIMEOUT", 20.0),
-            max_pixels=_env_int("MAX_PIXELS", 50_000_000),
-            errors_http_200=_env_bool("ERRORS_HTTP_200", False),
-            sync_wait=_env_float("SYNC_WAIT", 20.0),
-            max_queued_per_key=_env_int("MAX_QUEUED_PER_KEY", 10),
-            webhook_secret=_env("WEBHOOK_SECRET"),
-            temp_ttl=_env_float("TEMP_TTL", 24 * 3600.0),
-            output_ttl=_env_float("OUTPUT_TTL", 0.0),
-            png_compress_level=_env_int("PNG_COMPRESS_LEVEL", 1),
-            providers=_env_list("PROVIDERS"),
-            input_size=_env_int("INPUT_SIZE", 0),
-            workers=_env_int("WORKERS", 2),
-            max_inflight_pixels=_env_int("MAX_INFLIGHT_PIXELS", 16_000_000),
-            batch_size=_env_int("BATCH_SIZE", 1),
-            batch_wait_ms=_env_float("BATCH_WAIT_MS", 5.0),
-            web_ui=_env_bool("WEB_UI", True),
-            webhook_attempts=_env_int("WEBHOOK_ATTEMPTS", 6),
-            webhook_backoff=_env_float("WEBHOOK_BACKOFF", 7.5),
-            cleanup_interval=_env_float("CLEANUP_INTERVAL", 300.0),
-        )
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Only the values passed in: the environment is read by load_settings(), nowhere else.
+        return (init_settings,)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _strip_text(cls, value: Any) -> Any:
+        # "  true " from a hand-edited env file means true, as before pydantic-settings.
+        return value.strip() if isinstance(value, str) else value
+
+    @field_validator("api_keys", "url_allowlist", "providers", mode="before")
+    @classmethod
+    def _split_commas(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _no_trailing_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    @field_validator("home")
+    @classmethod
+    def _expand_home(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    @field_validator("model_dir", "output_dir", mode="before")
+    @classmethod
+    def _default_under_home(cls, value: Any, info: ValidationInfo) -> Any:
+        home = info.data.get("home")  # absent only when home itself failed validation
+        if value is None and home is not None and info.field_name is not None:
+            return home / _HOME_SUBFOLDERS[info.field_name]
+        return value
+
+    @field_validator("model_dir", "output_dir")
+    @classmethod
+    def _expand_folder(cls, value: Path) -> Path:
+        return value.expanduser()
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the ``ALPHACUT_*`` environment variables; ``overrides`` win over them.
+
+    Raises SettingsError naming each bad variable and its value, e.g.
+    ``ALPHACUT_WORKERS='abc': Input should be a valid integer``.
+    """
+    from_environment = EnvSettingsSource(Settings)()
+    try:
+        return Settings(**{**from_environment, **overrides})
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc, set(overrides))) from None
+
+
+def _describe(error: ValidationError, overridden: set[str]) -> str:
+    """One line per problem, naming what the user set: the variable, or the override."""
+    lines = []
+    for problem in error.errors(include_url=False):
+        field = str(problem["loc"][0]) if problem["loc"] else ""
+        name = field if field in overridden else f"{ENV_PREFIX}{field.upper()}"
+        lines.append(f"{name}={problem['input']!r}: {problem['msg']}")
+    return "\n".join(lines)

@@ -21,14 +21,14 @@ from alphacut.pipeline.remove import RemoveOptions, RemoveResult, remove_backgro
 
 
 class Engine:
-    def __init__(self, settings: Settings | None = None) -> None:
-        self.settings = settings or Settings.from_env()
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
         self._runners: dict[str, ModelRunner] = {}
         self._lock = threading.Lock()
 
     def spec(self, model: str | None = None) -> ModelSpec:
         return resolve_model(
-            model or self.settings.model, self.settings.models_path, self.settings.input_size
+            model or self.settings.model, self.settings.model_dir, self.settings.input_size
         )
 
     def runner(self, model: str | None = None) -> ModelRunner:
@@ -44,7 +44,7 @@ class Engine:
         return runner
 
     def _load(self, spec: ModelSpec) -> ModelRunner:
-        model_dir = self.settings.models_path
+        model_dir = self.settings.model_dir
         path = spec.runtime_path(model_dir)
         if not path.is_file():
             hint = (

@@ -47,6 +47,12 @@ class ModelPullError(AlphacutError):
     status_code = 500
 
 
+class SettingsError(AlphacutError):
+    """An ``ALPHACUT_*`` setting with a bad value; the message names each variable and value."""
+
+    status_code = 500
+
+
 class TooManyJobs(AlphacutError):
     status_code = 429
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import httpx
 
+from alphacut.config import DEFAULT_FETCH_TIMEOUT, DEFAULT_MAX_DOWNLOAD_BYTES
 from alphacut.errors import FetchError, ImageTooLarge
 from alphacut.io.pinned import norm_host, pinned_client
 
@@ -51,9 +52,9 @@ class FetchPolicy:
 
     # "host" or "host:port" ("[::1]:8080" for IPv6); listed hosts skip the public-address check.
     allowlist: tuple[str, ...] = ()
-    max_bytes: int = 25 * 1024 * 1024
+    max_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES
     connect_timeout: float = 5.0
-    total_timeout: float = 20.0
+    total_timeout: float = DEFAULT_FETCH_TIMEOUT
     max_redirects: int = 5
 
     def __post_init__(self) -> None:

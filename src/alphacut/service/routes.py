@@ -168,7 +168,7 @@ async def _removebg_mask(request: Request, state: StateDep):
     owner = state.owner_of(req.key)
     model = req.model or settings.model
     spec = state.engine.spec(model)
-    if not spec.is_installed(settings.models_path):
+    if not spec.is_installed(settings.model_dir):
         raise InvalidRequest(f"model {model!r} is not installed on this server", 422)
     if req.webhook:
         await asyncio.to_thread(check_url, req.webhook, fetch_policy(settings), label="webhook")

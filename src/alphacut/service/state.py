@@ -41,7 +41,7 @@ class ServiceState:
     def create(cls, settings: Settings, engine: Engine | None = None) -> ServiceState:
         engine = engine or Engine(settings)
         store = SQLiteJobStore(settings.home / "jobs.sqlite3")
-        storage = OutputStorage(settings.outputs_path, settings.home / "inputs")
+        storage = OutputStorage(settings.output_dir, settings.home / "inputs")
         webhooks = WebhookSender(
             store,
             load_or_create_secret(settings.webhook_secret, settings.home),
