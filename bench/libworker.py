@@ -17,6 +17,8 @@ import time
 from typing import Any
 
 MATTING = {"foreground_threshold": 240, "background_threshold": 20, "erode_size": 5}
+# The same thresholds as alphacut options (rembg takes them under these names too).
+MATTING_OPTIONS = {f"alpha_matting_{name}": value for name, value in MATTING.items()}
 
 
 def memory() -> dict[str, int]:
@@ -49,14 +51,13 @@ class AlphacutSide:
 
     def remove(self, data: bytes, mode: str) -> tuple[bytes, dict[str, float]]:
         from alphacut.pipeline.encode import encode_png
-        from alphacut.pipeline.matting import AlphaMattingParams
-        from alphacut.pipeline.remove import RemoveOptions
+        from alphacut.pipeline.options import RemoveOptions
 
         options = RemoveOptions(
             only_mask=mode == "only_mask",
             post_process_mask=mode == "post_process_mask",
             alpha_matting=mode == "alpha_matting",
-            matting=AlphaMattingParams(**MATTING),
+            **MATTING_OPTIONS,
         )
         before = self.runner.inference_seconds
         result = self.engine.remove(data, options)
@@ -68,13 +69,12 @@ class AlphacutSide:
         return png, stages
 
     def alpha(self, data: bytes, mode: str) -> Any:
-        from alphacut.pipeline.matting import AlphaMattingParams
-        from alphacut.pipeline.remove import RemoveOptions
+        from alphacut.pipeline.options import RemoveOptions
 
         options = RemoveOptions(
             alpha_matting=mode == "alpha_matting",
             post_process_mask=mode == "post_process_mask",
-            matting=AlphaMattingParams(**MATTING),
+            **MATTING_OPTIONS,
         )
         return self.engine.remove(data, options).mask
 
@@ -82,7 +82,8 @@ class AlphacutSide:
         """The full-resolution trimap alphacut's alpha matting builds from its own mask."""
         from alphacut.pipeline.decode import decode_image
         from alphacut.pipeline.matting import AlphaMattingParams, build_trimap
-        from alphacut.pipeline.remove import RemoveOptions, compute_mask
+        from alphacut.pipeline.options import RemoveOptions
+        from alphacut.pipeline.remove import compute_mask
 
         image = decode_image(data, self.settings.max_pixels)
         mask = compute_mask(image, self.runner.predict, RemoveOptions())
@@ -107,9 +108,7 @@ class RembgSide:
             only_mask=mode == "only_mask",
             post_process_mask=mode == "post_process_mask",
             alpha_matting=mode == "alpha_matting",
-            alpha_matting_foreground_threshold=MATTING["foreground_threshold"],
-            alpha_matting_background_threshold=MATTING["background_threshold"],
-            alpha_matting_erode_size=MATTING["erode_size"],
+            **MATTING_OPTIONS,
         )
         return png, {}
 

@@ -28,8 +28,8 @@ from alphacut.engine import Engine
 from alphacut.evaluate.metrics import METRIC_NAMES, compute_metrics
 from alphacut.evaluate.runner import find_pairs, group_of, load_gt, mean_metrics
 from alphacut.pipeline.decode import decode_image
-from alphacut.pipeline.matting import AlphaMattingParams
-from alphacut.pipeline.remove import RemoveOptions, compute_mask
+from alphacut.pipeline.options import RemoveOptions
+from alphacut.pipeline.remove import compute_mask
 
 
 @dataclass(frozen=True)
@@ -49,12 +49,12 @@ MATTING_VARIANTS = (
     Variant(
         "alpha_matting",
         "--alpha-matting",
-        RemoveOptions(alpha_matting=True, matting=AlphaMattingParams()),
+        RemoveOptions(alpha_matting=True),
     ),
     Variant(
         "alpha_matting + high",
         "--alpha-matting --mask-quality high",
-        RemoveOptions(alpha_matting=True, matting=AlphaMattingParams(), mask_quality="high"),
+        RemoveOptions(alpha_matting=True, mask_quality="high"),
     ),
 )
 

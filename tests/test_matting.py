@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from alphacut.engine import Engine
-from alphacut.pipeline.matting import AlphaMattingParams
-from alphacut.pipeline.remove import RemoveOptions, compute_mask
+from alphacut.pipeline.options import RemoveOptions
+from alphacut.pipeline.remove import compute_mask
 from tests.conftest import evaldata, real_settings, requires_real_model
 
 pytestmark = [pytest.mark.real_model, requires_real_model]
@@ -57,9 +57,7 @@ def test_alpha_matting_lowers_sad_against_the_plain_mask(engine):
     for image_id in MATTING_IDS:
         image, gt = _load(image_id)
         plain = compute_mask(image, predict, RemoveOptions())
-        matted = compute_mask(
-            image, predict, RemoveOptions(alpha_matting=True, matting=AlphaMattingParams())
-        )
+        matted = compute_mask(image, predict, RemoveOptions(alpha_matting=True))
         plain_sad, matted_sad = _sad(plain, gt), _sad(matted, gt)
         print(f"{image_id}: SAD plain {plain_sad:.2f} matted {matted_sad:.2f}")
         assert matted_sad < plain_sad, image_id

@@ -19,18 +19,20 @@ from typer.testing import CliRunner
 
 from alphacut.pipeline.compose import (
     Box,
-    ComposeOptions,
-    Margin,
     apply_background,
     arrange,
     compose_output,
     foreground_box,
+)
+from alphacut.pipeline.encode import encode_image
+from alphacut.pipeline.option_values import (
+    Margin,
     parse_color,
     parse_margin,
     parse_position,
     parse_scale,
 )
-from alphacut.pipeline.encode import encode_image
+from alphacut.pipeline.options import RemoveOptions
 from tests.conftest import PHOTOS, LiveServer, real_settings, requires_real_model, subject_image
 
 # ---------------------------------------------------------------- pure functions
@@ -96,28 +98,28 @@ def test_foreground_box_ignores_faint_haze():
 def test_crop_with_margins_and_padding():
     rgba = _square_cutout()
     box = foreground_box(rgba[..., 3])
-    out = arrange(rgba, box, ComposeOptions(crop=True, crop_margin=5))
+    out = arrange(rgba, box, RemoveOptions(crop=True, crop_margin=5))
     assert out.shape == (20, 30, 4) and out[5:15, 5:25, 3].min() == 255
     assert out[:5, :, 3].max() == 0
-    out = arrange(rgba, box, ComposeOptions(crop=True, crop_margin="50%"))
+    out = arrange(rgba, box, RemoveOptions(crop=True, crop_margin="50%"))
     assert out.shape == (20, 40, 4)  # 50% of 20 wide and 10 high on each side
     # A margin past the image edge is transparent padding, not an error.
     edge = _square_cutout(box=Box(0, 0, 10, 10))
-    out = arrange(edge, foreground_box(edge[..., 3]), ComposeOptions(crop=True, crop_margin=4))
+    out = arrange(edge, foreground_box(edge[..., 3]), RemoveOptions(crop=True, crop_margin=4))
     assert out.shape == (18, 18, 4) and out[:4, :, 3].max() == 0 and out[4:14, 4:14, 3].min() == 255
 
 
 def test_scale_and_position_place_the_subject():
     rgba = _square_cutout()  # subject 20x10 in a 100x80 canvas
-    opts = ComposeOptions(scale="50%", position="bottom")
+    opts = RemoveOptions(scale="50%", position="bottom")
     out = arrange(rgba, foreground_box(rgba[..., 3]), opts)
     assert out.shape == rgba.shape
     # fits 50x40 keeping 2:1 -> 50x25, centred horizontally, touching the bottom
     assert foreground_box(out[..., 3]) == Box(25, 55, 50, 25)
-    out = arrange(rgba, foreground_box(rgba[..., 3]), ComposeOptions(position="0%,0%"))
+    out = arrange(rgba, foreground_box(rgba[..., 3]), RemoveOptions(position="0%,0%"))
     assert foreground_box(out[..., 3]) == Box(0, 0, 20, 10)
     mask = rgba[..., 3].copy()
-    out = arrange(mask, foreground_box(mask), ComposeOptions(scale=1.0))
+    out = arrange(mask, foreground_box(mask), RemoveOptions(scale=1.0))
     assert out.ndim == 2 and foreground_box(out) == Box(0, 15, 100, 50)
 
 
@@ -137,7 +139,7 @@ def test_background_colour_and_image():
 
 def test_compose_output_without_subject_leaves_canvas():
     empty = np.zeros((40, 60, 4), np.uint8)
-    out, box = compose_output(empty, empty[..., 3], ComposeOptions(crop=True, scale=0.5))
+    out, box = compose_output(empty, empty[..., 3], RemoveOptions(crop=True, scale=0.5))
     assert box is None and out.shape == (40, 60, 4)
 
 

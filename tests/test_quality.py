@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from alphacut.jobs.worker import options_from_request
+from alphacut.jobs.worker import options_from_record
 from alphacut.pipeline import matting
 from alphacut.pipeline.foreground import estimate_foreground
 from alphacut.pipeline.matting import (
@@ -21,6 +21,7 @@ from alphacut.pipeline.matting import (
     erode_kernel_size,
     reject_resegmentation,
 )
+from alphacut.pipeline.options import RemoveOptions
 from alphacut.pipeline.postprocess import post_process_mask
 from alphacut.pipeline.refine import (
     _coefficients,
@@ -30,7 +31,7 @@ from alphacut.pipeline.refine import (
     guided_upsample_mask,
     upsample_mask,
 )
-from alphacut.pipeline.remove import RemoveOptions, predict_probability, remove_background
+from alphacut.pipeline.remove import predict_probability, remove_background
 from alphacut.pipeline.segment import probability_to_mask, upsample_probability
 from tests.conftest import subject_image
 
@@ -322,7 +323,7 @@ def test_predict_probability_high_averages_logits_with_the_mirror():
     assert np.allclose(same, 0.9, atol=1e-5)
 
 
-def test_options_from_request_reads_mask_quality():
+def test_options_from_record_reads_mask_quality():
     request = {
         "options": {
             "only_mask": False,
@@ -334,9 +335,9 @@ def test_options_from_request_reads_mask_quality():
             "inverse_mask": False,
         }
     }
-    assert options_from_request(request).mask_quality == "normal"  # an older server's job
+    assert options_from_record(request).mask_quality == "normal"  # an older server's job
     request["options"]["mask_quality"] = "high"
-    assert options_from_request(request).mask_quality == "high"
+    assert options_from_record(request).mask_quality == "high"
 
 
 def test_mask_quality_over_http(live_server, tiny_settings, file_server):
@@ -370,4 +371,7 @@ def test_cli_rejects_an_unknown_mask_quality(command, tmp_path):
     target = tmp_path / "x.png"
     Image.new("RGB", (8, 8)).save(target)
     result = CliRunner().invoke(app, [command, str(target), "--mask-quality", "ultra"])
-    assert result.exit_code != 0 and "mask-quality" in result.output
+    assert (
+        result.exit_code != 0
+        and "mask_quality: Input should be 'normal' or 'high'" in result.output
+    )

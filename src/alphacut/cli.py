@@ -5,16 +5,17 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
+from alphacut.cli_flags import MASK_OPTIONS, with_option_flags
 from alphacut.config import Settings, load_settings
 from alphacut.errors import AlphacutError, SettingsError
 from alphacut.models.registry import DEFAULT_MODEL
 
 if TYPE_CHECKING:
-    from alphacut.pipeline.compose import ComposeOptions
+    from alphacut.pipeline.options import RemoveOptions
 
 app = typer.Typer(
     help="alphacut: background removal and masks, as a CLI, library and server.",
@@ -38,25 +39,7 @@ IMAGE_SUFFIXES = {
 }
 
 
-# Options shared by `remove` and `eval` (the same pipeline settings).
-PostProcessOption = Annotated[bool, typer.Option("--post-process-mask")]
-AlphaMattingOption = Annotated[bool, typer.Option("--alpha-matting")]
-MaskQualityOption = Annotated[
-    str,
-    typer.Option("--mask-quality", help="normal, or high: also the mirrored image (~2x inference)"),
-]
-ForegroundThresholdOption = Annotated[
-    int, typer.Option("--af", min=0, max=255, help="Alpha matting foreground threshold")
-]
-BackgroundThresholdOption = Annotated[
-    int, typer.Option("--ab", min=0, max=255, help="Alpha matting background threshold")
-]
-ErodeSizeOption = Annotated[
-    int, typer.Option("--ae", min=0, max=64, help="Alpha matting erode size")
-]
-
-
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code=1)
 
@@ -157,152 +140,53 @@ def _output_path(
     return out
 
 
-def _compose_options(
-    settings: Settings,
-    bg_color: str | None,
-    bg_image: str | None,
-    crop: bool,
-    crop_margin: str,
-    scale: str | None,
-    position: str | None,
-    output_format: str,
-    quality: int | None,
-    only_mask: bool,
-) -> ComposeOptions:
-    """Check the output options with the API's rules, and load the background image."""
-    from alphacut.pipeline.compose import ComposeOptions
-    from alphacut.pipeline.decode import decode_image
-    from alphacut.pipeline.encode import FORMATS
+def _options(fields: dict[str, Any]) -> RemoveOptions:
+    """The flags given, validated by the options definition (the API's messages)."""
+    from alphacut.pipeline.options import InvalidOptions, make_options
 
-    if output_format not in FORMATS:
-        _fail(f"--format must be one of {', '.join(FORMATS)}")
-    if only_mask and (bg_color or bg_image):
-        _fail("--bg-color and --bg-image fill the cutout's background; not with --only-mask")
-    if quality is not None and output_format == "png":
-        _fail("--quality applies to webp and jpg only; png is always lossless")
-    background = None
-    if bg_image:
-        try:
-            if bg_image.lower().startswith(("http://", "https://")):
-                from alphacut.io.fetch import fetch_url
-                from alphacut.service.parsing import fetch_policy
-
-                data = fetch_url(bg_image, fetch_policy(settings)).content
-            else:
-                data = Path(bg_image).read_bytes()
-            background = decode_image(data)
-        except AlphacutError as exc:
-            _fail(f"--bg-image: {exc.message}")
-        except OSError as exc:
-            _fail(f"--bg-image: {exc}")
     try:
-        compose = ComposeOptions(
-            bg_color=bg_color,
-            bg_image=background,
-            crop=crop,
-            crop_margin=crop_margin,
-            scale=scale,
-            position=position,
-        )
-    except ValueError as exc:
-        _fail(f"invalid output option: {exc}")
-    opaque = background is not None or (compose.bg_color is not None and compose.bg_color[3] == 255)
-    if output_format == "jpg" and not only_mask and not opaque:
-        _fail("--format jpg cannot store transparency: add an opaque --bg-color or a --bg-image")
-    return compose
-
-
-def _check_mask_quality(value: str) -> None:
-    from alphacut.pipeline.remove import MASK_QUALITIES
-
-    if value.lower() not in MASK_QUALITIES:
-        _fail("--mask-quality must be normal or high")
+        return make_options(**{name: value for name, value in fields.items() if value is not None})
+    except InvalidOptions as exc:
+        _fail(f"invalid option: {exc.message}")
 
 
 @app.command()
+@with_option_flags()
 def remove(
     inputs: Annotated[list[Path], typer.Argument(help="Image files or folders")],
     output: Annotated[
         Path | None, typer.Option("-o", "--output", help="Output file, or folder")
     ] = None,
-    only_mask: Annotated[bool, typer.Option("--only-mask", help="Write the mask only")] = False,
-    post_process_mask: PostProcessOption = False,
-    alpha_matting: AlphaMattingOption = False,
-    af: ForegroundThresholdOption = 240,
-    ab: BackgroundThresholdOption = 20,
-    ae: ErodeSizeOption = 5,
-    inverse_mask: Annotated[bool, typer.Option("--inverse-mask")] = False,
     model: Annotated[str | None, typer.Option("--model", help="Model name")] = None,
-    bg_color: Annotated[
-        str | None,
-        typer.Option("--bg-color", help="Background colour: #rgb, #rrggbb, #rrggbbaa or r,g,b[,a]"),
-    ] = None,
-    bg_image: Annotated[
-        str | None,
-        typer.Option("--bg-image", help="Background image (file or URL), resized to cover"),
-    ] = None,
-    crop: Annotated[bool, typer.Option("--crop", help="Crop to the subject")] = False,
-    crop_margin: Annotated[
-        str, typer.Option("--crop-margin", help="Margin around the crop: pixels or '10%'")
-    ] = "0",
-    scale: Annotated[
-        str | None,
-        typer.Option("--scale", help="Subject size relative to the canvas: 0.8 or '80%'"),
-    ] = None,
-    position: Annotated[
-        str | None, typer.Option("--position", help="center, top, bottom, left, right or 'x%,y%'")
-    ] = None,
-    output_format: Annotated[
-        str, typer.Option("--format", help="png, webp or jpg (jpg needs a background)")
-    ] = "png",
-    quality: Annotated[
-        int | None, typer.Option("--quality", min=1, max=100, help="Lossy quality for webp/jpg")
-    ] = None,
-    mask_quality: MaskQualityOption = "normal",
+    **fields: Any,
 ) -> None:
-    """Remove the background of images (files or folders) and write cutouts or masks."""
+    """Remove the background of images (files or folders) and write cutouts or masks.
+
+    Every option of the HTTP API is a flag here, with the same values and defaults.
+    """
     from tqdm import tqdm
 
     from alphacut.engine import Engine
+    from alphacut.library import load_background
     from alphacut.pipeline.encode import FORMATS, encode_image
-    from alphacut.pipeline.matting import AlphaMattingParams
-    from alphacut.pipeline.remove import RemoveOptions
 
     settings = _settings()
+    options = _options(fields)
     files = _collect_inputs(inputs)
     if not files:
         _fail("no images found")
-    output_format = {"jpeg": "jpg"}.get(output_format.lower(), output_format.lower())
-    compose = _compose_options(
-        settings,
-        bg_color,
-        bg_image,
-        crop,
-        crop_margin,
-        scale,
-        position,
-        output_format,
-        quality,
-        only_mask,
-    )
-    _check_mask_quality(mask_quality)
-    options = RemoveOptions(
-        only_mask=only_mask,
-        post_process_mask=post_process_mask,
-        alpha_matting=alpha_matting,
-        matting=AlphaMattingParams(af, ab, ae),
-        inverse_mask=inverse_mask,
-        compose=compose,
-        mask_quality=mask_quality.lower(),
-    )
-    engine = Engine(settings)
+    try:
+        background = load_background(options, settings)
+    except AlphacutError as exc:
+        _fail(f"--bg-image: {exc.message}")
+    engine = Engine(settings, warm_up=False)
     many = len(files) > 1
     failures = 0
     bar = tqdm(files, unit="img", disable=not many, file=sys.stderr)
     for src, root in bar:
-        dest = _output_path(src, root, output, many, FORMATS[output_format][0])
+        dest = _output_path(src, root, output, many, FORMATS[options.format][0])
         try:
-            result = engine.remove(src.read_bytes(), options, model=model)
+            result = engine.remove(src.read_bytes(), options, model=model, background=background)
         except AlphacutError as exc:
             if not many:
                 _fail(exc.message)
@@ -311,7 +195,9 @@ def remove(
             continue
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.write_bytes(
-            encode_image(result.output, output_format, quality, engine.settings.png_compress_level)
+            encode_image(
+                result.output, options.format, options.quality, settings.png_compress_level
+            )
         )
         if not many:
             typer.echo(str(dest))
@@ -350,14 +236,10 @@ def serve(
 
 
 @app.command("eval")
+@with_option_flags(MASK_OPTIONS)
 def eval_command(
     dataset_dir: Annotated[Path, typer.Argument(help="Folder with images/ and masks/")],
     model: Annotated[str | None, typer.Option("--model", help="Model name")] = None,
-    post_process_mask: PostProcessOption = False,
-    alpha_matting: AlphaMattingOption = False,
-    af: ForegroundThresholdOption = 240,
-    ab: BackgroundThresholdOption = 20,
-    ae: ErodeSizeOption = 5,
     input_size: Annotated[
         int | None, typer.Option("--input-size", min=1, help="Override the model's input size")
     ] = None,
@@ -368,31 +250,15 @@ def eval_command(
     limit: Annotated[
         int | None, typer.Option("--limit", min=1, help="Only the first N images")
     ] = None,
-    mask_quality: MaskQualityOption = "normal",
-    bilinear: Annotated[
-        bool,
-        typer.Option(
-            "--bilinear-upsampling",
-            help="Upsample the model's map bilinearly, not edge-aware (to measure the difference)",
-        ),
-    ] = False,
+    **fields: Any,
 ) -> None:
     """Measure mask quality against ground truth (MAE, maxF, IoU, SAD, MSE, boundary)."""
     from alphacut.engine import Engine
     from alphacut.evaluate.report import format_table
     from alphacut.evaluate.runner import run_eval
-    from alphacut.pipeline.matting import AlphaMattingParams
-    from alphacut.pipeline.remove import RemoveOptions
 
     settings = _settings(**({"input_size": input_size} if input_size else {}))
-    _check_mask_quality(mask_quality)
-    options = RemoveOptions(
-        post_process_mask=post_process_mask,
-        alpha_matting=alpha_matting,
-        matting=AlphaMattingParams(af, ab, ae),
-        mask_quality=mask_quality.lower(),
-        guided_upsampling=not bilinear,
-    )
+    options = _options(fields)
     engine = Engine(settings)
     try:
         summary = run_eval(

@@ -17,12 +17,16 @@ from alphacut.models.registry import ModelSpec, resolve_model
 from alphacut.models.runner import ModelRunner
 from alphacut.models.session import InputSizeMismatch, create_session
 from alphacut.pipeline.decode import decode_image
-from alphacut.pipeline.remove import RemoveOptions, RemoveResult, remove_background
+from alphacut.pipeline.options import RemoveOptions
+from alphacut.pipeline.remove import RemoveResult, remove_background
 
 
 class Engine:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, warm_up: bool = True) -> None:
+        """``warm_up``: run one inference at load (a server's first user then waits for
+        nothing; a one-shot command would only pay for it twice)."""
         self.settings = settings
+        self.warm_up = warm_up
         self._runners: dict[str, ModelRunner] = {}
         self._lock = threading.Lock()
 
@@ -66,7 +70,8 @@ class Engine:
         runner = ModelRunner(session, spec, self.settings.batch_size, self.settings.batch_wait_ms)
         # The first run allocates buffers and picks kernels (seconds for ISNet); pay that at
         # start-up rather than on the first user's request.
-        runner.warm_up()
+        if self.warm_up:
+            runner.warm_up()
         return runner
 
     @property
@@ -78,11 +83,12 @@ class Engine:
         image: bytes | Image.Image,
         options: RemoveOptions | None = None,
         model: str | None = None,
+        background: Image.Image | None = None,
     ) -> RemoveResult:
         """Decode (if bytes) and run the pipeline with ``model`` (default: the configured one)."""
         if isinstance(image, bytes | bytearray):
             image = decode_image(bytes(image), self.settings.max_pixels)
-        return remove_background(image, self.runner(model).predict, options)
+        return remove_background(image, self.runner(model).predict, options, background)
 
     def close(self) -> None:
         for runner in self._runners.values():

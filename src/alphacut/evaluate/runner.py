@@ -13,7 +13,7 @@ import logging
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +23,8 @@ from alphacut.engine import Engine
 from alphacut.errors import AlphacutError
 from alphacut.evaluate.metrics import METRIC_NAMES, compute_metrics
 from alphacut.pipeline.decode import decode_image
-from alphacut.pipeline.remove import RemoveOptions, compute_mask
+from alphacut.pipeline.options import RemoveOptions
+from alphacut.pipeline.remove import compute_mask
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +167,7 @@ def run_eval(
         dataset=str(dataset_dir),
         model=runner.spec.name,
         input_size=runner.spec.input_size,
-        options=asdict(options),
+        options=options.model_dump(mode="json"),
         seconds=0.0,
     )
     worst: list[tuple[float, int, WorstItem]] = []  # min-heap of the WORST_COUNT worst by MAE

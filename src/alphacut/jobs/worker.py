@@ -19,11 +19,10 @@ from alphacut.errors import AlphacutError
 from alphacut.io.storage import OutputStorage
 from alphacut.jobs.budget import PixelBudget
 from alphacut.jobs.store import FAILED, SUCCESS, Job, SQLiteJobStore, worker_identity
-from alphacut.pipeline.compose import ComposeOptions
 from alphacut.pipeline.decode import decode_image
 from alphacut.pipeline.encode import encode_image
-from alphacut.pipeline.matting import AlphaMattingParams
-from alphacut.pipeline.remove import RemoveOptions, RemoveResult
+from alphacut.pipeline.options import RemoveOptions
+from alphacut.pipeline.remove import RemoveResult
 
 log = logging.getLogger(__name__)
 
@@ -34,31 +33,30 @@ HANDOFF_MAX_PIXELS = 64_000_000  # about 190 MB of decoded RGB waiting for worke
 DRAIN_SECONDS = 20.0
 
 
-def compose_from_request(request: dict[str, Any], max_pixels: int) -> ComposeOptions:
-    """Output options; jobs queued by an older server have none (the defaults)."""
-    compose = dict(request.get("compose") or {})
-    bg_path = compose.pop("bg_image_path", None)
+def options_from_record(request: dict[str, Any]) -> RemoveOptions:
+    """The job's processing options (jobs queued by the previous release keep the output
+    options apart, under "compose", "format" and "quality")."""
+    fields = dict(request["options"])
+    legacy = dict(request.get("compose") or {})
+    legacy.pop("bg_image_path", None)
+    if "format" in request:
+        legacy.update(format=request["format"], quality=request.get("quality"))
+    if background_path(request):
+        legacy.setdefault("bg_image", "stored")
+    return RemoveOptions.model_validate({**legacy, **fields})
+
+
+def background_path(request: dict[str, Any]) -> str | None:
+    legacy = request.get("compose") or {}
+    path: str | None = request.get("bg_image_path") or legacy.get("bg_image_path")
+    return path
+
+
+def load_background(request: dict[str, Any], max_pixels: int) -> Image.Image | None:
     # The request handler already fetched and checked the background; decode it again here
     # rather than keep it in memory while the job waits.
-    bg_image = decode_image(Path(bg_path).read_bytes(), max_pixels) if bg_path else None
-    return ComposeOptions(**compose, bg_image=bg_image)
-
-
-def options_from_request(request: dict[str, Any], max_pixels: int = 50_000_000) -> RemoveOptions:
-    opts = request["options"]
-    return RemoveOptions(
-        only_mask=opts["only_mask"],
-        post_process_mask=opts["post_process_mask"],
-        alpha_matting=opts["alpha_matting"],
-        matting=AlphaMattingParams(
-            foreground_threshold=opts["alpha_matting_foreground_threshold"],
-            background_threshold=opts["alpha_matting_background_threshold"],
-            erode_size=opts["alpha_matting_erode_size"],
-        ),
-        inverse_mask=opts["inverse_mask"],
-        compose=compose_from_request(request, max_pixels),
-        mask_quality=opts.get("mask_quality", "normal"),  # absent from older servers' jobs
-    )
+    path = background_path(request)
+    return decode_image(Path(path).read_bytes(), max_pixels) if path else None
 
 
 class WorkerPool:
@@ -189,16 +187,18 @@ class WorkerPool:
             if image is None:
                 image = decode_image(input_path.read_bytes(), self.settings.max_pixels)
             with self.budget.hold(image.width * image.height):
+                options = options_from_record(request)
                 result: RemoveResult = self.engine.remove(
                     image,
-                    options_from_request(request, self.settings.max_pixels),
+                    options,
                     model=request.get("model"),
+                    background=load_background(request, self.settings.max_pixels),
                 )
                 t = time.perf_counter()
                 data = encode_image(
                     result.output,
-                    request.get("format", "png"),
-                    request.get("quality"),
+                    options.format,
+                    options.quality,
                     self.settings.png_compress_level,
                 )
                 result.timings["encode"] = time.perf_counter() - t
@@ -233,6 +233,6 @@ class WorkerPool:
             job_after = self.store.get(job.id)
             if job_after is not None and job_after.status in (SUCCESS, FAILED):
                 input_path.unlink(missing_ok=True)
-                bg_path = (request.get("compose") or {}).get("bg_image_path")
+                bg_path = background_path(request)
                 if bg_path:
                     Path(bg_path).unlink(missing_ok=True)

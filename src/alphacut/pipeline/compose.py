@@ -6,35 +6,19 @@ change what the model or matting decided; they only move and paint pixels.
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
-from PIL import Image, ImageColor, ImageOps
+from PIL import Image, ImageOps
 
+from alphacut.pipeline.option_values import RGBA
+from alphacut.pipeline.options import RemoveOptions
 from alphacut.pipeline.parallel import in_parts, parts_for
 from alphacut.pipeline.refine import nonzero_box
-
-RGBA = tuple[int, int, int, int]
 
 # Alpha above this (about 4 %) counts as subject when finding its box: the model leaves a faint
 # haze of 1..10 values over busy backgrounds, which would otherwise stretch the box to the edges.
 FOREGROUND_THRESHOLD = 10
-# remove.bg's limits for crop_margin; they also bound the canvas a request can make us allocate.
-MAX_MARGIN_PX = 500
-MAX_MARGIN_FRACTION = 0.5
-
-_HEX = re.compile(r"^#?([0-9a-f]{3,4}|[0-9a-f]{6}|[0-9a-f]{8})$", re.IGNORECASE)
-_PERCENT = re.compile(r"^(\d+(?:\.\d+)?)\s*%$")
-_NAMED_POSITIONS = {
-    "center": (0.5, 0.5),
-    "centre": (0.5, 0.5),
-    "top": (0.5, 0.0),
-    "bottom": (0.5, 1.0),
-    "left": (0.0, 0.5),
-    "right": (1.0, 0.5),
-}
 
 
 class Box(NamedTuple):
@@ -47,149 +31,6 @@ class Box(NamedTuple):
 
     def as_dict(self) -> dict[str, int]:
         return {"top": self.top, "left": self.left, "width": self.width, "height": self.height}
-
-
-class Margin(NamedTuple):
-    amount: float  # pixels, or a fraction of the subject's size when ``relative``
-    relative: bool = False
-
-    def pixels(self, size: int) -> int:
-        return round(self.amount * size) if self.relative else int(self.amount)
-
-    def __str__(self) -> str:
-        return f"{self.amount * 100:g}%" if self.relative else str(int(self.amount))
-
-
-def parse_color(value: Any) -> RGBA:
-    """``#rgb``, ``#rgba``, ``#rrggbb``, ``#rrggbbaa``, ``r,g,b[,a]`` (0..255) or a CSS name."""
-    if isinstance(value, tuple | list):
-        parts = list(value)
-    else:
-        text = str(value).strip().lower()
-        match = _HEX.match(text)
-        if match:
-            digits = match.group(1)
-            if len(digits) in (3, 4):
-                digits = "".join(c * 2 for c in digits)
-            digits += "ff" if len(digits) == 6 else ""
-            return tuple(int(digits[i : i + 2], 16) for i in range(0, 8, 2))  # type: ignore[return-value]
-        if text in ImageColor.colormap:
-            return (*ImageColor.getrgb(text)[:3], 255)  # type: ignore[return-value]
-        parts = [p.strip() for p in text.split(",")] if "," in text else []
-    try:
-        numbers = [int(p) for p in parts]
-    except (TypeError, ValueError):
-        numbers = []
-    if len(numbers) not in (3, 4) or not all(0 <= n <= 255 for n in numbers):
-        raise ValueError(
-            "must be a hex colour (#rgb, #rrggbb, #rrggbbaa), 'r,g,b' or "
-            "'r,g,b,a' with values 0..255, or a colour name"
-        )
-    return (*numbers, 255)[:4] if len(numbers) == 3 else tuple(numbers)  # type: ignore[return-value]
-
-
-def color_to_hex(color: RGBA) -> str:
-    return "#" + "".join(f"{c:02x}" for c in (color if color[3] != 255 else color[:3]))
-
-
-def parse_margin(value: Any) -> Margin:
-    """Pixels (``12``, ``"12"``, ``"12px"``) or a share of the subject's size (``"10%"``)."""
-    if isinstance(value, Margin):
-        return value
-    if value is None or value == "":
-        return Margin(0)
-    text = str(value).strip().lower()
-    percent = _PERCENT.match(text)
-    if percent:
-        fraction = float(percent.group(1)) / 100
-        if fraction > MAX_MARGIN_FRACTION:
-            raise ValueError(f"must be at most {MAX_MARGIN_FRACTION:.0%} of the subject's size")
-        return Margin(fraction, relative=True)
-    text = text.removesuffix("px").strip()
-    try:
-        pixels = float(text)
-    except ValueError:
-        raise ValueError(
-            "must be pixels (e.g. 20 or '20px') or a percentage of the subject's size (e.g. '10%')"
-        ) from None
-    if pixels != int(pixels) or not 0 <= pixels <= MAX_MARGIN_PX:
-        raise ValueError(
-            f"must be a whole number of pixels from 0 to {MAX_MARGIN_PX}, "
-            "or a percentage such as '10%'"
-        )
-    return Margin(int(pixels))
-
-
-def parse_scale(value: Any) -> float | None:
-    """Subject size relative to the canvas: ``0.8`` or ``"80%"``; None/"original" keeps it."""
-    if value is None or value == "" or str(value).strip().lower() == "original":
-        return None
-    text = str(value).strip()
-    percent = _PERCENT.match(text)
-    try:
-        scale = float(percent.group(1)) / 100 if percent else float(text)
-    except ValueError:
-        raise ValueError(
-            "must be a number from 0.01 to 1 (e.g. 0.8) or a percentage (e.g. '80%')"
-        ) from None
-    if not 0.01 <= scale <= 1:
-        raise ValueError("must be from 0.01 to 1 (1% to 100% of the canvas)")
-    return scale
-
-
-def parse_position(value: Any) -> tuple[float, float] | None:
-    """``center``, ``top``, ``bottom``, ``left``, ``right`` or ``"x%,y%"`` (one value: both)."""
-    if value is None or isinstance(value, tuple):
-        return value
-    text = str(value).strip().lower()
-    if text in ("", "original"):
-        return None
-    if text in _NAMED_POSITIONS:
-        return _NAMED_POSITIONS[text]
-    parts = [p for p in re.split(r"[,\s]+", text) if p]
-    matches = [_PERCENT.match(p) for p in parts]
-    if len(parts) not in (1, 2) or not all(matches):
-        raise ValueError("must be center, top, bottom, left, right or 'x%,y%' (e.g. '50%,100%')")
-    values = [float(m.group(1)) / 100 for m in matches if m]
-    if not all(0 <= v <= 1 for v in values):
-        raise ValueError("percentages must be from 0% to 100%")
-    return (values[0], values[-1])
-
-
-def position_to_text(position: tuple[float, float]) -> str:
-    named = {v: k for k, v in _NAMED_POSITIONS.items() if k != "centre"}
-    return named.get(position) or f"{position[0] * 100:g}%,{position[1] * 100:g}%"
-
-
-@dataclass(frozen=True)
-class ComposeOptions:
-    """What to do with the cutout once the mask is final. The defaults change nothing.
-
-    Fields accept the API's spellings (``bg_color="#fff"``, ``crop_margin="10%"``,
-    ``scale="80%"``, ``position="bottom"``) and are normalised on construction.
-    """
-
-    bg_color: RGBA | None = None
-    bg_image: Image.Image | None = field(default=None, compare=False, repr=False)
-    crop: bool = False
-    crop_margin: Margin = Margin(0)
-    scale: float | None = None
-    position: tuple[float, float] | None = None
-
-    def __post_init__(self) -> None:
-        if self.bg_color is not None:
-            object.__setattr__(self, "bg_color", parse_color(self.bg_color))
-        object.__setattr__(self, "crop_margin", parse_margin(self.crop_margin))
-        object.__setattr__(self, "scale", parse_scale(self.scale))
-        object.__setattr__(self, "position", parse_position(self.position))
-
-    @property
-    def moves_subject(self) -> bool:
-        return self.crop or self.scale is not None or self.position is not None
-
-    @property
-    def has_background(self) -> bool:
-        return self.bg_color is not None or self.bg_image is not None
 
 
 def cutout(
@@ -235,7 +76,7 @@ def _window(array: np.ndarray, left: int, top: int, width: int, height: int) -> 
     return out
 
 
-def arrange(output: np.ndarray, box: Box | None, options: ComposeOptions) -> np.ndarray:
+def arrange(output: np.ndarray, box: Box | None, options: RemoveOptions) -> np.ndarray:
     """Crop to the subject (plus margin), then scale and position it on the canvas.
 
     The canvas is the crop box when cropping, otherwise the input's size. Without a subject
@@ -289,15 +130,19 @@ def apply_background(rgba: np.ndarray, color: RGBA | None, image: Image.Image | 
 
 
 def compose_output(
-    output: np.ndarray, alpha: np.ndarray, options: ComposeOptions
+    output: np.ndarray,
+    alpha: np.ndarray,
+    options: RemoveOptions,
+    background: Image.Image | None = None,
 ) -> tuple[np.ndarray, Box | None]:
     """Apply the output options to a cutout (HxWx4) or mask (HxW); also return the subject box.
 
     ``alpha`` is the final alpha at input size; the box is found in it (before any move), so it
-    describes where the subject is in the input image. Backgrounds apply to cutouts only.
+    describes where the subject is in the input image. ``background`` is ``options.bg_image``,
+    decoded by the caller. Backgrounds apply to cutouts only.
     """
     box = foreground_box(alpha)
     output = arrange(output, box, options)
-    if output.ndim == 3 and options.has_background:
-        output = apply_background(output, options.bg_color, options.bg_image)
+    if output.ndim == 3 and (options.bg_color is not None or background is not None):
+        output = apply_background(output, options.bg_color, background)
     return output, box

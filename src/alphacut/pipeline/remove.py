@@ -9,32 +9,15 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from alphacut.pipeline.compose import Box, ComposeOptions, compose_output, cutout, invert
+from alphacut.pipeline.compose import Box, compose_output, cutout, invert
 from alphacut.pipeline.foreground import soft_edge_colours
-from alphacut.pipeline.matting import AlphaMattingParams, alpha_matting
+from alphacut.pipeline.matting import alpha_matting
+from alphacut.pipeline.options import RemoveOptions
 from alphacut.pipeline.postprocess import post_process_mask
 from alphacut.pipeline.refine import upsample_mask
 
 # Takes an RGB image, returns the model's 0..1 probability map at model resolution.
 Predictor = Callable[[Image.Image], np.ndarray]
-MASK_QUALITIES = ("normal", "high")
-
-
-@dataclass(frozen=True)
-class RemoveOptions:
-    only_mask: bool = False
-    post_process_mask: bool = False
-    alpha_matting: bool = False
-    matting: AlphaMattingParams = field(default_factory=AlphaMattingParams)
-    inverse_mask: bool = False
-    # Output options (background, crop, scale, position); the defaults change nothing.
-    compose: ComposeOptions = field(default_factory=ComposeOptions)
-    # "high": the model also sees the mirrored photo (about twice the inference time).
-    mask_quality: str = "normal"
-    # Give the cutout's soft edge pixels the subject's own colour (see pipeline/foreground.py).
-    decontaminate: bool = True
-    # Edge-aware upsampling of the model's map to photos larger than it (pipeline/refine.py).
-    guided_upsampling: bool = True
 
 
 @dataclass
@@ -113,9 +96,13 @@ def _compute_mask(
 
 
 def remove_background(
-    image: Image.Image, predict: Predictor, options: RemoveOptions | None = None
+    image: Image.Image,
+    predict: Predictor,
+    options: RemoveOptions | None = None,
+    background: Image.Image | None = None,
 ) -> RemoveResult:
-    """Run the whole pipeline on a decoded image."""
+    """Run the whole pipeline on a decoded image; ``background`` is ``options.bg_image``
+    decoded by the caller (the pipeline does no I/O)."""
     options = options or RemoveOptions()
     watch = _Stopwatch()
     rgb_image, rgb = _as_rgb(image)
@@ -129,6 +116,6 @@ def remove_background(
         edge_colours = soft_edge_colours(rgb, mask) if options.decontaminate else None
         t = watch.lap("foreground", t)
         output = cutout(rgb, mask, edge_colours)
-    output, box = compose_output(output, mask, options.compose)
+    output, box = compose_output(output, mask, options, background)
     watch.lap("compose", t)
     return RemoveResult(mask=mask, output=output, timings=watch.timings, foreground=box)

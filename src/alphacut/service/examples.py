@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from alphacut.pipeline.options import RemoveOptions
+
 _UUID = "2a231897-80f8-4cdd-82bf-e0d43e82462d"
 _BASE = "http://127.0.0.1:7000"
 _IMAGE = (
@@ -93,17 +95,13 @@ _META: dict[str, Any] = {
     "model": "medium",
     "width": 512,
     "height": 512,
-    "format": "png",
-    "quality": None,
-    "bg_color": None,
-    "bg_image": None,
-    "crop": False,
-    "crop_margin": 0,
-    "scale": None,
-    "position": None,
-    "channels": "rgba",
-    "mask_quality": "normal",
 }
+# alphacut's additions: every other option, as the definition dumps its defaults.
+_META.update(
+    (name, value)
+    for name, value in RemoveOptions().model_dump(mode="json").items()
+    if name not in _META
+)
 
 SUCCESS_EXAMPLE: dict[str, Any] = {
     "status": "success",

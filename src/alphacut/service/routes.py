@@ -13,6 +13,7 @@ from fastapi.responses import FileResponse, JSONResponse
 
 from alphacut.errors import AlphacutError, InvalidRequest, TooManyJobs
 from alphacut.io.fetch import check_url
+from alphacut.io.sources import fetch_policy, read_image_source
 from alphacut.pipeline.decode import decode_image
 from alphacut.pipeline.encode import FORMATS
 from alphacut.service.examples import (
@@ -27,7 +28,7 @@ from alphacut.service.examples import (
 )
 from alphacut.service.logs import job_id_var
 from alphacut.service.metrics import observe_stage
-from alphacut.service.parsing import fetch_policy, load_image_bytes, read_body, validate
+from alphacut.service.parsing import read_body, validate
 from alphacut.service.responses import (
     NOT_FOUND_BODY,
     fetch_body,
@@ -108,10 +109,10 @@ def _meta(
 ) -> dict[str, Any]:
     """meta exactly as the hosted API: mixed "0"/"1", "yes"/"no" and boolean types.
 
-    The keys after "temp" are alphacut's additions; "foreground" joins them once the job is
-    done (see responses.success_body).
+    After "temp" come alphacut's additions: every other processing option as the API spells
+    it, and "foreground" once the job is done (see responses.success_body).
     """
-    return {
+    hosted = {
         "alpha_matting": "1" if req.alpha_matting else "0",
         "alpha_matting_background_threshold": req.alpha_matting_background_threshold,
         "alpha_matting_erode_size": req.alpha_matting_erode_size,
@@ -126,19 +127,15 @@ def _meta(
         "post_process_mask": "1" if req.post_process_mask else "0",
         "seed": seed,
         "temp": "yes" if req.temp else "no",
+    }
+    options = req.options().model_dump(mode="json", exclude=set(hosted))
+    return {
+        **hosted,
         "model": model,
         "width": size[0],
         "height": size[1],
-        "format": req.format,
-        "quality": req.quality,
-        "bg_color": req.bg_color,
+        **options,
         "bg_image": bg_url,
-        "crop": req.crop,
-        "crop_margin": req.crop_margin,
-        "scale": req.scale,
-        "position": req.position,
-        "channels": req.channels,
-        "mask_quality": req.mask_quality,
     }
 
 
@@ -151,7 +148,7 @@ async def _save_background(
         return None, None
     try:
         started = time.perf_counter()
-        data, url = await asyncio.to_thread(load_image_bytes, req.bg_image, state.settings)
+        data, url = await asyncio.to_thread(read_image_source, req.bg_image, state.settings)
         observe_stage(request, "fetch", time.perf_counter() - started)
         await asyncio.to_thread(decode_image, data, state.settings.max_pixels)
     except AlphacutError as exc:
@@ -180,7 +177,7 @@ async def _removebg_mask(request: Request, state: StateDep):
         data, image_url = upload, "upload"
     else:
         started = time.perf_counter()
-        data, image_url = await asyncio.to_thread(load_image_bytes, req.image, settings)
+        data, image_url = await asyncio.to_thread(read_image_source, req.image, settings)
         if image_url != "data-uri":
             observe_stage(request, "fetch", time.perf_counter() - started)
     started = time.perf_counter()
@@ -192,18 +189,8 @@ async def _removebg_mask(request: Request, state: StateDep):
     input_path = await asyncio.to_thread(state.storage.save_input, f"{file_id}.input", data)
     seed = req.seed if req.seed is not None else random.randint(0, 2**32 - 1)
     job_request = {
-        "options": req.model_dump(
-            include={
-                "only_mask",
-                "post_process_mask",
-                "alpha_matting",
-                "inverse_mask",
-                "alpha_matting_foreground_threshold",
-                "alpha_matting_background_threshold",
-                "alpha_matting_erode_size",
-                "mask_quality",
-            }
-        ),
+        # bg_image as meta reports it: the worker reads the stored copy, never the URL again.
+        "options": req.options().model_copy(update={"bg_image": bg_url}).model_dump(mode="json"),
         "model": model,
         "file_name": file_name,
         "input_path": str(input_path),
@@ -212,9 +199,7 @@ async def _removebg_mask(request: Request, state: StateDep):
         "webhook": req.webhook,
         "track_id": req.track_id,
         "base_url": state.base_url(request),
-        "compose": {**req.compose_options(), "bg_image_path": bg_path},
-        "format": req.format,
-        "quality": req.quality,
+        "bg_image_path": bg_path,
         "meta": _meta(req, image_url, file_name, seed, image.size, model, bg_url),
     }
     state.pool.offer_decoded(str(input_path), image)

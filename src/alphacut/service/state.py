@@ -14,11 +14,11 @@ from fastapi import Request
 from alphacut.config import Settings
 from alphacut.engine import Engine
 from alphacut.errors import Unauthorized
+from alphacut.io.sources import fetch_policy
 from alphacut.io.storage import OutputStorage
 from alphacut.jobs.store import SQLiteJobStore
 from alphacut.jobs.webhooks import WebhookSender, load_or_create_secret
 from alphacut.jobs.worker import WorkerPool
-from alphacut.service.parsing import fetch_policy
 from alphacut.service.responses import webhook_payload
 
 log = logging.getLogger(__name__)
