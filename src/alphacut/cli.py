@@ -50,7 +50,6 @@ def _settings(**overrides: object) -> Settings:
         return load_settings(**overrides)
     except SettingsError as exc:
         _fail(exc.message)
-        raise  # not reached (_fail exits); tells type checkers no None comes back
 
 
 @models_app.command("pull")
@@ -217,9 +216,12 @@ def serve(
     log_level: Annotated[str, typer.Option(help="Log level")] = "info",
 ) -> None:
     """Run the HTTP API (and the web page) with uvicorn."""
-    import uvicorn
+    try:
+        import uvicorn
 
-    from alphacut.service.app import create_app
+        from alphacut.service.app import create_app
+    except ImportError as exc:
+        _fail(f"the server needs the server extra: pip install 'alphacut[server]' ({exc})")
     from alphacut.service.logs import configure_logging
 
     settings = _settings()  # before the server starts: a bad setting fails here, clearly
