@@ -76,6 +76,33 @@ def wait_for_end(page) -> str:
     return page.evaluate("document.body.dataset.state")
 
 
+DOWNLOADS = ("#download-cutout", "#download-mask")
+
+
+def broken_visible_images(page) -> list[str]:
+    """The ids (or sources) of visible <img> elements that show no picture."""
+    return page.evaluate(
+        """() => [...document.images]
+            .filter((img) => img.checkVisibility() && !(img.complete && img.naturalWidth > 0))
+            .map((img) => img.id || img.getAttribute("src") || "(no src)")"""
+    )
+
+
+def download_enabled(page, selector: str) -> bool:
+    """A download control is enabled when it links somewhere and is not marked disabled."""
+    return page.get_attribute(selector, "aria-disabled") != "true" and bool(
+        page.get_attribute(selector, "href")
+    )
+
+
+def assert_empty_state(page) -> None:
+    """Nothing to show and nothing to download: the drop-zone prompt, no broken image."""
+    assert page.is_visible("#empty") and page.is_hidden("#stage")
+    assert broken_visible_images(page) == []
+    for selector in DOWNLOADS:
+        assert page.is_visible(selector) and not download_enabled(page, selector), selector
+
+
 def download(page, selector: str):
     with page.expect_download() as info:
         page.click(selector)
@@ -92,6 +119,9 @@ def test_page_removes_background_with_real_model(page, tmp_path):
     with LiveServer(real_settings(tmp_path / "home")) as server:
         page.goto(server.url + "/")
         assert page.title().startswith("alphacut")
+        assert_empty_state(page)
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "web-page-empty.png"), full_page=True)
         for field in (
             "alpha_matting",
             "alpha_matting_foreground_threshold",
@@ -118,6 +148,8 @@ def test_page_removes_background_with_real_model(page, tmp_path):
         assert state == "done", page.text_content("#error")
 
         assert page.is_visible("#result") and page.is_visible("#before")
+        assert page.is_hidden("#empty") and broken_visible_images(page) == []
+        assert all(download_enabled(page, selector) for selector in DOWNLOADS)
         assert page.eval_on_selector("#result", "img => [img.naturalWidth, img.naturalHeight]") == [
             width,
             height,
@@ -138,7 +170,6 @@ def test_page_removes_background_with_real_model(page, tmp_path):
         assert mask_name.endswith(".mask.png") and mask.size == (width, height)
         assert np.array_equal(np.asarray(mask.convert("RGBA"))[..., 0], alpha)
 
-        ARTIFACTS.mkdir(exist_ok=True)
         page.eval_on_selector(
             "#slider", "el => { el.value = 42; el.dispatchEvent(new Event('input')); }"
         )
@@ -178,6 +209,18 @@ def test_page_polls_fetch_for_processing_jobs(page, live_server, tiny_settings):
     name, cutout = download(page, "#download-cutout")
     assert name.endswith(".webp") and cutout.format == "WEBP" and cutout.mode == "RGBA"
 
+    # A new request clears the old result at once: nothing to download while it runs.
+    held: list = []
+    page.route("**/api/v5/removebg_mask", lambda route: held.append(route))
+    page.click("#run")
+    while not held:
+        page.wait_for_timeout(50)  # lets Playwright hand the request to the route
+    assert page.evaluate("document.body.dataset.state") == "working"
+    assert_empty_state(page)
+    held[0].continue_()
+    assert wait_for_end(page) == "done", page.text_content("#error")
+    assert all(download_enabled(page, selector) for selector in DOWNLOADS)
+
 
 @pytest.mark.browser
 def test_page_shows_server_errors_and_uses_the_key(page, live_server, tiny_settings, file_server):
@@ -189,6 +232,7 @@ def test_page_shows_server_errors_and_uses_the_key(page, live_server, tiny_setti
     page.click("#url-form button")
     assert wait_for_end(page) == "error"
     assert page.text_content("#error") == "invalid or missing API key"
+    assert_empty_state(page)  # the failed request left nothing to show or download
 
     page.fill("#key", "web-key")
     page.dispatch_event("#key", "change")
@@ -219,7 +263,8 @@ def test_page_shows_server_errors_and_uses_the_key(page, live_server, tiny_setti
     assert wait_for_end(page) == "done", page.text_content("#error")
     assert page.is_hidden("#error")
     assert "single" in page.get_attribute("#stage", "class")
-    assert page.get_attribute("#download-mask", "aria-disabled") == "true"
+    assert broken_visible_images(page) == [] and download_enabled(page, "#download-cutout")
+    assert not download_enabled(page, "#download-mask")
     name, cutout = download(page, "#download-cutout")
     assert name.endswith(".jpg") and cutout.format == "JPEG" and cutout.width < 200
 

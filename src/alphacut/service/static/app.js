@@ -147,7 +147,7 @@ async function start() {
       data = await pollUntilDone(data, id, startedAt);
     }
     if (id !== run || data === null) return;
-    await showResult(data, body, (performance.now() - startedAt) / 1000);
+    await showResult(data, body, (performance.now() - startedAt) / 1000, id);
   } catch (err) {
     if (id === run) showError(err instanceof ApiError ? err.message : String(err.message || err));
   } finally {
@@ -162,14 +162,34 @@ function track(url) {
   return url;
 }
 
+// Back to the empty state: nothing shown, nothing to download (the old links would point at
+// object URLs revoked here).
 function resetResult() {
   objectUrls.forEach((url) => URL.revokeObjectURL(url));
   objectUrls = [];
   $("error").hidden = true;
   $("stage").hidden = true;
   $("info").hidden = true;
-  $("downloads").hidden = true;
+  $("empty").hidden = false;
   $("result").removeAttribute("src");
+  disableDownload($("download-cutout"));
+  disableDownload($("download-mask"));
+  $("download-cutout").textContent = "Download cutout";
+  $("download-mask").hidden = false;
+  $("mask-note").textContent = "";
+}
+
+// A download control is a link while it has something to download; disabled, it has no href
+// (so it cannot be clicked or focused) and says so to assistive technology.
+function disableDownload(link) {
+  link.removeAttribute("href");
+  link.setAttribute("aria-disabled", "true");
+}
+
+function enableDownload(link, href, name) {
+  link.href = href;
+  link.download = name;
+  link.removeAttribute("aria-disabled");
 }
 
 function showBefore(url) {
@@ -188,7 +208,8 @@ function loaded(img) {
   });
 }
 
-async function showResult(data, body, seconds) {
+// `id` is the run this result belongs to: a newer run started meanwhile owns the page.
+async function showResult(data, body, seconds, id) {
   const url = data.output[0];
   const response = await fetch(url);
   if (!response.ok) throw new ApiError(`Downloading the result failed: HTTP ${response.status}`);
@@ -197,6 +218,7 @@ async function showResult(data, body, seconds) {
     const bytes = Uint8Array.from(atob(await blob.text()), (c) => c.charCodeAt(0));
     blob = new Blob([bytes], { type: `image/${data.meta.format || "png"}` });
   }
+  if (id !== run) return;
   const result = $("result");
   result.src = track(URL.createObjectURL(blob));
   await loaded(result);
@@ -206,9 +228,11 @@ async function showResult(data, body, seconds) {
   } catch {
     // A URL input the browser may not display (hotlink protection): show the result alone.
   }
+  if (id !== run) return;
   const same = before.naturalWidth === result.naturalWidth &&
     before.naturalHeight === result.naturalHeight;
   $("stage").classList.toggle("single", !same);
+  $("empty").hidden = true;
   $("stage").hidden = false;
 
   const meta = data.meta || {};
@@ -223,11 +247,10 @@ async function showResult(data, body, seconds) {
 
   const name = meta.file_prefix || url.split("/").pop();
   const cutout = $("download-cutout");
-  cutout.href = result.src;
-  cutout.download = name;
+  enableDownload(cutout, result.src, name);
   cutout.textContent = body.only_mask ? "Download mask" : "Download cutout";
-  await offerMask(result, blob, name, body);
-  $("downloads").hidden = false;
+  await offerMask(result, blob, name, body, id);
+  if (id !== run) return;
   setProgress(1);
   setState("done");
   setStatus(`Done in ${Number(data.generationTime).toFixed(2)} s.`);
@@ -235,21 +258,16 @@ async function showResult(data, body, seconds) {
 
 // The mask download is derived here from the cutout's alpha channel (no second request, no
 // second inference). An output over a background colour or image has no alpha left, so the
-// button is disabled then; the "Only mask" option asks the server for the mask instead.
-async function offerMask(result, blob, name, body) {
+// button stays disabled then; the "Only mask" option asks the server for the mask instead.
+async function offerMask(result, blob, name, body, id) {
   const link = $("download-mask");
   const note = $("mask-note");
   const stem = name.replace(/\.[^.]+$/, "");
-  note.textContent = "";
-  link.removeAttribute("aria-disabled");
   if (body.only_mask) {
     link.hidden = true;
     return;
   }
-  link.hidden = false;
   if (body.bg_color || body.bg_image || body.format === "jpg") {
-    link.setAttribute("aria-disabled", "true");
-    link.removeAttribute("href");
     note.textContent = "The mask is not in an output with a background: tick “Only mask”.";
     return;
   }
@@ -266,8 +284,8 @@ async function offerMask(result, blob, name, body) {
   }
   context.putImageData(pixels, 0, 0);
   const mask = await new Promise((resolve) => canvas.toBlob(resolve, "image/png"));
-  link.href = track(URL.createObjectURL(mask));
-  link.download = `${stem}.mask.png`;
+  if (id !== run) return;
+  enableDownload(link, track(URL.createObjectURL(mask)), `${stem}.mask.png`);
 }
 
 // ------------------------------------------------------------------ status
@@ -298,29 +316,36 @@ function showError(message) {
 
 // ------------------------------------------------------------------ wiring
 
-function wire() {
-  const drop = $("drop");
-  $("pick").addEventListener("click", (event) => {
-    event.stopPropagation();
+// A drop zone takes a dropped file or URL, and opens the file chooser on a click or a key.
+function wireDropZone(zone) {
+  zone.addEventListener("click", () => $("file").click());
+  zone.addEventListener("keydown", (event) => {
+    if (event.key !== "Enter" && event.key !== " ") return;
+    event.preventDefault(); // a space would scroll the page too
     $("file").click();
   });
-  drop.addEventListener("click", () => $("file").click());
-  drop.addEventListener("keydown", (event) => {
-    if (event.key === "Enter" || event.key === " ") $("file").click();
-  });
-  $("file").addEventListener("change", () => chooseFile($("file").files[0]));
-  drop.addEventListener("dragover", (event) => {
+  zone.addEventListener("dragover", (event) => {
     event.preventDefault();
-    drop.classList.add("over");
+    zone.classList.add("over");
   });
-  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
-  drop.addEventListener("drop", (event) => {
+  zone.addEventListener("dragleave", () => zone.classList.remove("over"));
+  zone.addEventListener("drop", (event) => {
     event.preventDefault();
-    drop.classList.remove("over");
+    zone.classList.remove("over");
     const file = event.dataTransfer.files[0];
     if (file) chooseFile(file);
     else chooseUrl(event.dataTransfer.getData("text/uri-list") || event.dataTransfer.getData("text"));
   });
+}
+
+function wire() {
+  $("pick").addEventListener("click", (event) => {
+    event.stopPropagation();
+    $("file").click();
+  });
+  wireDropZone($("drop"));
+  wireDropZone($("empty"));
+  $("file").addEventListener("change", () => chooseFile($("file").files[0]));
   document.addEventListener("paste", (event) => {
     const target = event.target;
     const file = [...(event.clipboardData?.files || [])].find((f) => f.type.startsWith("image/"));
