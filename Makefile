@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 setup:
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,heif,docs]'
+	$(BIN)/pip install --quiet -e '.[server,test,heif,docs]'
 	$(BIN)/alphacut models pull medium
 	bash scripts/setup-browser.sh
 

@@ -22,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+from alphacut.errors import AlphacutError
 from alphacut.pipeline.matting import AlphaMattingParams
 from alphacut.pipeline.option_values import (
     RGBA,
@@ -204,12 +205,13 @@ class RemoveOptions(BaseModel):
         return self.crop or self.scale is not None or self.position is not None
 
 
-class InvalidOptions(ValueError):
+class InvalidOptions(AlphacutError, ValueError):
     """Options that break the definition; the message names each field and what is wrong."""
 
+    status_code = 422
+
     def __init__(self, message: str, missing: bool = False) -> None:
-        super().__init__(message)
-        self.message = message
+        super().__init__(message, 400 if missing else None)
         self.missing = missing
 
 

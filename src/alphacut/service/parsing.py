@@ -54,5 +54,4 @@ def validate(model: type[BaseModel], fields: dict[str, Any]) -> Any:
     try:
         return model.model_validate(fields)
     except ValidationError as exc:
-        invalid = describe_errors(exc)
-        raise InvalidRequest(invalid.message, 400 if invalid.missing else 422) from exc
+        raise describe_errors(exc) from exc
