@@ -93,6 +93,8 @@ class WebhookSender:
         self.secret = secret
         self.policy = policy
         self.max_attempts = max_attempts
+        # Called after each delivery attempt with (job, delivered, final): metrics count them.
+        self.attempt_listeners: list[Callable[[Job, bool, bool], None]] = []
         self.backoff_base = backoff_base
         self.timeout = timeout
         self.parallel = parallel
@@ -132,6 +134,10 @@ class WebhookSender:
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
+    def add_attempt_listener(self, listener: Callable[[Job, bool, bool], None]) -> None:
+        """``listener(job, delivered, final)`` runs after each delivery attempt."""
+        self.attempt_listeners.append(listener)
+
     def attempt(self, job: Job, payload: dict[str, Any]) -> bool:
         """One delivery; records it on the job and schedules the next try (or gives up)."""
         body = json.dumps(payload).encode()
@@ -159,4 +165,6 @@ class WebhookSender:
         else:
             retry_at = time.time() + backoff_delay(number, self.backoff_base)
             self.store.record_webhook(job.id, "pending", record, retry_at)
+        for listener in self.attempt_listeners:
+            listener(job, ok, number >= self.max_attempts)
         return ok

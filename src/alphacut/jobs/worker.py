@@ -69,14 +69,13 @@ class WorkerPool:
         store: SQLiteJobStore,
         engine: Engine,
         storage: OutputStorage,
-        on_finished: Callable[[Job], None] | None = None,
     ) -> None:
-        """``on_finished(job)`` runs on the event loop after each job ends: keep it cheap."""
         self.settings = settings
         self.store = store
         self.engine = engine
         self.storage = storage
-        self.on_finished = on_finished
+        # Called on the event loop with each job that ended: keep them cheap.
+        self.finished_listeners: list[Callable[[Job], None]] = []
         self.identity = worker_identity()
         self.concurrency = max(1, settings.workers)
         self.budget = PixelBudget(settings.max_inflight_pixels)
@@ -97,6 +96,14 @@ class WorkerPool:
         used = sum(held.width * held.height for held in list(self.handoff.values()))
         if used + image.width * image.height <= HANDOFF_MAX_PIXELS:
             self.handoff[key] = image
+
+    def add_finished_listener(self, listener: Callable[[Job], None]) -> None:
+        """``listener(job)`` runs on the event loop after each job ends."""
+        self.finished_listeners.append(listener)
+
+    def discard_decoded(self, key: str) -> None:
+        """Drop a decoded input offered for a job that was not created after all."""
+        self.handoff.pop(key, None)
 
     async def start(self) -> None:
         requeued = await asyncio.to_thread(self.store.requeue_dead_local, self.identity)
@@ -169,8 +176,9 @@ class WorkerPool:
                 self.running -= 1
             self._wake_waiters(job.id)
             finished = await asyncio.to_thread(self.store.get, job.id)
-            if finished is not None and self.on_finished is not None:
-                self.on_finished(finished)
+            if finished is not None:
+                for listener in self.finished_listeners:
+                    listener(finished)
 
     async def _renew_lease(self, job_id: int) -> None:
         while True:

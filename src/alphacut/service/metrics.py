@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, Request, Response
 from prometheus_client import (
@@ -97,27 +97,13 @@ class Metrics:
     def bind(self, state: ServiceState) -> None:
         """Hook into the worker pool and the webhook sender of a freshly created state."""
         self.state = state
-        pool, sender = state.pool, state.webhooks
-        chained = pool.on_finished
+        state.pool.add_finished_listener(self.observe_job)
+        state.webhooks.add_attempt_listener(self.observe_webhook_attempt)
 
-        def on_finished(job: Job) -> None:
-            self.observe_job(job)
-            if chained is not None:
-                chained(job)
-
-        pool.on_finished = on_finished
-        # Wrap the sender's attempt() rather than change it: each call is one delivery.
-        attempt = sender.attempt
-
-        def counted_attempt(job: Job, payload: dict[str, Any]) -> bool:
-            ok = attempt(job, payload)
-            last = len(job.webhook_attempts) + 1 >= sender.max_attempts
-            self.webhook_deliveries.labels(
-                "delivered" if ok else "failed" if last else "retry"
-            ).inc()
-            return ok
-
-        sender.attempt = counted_attempt  # type: ignore[method-assign]
+    def observe_webhook_attempt(self, job: Job, delivered: bool, final: bool) -> None:
+        self.webhook_deliveries.labels(
+            "delivered" if delivered else "failed" if final else "retry"
+        ).inc()
 
     def observe_job(self, job: Job) -> None:
         self.jobs_finished.labels(job.status).inc()

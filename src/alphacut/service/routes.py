@@ -206,7 +206,7 @@ async def _removebg_mask(request: Request, state: StateDep):
     try:
         job = await asyncio.to_thread(state.store.create, owner, job_request)
     except BaseException:
-        state.pool.handoff.pop(str(input_path), None)
+        state.pool.discard_decoded(str(input_path))
         raise
     request.state.job_id = job.id  # for the access log
     job_id_var.set(job.id)  # and any other log line of this request

@@ -52,7 +52,7 @@ class ServiceState:
         # The store itself queues a finished job's webhook; the callback only wakes the sender.
         pool = WorkerPool(settings, store, engine, storage)
         state = cls(settings, engine, store, storage, pool, webhooks)
-        pool.on_finished = lambda job: state.webhook_wakeup.set()
+        pool.add_finished_listener(lambda job: state.webhook_wakeup.set())
         return state
 
     def owner_of(self, key: str) -> str:
