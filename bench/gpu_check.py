@@ -78,7 +78,7 @@ def inputs(count: int, size: int) -> list[np.ndarray]:
     """Photos from shared/photos when present (preprocessed as alphacut does), else patterns."""
     from PIL import Image
 
-    from alphacut.pipeline.segment import preprocess
+    from alphacut.models.processing import preprocess
 
     spec = ModelSpec("check", "check.onnx", size, ISNET_IMGLY_MEAN, ISNET_IMGLY_STD, "-")
     photos = sorted((ROOT.parent / "shared" / "photos").glob("*.jpg"))

@@ -23,6 +23,7 @@ from alphacut.pipeline.matting import (
 )
 from alphacut.pipeline.options import RemoveOptions
 from alphacut.pipeline.postprocess import post_process_mask
+from alphacut.pipeline.probability import probability_to_mask, upsample_probability
 from alphacut.pipeline.refine import (
     _coefficients,
     _resize_region,
@@ -32,7 +33,6 @@ from alphacut.pipeline.refine import (
     upsample_mask,
 )
 from alphacut.pipeline.remove import predict_probability, remove_background
-from alphacut.pipeline.segment import probability_to_mask, upsample_probability
 from tests.conftest import subject_image
 
 RNG = np.random.default_rng(7)

@@ -19,8 +19,8 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
+from alphacut.models.processing import preprocess, to_probability
 from alphacut.models.registry import ModelSpec
-from alphacut.pipeline.segment import preprocess, to_probability
 
 log = logging.getLogger(__name__)
 

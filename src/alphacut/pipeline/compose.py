@@ -11,9 +11,9 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, ImageOps
 
+from alphacut.parallel import in_parts, parts_for
 from alphacut.pipeline.option_values import RGBA
 from alphacut.pipeline.options import RemoveOptions
-from alphacut.pipeline.parallel import in_parts, parts_for
 from alphacut.pipeline.refine import nonzero_box
 
 # Alpha above this (about 4 %) counts as subject when finding its box: the model leaves a faint

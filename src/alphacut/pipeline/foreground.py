@@ -20,7 +20,7 @@ import math
 import cv2
 import numpy as np
 
-from alphacut.pipeline.parallel import in_parts, parts_for
+from alphacut.parallel import in_parts, parts_for
 from alphacut.pipeline.refine import box, nonzero_box
 
 # Radii of the two passes as a share of the image diagonal (the paper's 90 and 6 pixels on

@@ -23,8 +23,8 @@ import numpy as np
 from scipy import sparse
 
 from alphacut.pipeline.laplacian import unknown_system
+from alphacut.pipeline.probability import probability_to_mask
 from alphacut.pipeline.refine import guided_upsample_mask, nonzero_box
-from alphacut.pipeline.segment import probability_to_mask
 
 log = logging.getLogger(__name__)
 

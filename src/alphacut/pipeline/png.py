@@ -16,7 +16,7 @@ import zlib
 
 import numpy as np
 
-from alphacut.pipeline.parallel import parts_for_this_machine, shared_pool
+from alphacut.parallel import parts_for_this_machine, shared_pool
 
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
 COLOUR_TYPES = {1: 0, 3: 2, 4: 6}  # channels -> PNG colour type: grey, RGB, RGBA

@@ -10,8 +10,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from alphacut.pipeline.parallel import in_parts, parts_for
-from alphacut.pipeline.segment import probability_to_mask, upsample_probability
+from alphacut.parallel import in_parts, parts_for
+from alphacut.pipeline.probability import probability_to_mask, upsample_probability
 
 
 def nonzero_box(flags: np.ndarray, margin: int = 0) -> tuple[int, int, int, int] | None:

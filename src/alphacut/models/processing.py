@@ -1,13 +1,12 @@
-"""Model input preparation and probability-map handling (pure array work)."""
+"""Model input preparation and raw-output decoding: the image side of one model call."""
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 from PIL import Image
 
 from alphacut.models.registry import ModelSpec
-from alphacut.pipeline.parallel import in_parts, parts_for_this_machine
+from alphacut.parallel import in_parts, parts_for_this_machine
 
 # Sources with at least this many pixels are resized in horizontal bands on several threads.
 TILED_RESIZE_MIN_PIXELS = 4_000_000
@@ -19,7 +18,7 @@ def resize_bilinear(rgb: Image.Image, size: int) -> np.ndarray:
     On large photos (a 12 MP resize takes ~0.1 s) the output is computed in horizontal bands
     on parallel threads (Pillow releases the GIL). Pillow's ``box`` argument keeps each band's
     filter support reaching into its neighbours' rows. When both axes shrink to a power-of-two
-    size, the bands are bit-identical to a single resize (tests/test_preprocess.py; checked on
+    size, the bands are bit-identical to a single resize (tests/test_processing.py; checked on
     random shapes with 2-4 bands). Other cases (an upscaled axis, sizes like 768) could differ
     by one level in some pixels, so they are resized in one piece.
     """
@@ -67,20 +66,3 @@ def to_probability(raw: np.ndarray, spec: ModelSpec) -> np.ndarray:
         lo, hi = float(prob.min()), float(prob.max())
         prob = (prob - lo) / (hi - lo) if hi > lo else np.zeros_like(prob)
     return np.clip(prob, 0.0, 1.0, out=prob)
-
-
-def upsample_probability(prob: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Bring the model-resolution probability back to the image size (bilinear)."""
-    if prob.shape == (height, width):
-        return prob
-    return cv2.resize(prob, (width, height), interpolation=cv2.INTER_LINEAR)
-
-
-def probability_to_mask(prob: np.ndarray) -> np.ndarray:
-    """0..1 float map to a uint8 0..255 alpha."""
-    # The same arithmetic as np.clip(prob * 255.0 + 0.5, 0, 255), in place: one temporary
-    # instead of three (a 12 MP map is 48 MB; about 2x faster).
-    scaled = prob * 255.0
-    scaled += 0.5
-    np.clip(scaled, 0, 255, out=scaled)
-    return scaled.astype(np.uint8)

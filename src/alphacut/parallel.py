@@ -1,7 +1,8 @@
-"""One small thread pool for the pipeline's data-parallel steps (banded resize, PNG deflate,
-guided upsampling, cutout, decontamination of large photos).
+"""One small thread pool for data-parallel image steps (the model input's banded resize, PNG
+deflate, guided upsampling, cutout, decontamination of large photos).
 
-Those steps split one image into a few parts that run in C with the GIL released. A task in
+Both the pipeline and the models' input preparation use it, so it lives above both. Those
+steps split one image into a few parts that run in C with the GIL released. A task in
 this pool never waits on another task of the pool, so the steps can share it safely.
 """
 
