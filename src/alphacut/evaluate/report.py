@@ -6,16 +6,13 @@ import csv
 import json
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 from PIL import Image
 
 from alphacut.evaluate.metrics import METRIC_NAMES
-
-if TYPE_CHECKING:
-    from alphacut.evaluate.runner import EvalSummary, WorstItem
+from alphacut.evaluate.results import EvalSummary, WorstItem
 
 # (metric key, column title, decimals) for the terminal table.
 TABLE_COLUMNS = (

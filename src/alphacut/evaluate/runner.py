@@ -13,7 +13,6 @@ import logging
 import math
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,8 @@ from PIL import Image
 from alphacut.engine import Engine
 from alphacut.errors import AlphacutError
 from alphacut.evaluate.metrics import METRIC_NAMES, compute_metrics
+from alphacut.evaluate.report import write_reports
+from alphacut.evaluate.results import EvalSummary, ImageResult, WorstItem
 from alphacut.pipeline.decode import decode_image
 from alphacut.pipeline.options import RemoveOptions
 from alphacut.pipeline.remove import compute_mask
@@ -31,69 +32,6 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 WORST_COUNT = 12
 THUMB_HEIGHT = 192
-
-
-@dataclass
-class ImageResult:
-    id: str
-    group: str
-    width: int
-    height: int
-    seconds: float
-    metrics: dict[str, float]
-
-
-@dataclass
-class WorstItem:
-    """Thumbnails (uint8, THUMB_HEIGHT tall) of one badly predicted image, for the sheet."""
-
-    id: str
-    mae: float
-    image: np.ndarray  # HxWx3
-    gt: np.ndarray  # HxW
-    pred: np.ndarray  # HxW
-
-
-@dataclass
-class EvalSummary:
-    dataset: str
-    model: str
-    input_size: int
-    options: dict[str, object]
-    seconds: float
-    images: list[ImageResult] = field(default_factory=list)
-    skipped: dict[str, str] = field(default_factory=dict)  # id -> reason
-    overall: dict[str, float] = field(default_factory=dict)
-    groups: dict[str, dict[str, float]] = field(default_factory=dict)
-    worst: list[WorstItem] = field(default_factory=list)  # highest MAE first
-
-    def to_dict(self) -> dict[str, object]:
-        """The JSON-friendly summary (no per-image rows, no thumbnails); NaN becomes None."""
-        return _no_nan(
-            {
-                "dataset": self.dataset,
-                "model": self.model,
-                "input_size": self.input_size,
-                "options": self.options,
-                "pairs": len(self.images),
-                "skipped": self.skipped,
-                "seconds": round(self.seconds, 3),
-                "seconds_per_image": round(self.seconds / max(1, len(self.images)), 4),
-                "overall": self.overall,
-                "groups": self.groups,
-                "worst": [{"id": w.id, "mae": w.mae} for w in self.worst],
-            }
-        )
-
-
-def _no_nan(value: object) -> object:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _no_nan(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_no_nan(v) for v in value]
-    return value
 
 
 def group_of(image_id: str) -> str:
@@ -220,7 +158,5 @@ def run_eval(
             [r.metrics for r in summary.images if r.group == group]
         )
     if out_dir is not None:
-        from alphacut.evaluate.report import write_reports
-
         write_reports(summary, Path(out_dir))
     return summary
