@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup test lint bench eval clean docs
+.PHONY: setup test test-fast lint bench eval clean docs
 
 setup:
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,6 +15,13 @@ setup:
 test:
 	$(BIN)/ruff check src tests bench
 	$(BIN)/pytest -q -rs
+	$(MAKE) docs
+
+# Everything but the tests that need the real ISNet weights or headless Chromium.
+test-fast:
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/pytest -q -rs -m "not real_model and not browser"
 	$(MAKE) docs
 
 lint:
