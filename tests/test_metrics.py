@@ -1,13 +1,17 @@
-"""Metric values checked against hand-computed numbers on tiny arrays."""
+"""Metric values checked against hand-computed numbers on tiny arrays, and against pysodmetrics."""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
+from PIL import Image
 
 from alphacut.evaluate import metrics as m
+from tests.conftest import PHOTOS, real_settings, requires_real_model
 
 # GT: a 2x2 square in a 4x4 image.
 GT = np.array(
@@ -137,3 +141,137 @@ def test_compute_metrics_perfect_and_keys() -> None:
 def test_shape_mismatch_is_an_error() -> None:
     with pytest.raises(ValueError):
         m.mae(np.zeros((4, 4)), np.zeros((4, 5)))
+
+
+# --- Cross-check against pysodmetrics --------------------------------------------------------
+# pysodmetrics (PyPI; package py_sod_metrics) is the reference implementation the salient-object
+# papers report with. Its definitions, read from its 1.6.x source, and where ours differ:
+#
+# * Inputs: it takes uint8 maps and (``normalize=True``) divides pred by 255 and rescales it to
+#   span 0..1 per image (MATLAB's ``mapminmax``), and binarises gt with ``gt > 128``. Ours take
+#   0..1 alphas as they are (no min-max rescaling: an alpha that never reaches 1 is penalised)
+#   and binarise gt with ``gt >= 0.5``. So: with uint8 maps that span 0..255 and a binary gt
+#   both conventions agree, and for other maps ours equal its ``normalize=False`` path (pred as
+#   0..1 floats, gt as booleans).
+# * MAE: mean |pred - gt| against the binarised gt. Ours also takes a soft gt (matting); with a
+#   binary gt the two agree.
+# * max F: 256 thresholds on ``(pred * 255).astype(uint8)`` (floor; ours round, the same on maps
+#   that come from uint8), positive where level >= t, beta^2 = 0.3, max over thresholds.
+# * IoU: its binary IoU thresholds ``pred > 0.5``, ours ``pred >= 0.5`` (no uint8 level is 0.5
+#   exactly); with an empty union it answers 0, ours 1.
+# * Not ours, not compared: S-measure, E-measure, weighted F (its WeightedFmeasure), adaptive F.
+#   Ours alone: SAD, MSE, band MAE, boundary F.
+
+
+def _pysod():
+    return pytest.importorskip(
+        "py_sod_metrics", reason="pysodmetrics not installed (`make setup` installs it)"
+    )
+
+
+def _reference(pred_u8: np.ndarray, gt_u8: np.ndarray, normalize: bool = True) -> dict[str, float]:
+    """MAE, max F and binary IoU from pysodmetrics for one uint8 pair."""
+    sod = _pysod()
+    pred: np.ndarray = pred_u8
+    gt: np.ndarray = gt_u8
+    if not normalize:
+        pred, gt = pred_u8 / 255.0, gt_u8 > 128
+    mae = sod.MAE()
+    fm = sod.FmeasureV2(
+        {
+            "fm": sod.FmeasureHandler(with_dynamic=True, with_adaptive=False, beta=0.3),
+            "iou": sod.IOUHandler(with_dynamic=False, with_adaptive=False, with_binary=True),
+        }
+    )
+    mae.step(pred, gt, normalize=normalize)
+    fm.step(pred, gt, normalize=normalize)
+    results = fm.get_results()
+    return {
+        "mae": float(mae.get_results()["mae"]),
+        "max_f": float(results["fm"]["dynamic"].max()),
+        "iou": float(results["iou"]["binary"]),
+    }
+
+
+def _ours(pred_u8: np.ndarray, gt_u8: np.ndarray) -> dict[str, float]:
+    pred, gt = pred_u8 / 255.0, gt_u8 / 255.0
+    return {"mae": m.mae(pred, gt), "max_f": m.max_f_measure(pred, gt), "iou": m.iou(pred, gt)}
+
+
+def _perturbed_gt(pred_u8: np.ndarray, seed: int) -> np.ndarray:
+    """A binary 0/255 'ground truth' near the prediction: thresholded, shifted, with a hole."""
+    rng = np.random.default_rng(seed)
+    h, w = pred_u8.shape
+    gt = np.where(pred_u8 >= 128, 255, 0).astype(np.uint8)
+    gt = np.roll(gt, (int(rng.integers(-6, 7)), int(rng.integers(-6, 7))), axis=(0, 1))
+    y, x = int(rng.integers(0, h - h // 5)), int(rng.integers(0, w - w // 5))
+    gt[y : y + h // 5, x : x + w // 5] = 255 - gt[y : y + h // 5, x : x + w // 5]
+    return gt
+
+
+def _full_range(pred_u8: np.ndarray) -> np.ndarray:
+    """The map with one pixel at 0 and one at 255, so its min-max rescaling changes nothing."""
+    pred = pred_u8.copy()
+    pred[0, 0], pred[-1, -1] = 0, 255
+    return pred
+
+
+def _synthetic_pairs() -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(name, pred, gt): blurred noisy ellipses and the photos' grey levels as soft maps."""
+    rng = np.random.default_rng(7)
+    pairs = []
+    for i, (h, w) in enumerate([(120, 160), (97, 203), (240, 180)]):
+        canvas = np.zeros((h, w), np.float64)
+        cv2.ellipse(canvas, (w // 2, h // 2), (w // 3, h // 4), 15 * i, 0, 360, 1.0, -1)
+        soft = cv2.GaussianBlur(canvas, (0, 0), 3 + 2 * i) + rng.normal(0, 0.08, (h, w))
+        pred = _full_range(np.clip(np.rint(soft * 255), 0, 255).astype(np.uint8))
+        pairs.append((f"ellipse{i}", pred, _perturbed_gt(pred, i)))
+    for i, name in enumerate(["animal-1.jpg", "car-1.jpg", "girl-1.jpg"]):
+        grey = Image.open(PHOTOS / name).convert("L")
+        grey = grey.resize((grey.width // 4, grey.height // 4), Image.Resampling.BILINEAR)
+        pred = _full_range(np.asarray(grey))
+        pairs.append((name, pred, _perturbed_gt(pred, 10 + i)))
+    return pairs
+
+
+@pytest.mark.parametrize(
+    ("pred", "gt"), [pytest.param(pred, gt, id=name) for name, pred, gt in _synthetic_pairs()]
+)
+def test_mae_max_f_iou_match_pysodmetrics(pred: np.ndarray, gt: np.ndarray) -> None:
+    """Full-range uint8 maps, binary gt: pysodmetrics' default path and ours agree exactly."""
+    ours, theirs = _ours(pred, gt), _reference(pred, gt)
+    assert 0.0 < ours["mae"] < 0.5 and 0.3 < ours["max_f"] < 1.0  # not a degenerate pair
+    assert ours == pytest.approx(theirs, rel=1e-12, abs=1e-12)
+
+
+def test_low_range_prediction_matches_pysodmetrics_without_rescaling() -> None:
+    """A prediction that never passes 0.5: ours score it as it is, like ``normalize=False``.
+
+    pysodmetrics' default path stretches it to 0..1 first, which would hide a washed-out
+    alpha; that rescaling is deliberately not ours, so there the two differ.
+    """
+    _, pred, gt = _synthetic_pairs()[0]
+    low = (pred // 2).astype(np.uint8)  # 0..127
+    ours = _ours(low, gt)
+    assert ours == pytest.approx(_reference(low, gt, normalize=False), rel=1e-12, abs=1e-12)
+    assert ours["iou"] == 0.0 and ours["mae"] > _reference(low, gt)["mae"]
+
+
+@pytest.mark.real_model
+@requires_real_model
+def test_metrics_match_pysodmetrics_on_real_model_masks(tmp_path: Path) -> None:
+    """The real model's masks of the sample photos against perturbed copies of themselves."""
+    _pysod()
+    from alphacut.engine import Engine
+
+    engine = Engine(real_settings(tmp_path / "home"))
+    try:
+        for i, name in enumerate(["animal-1.jpg", "car-1.jpg", "girl-1.jpg"]):
+            mask = engine.remove(Image.open(PHOTOS / name).convert("RGB")).mask
+            assert 0.02 < (mask > 127).mean() < 0.98  # found a subject, not everything
+            pred, gt = _full_range(mask), _perturbed_gt(mask, 20 + i)
+            ours, theirs = _ours(pred, gt), _reference(pred, gt)
+            assert ours == pytest.approx(theirs, rel=1e-12, abs=1e-12), name
+            assert ours == pytest.approx(_reference(pred, gt, normalize=False), abs=1e-12)
+    finally:
+        engine.close()
