@@ -17,6 +17,7 @@ setup:
 
 test:
 	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
 	$(BIN)/pytest -q -rs
 	$(MAKE) docs
 
