@@ -37,7 +37,7 @@ def tune_malloc(mmap_threshold: int = 13 << 20, arena_max: int = 2) -> bool:
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
     done = mallopt(M_MMAP_THRESHOLD, mmap_threshold) == 1
-    done = mallopt(M_ARENA_MAX, arena_max) == 1 and done
+    done = bool(mallopt(M_ARENA_MAX, arena_max) == 1) and done
     if not done:
         log.debug("mallopt refused the settings (not glibc?)")
     return done

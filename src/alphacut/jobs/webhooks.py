@@ -73,7 +73,7 @@ def backoff_delay(attempt: int, base: float) -> float:
     67.5 s, 202.5 s and 607.5 s: the last attempt comes about 15 minutes after the first.
     The jitter keeps many jobs that failed together from retrying in lockstep.
     """
-    return base * (3 ** (attempt - 1)) * random.uniform(0.75, 1.25)
+    return float(base * (3 ** (attempt - 1)) * random.uniform(0.75, 1.25))
 
 
 class WebhookSender:

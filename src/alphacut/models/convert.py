@@ -164,7 +164,9 @@ def make_dims_dynamic(model: onnx.ModelProto) -> bool:
     return spatial
 
 
-def convert_fp16_to_fp32(model: onnx.ModelProto, keep_outputs: tuple[str, ...] = ("output",)):
+def convert_fp16_to_fp32(
+    model: onnx.ModelProto, keep_outputs: tuple[str, ...] = ("output",)
+) -> onnx.ModelProto:
     graph = model.graph
     for i, init in enumerate(graph.initializer):
         if init.data_type == TensorProto.FLOAT16:

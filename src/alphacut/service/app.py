@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import FileResponse, HTMLResponse
+from fastapi.responses import FileResponse, HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from alphacut import __version__
@@ -56,13 +57,16 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app.include_router(metrics_router)
     default_openapi = app.openapi  # builds once, then returns its cached document
 
-    def openapi() -> dict:
-        return restore_null_examples(default_openapi())
+    def openapi() -> dict[str, Any]:
+        document: dict[str, Any] = restore_null_examples(default_openapi())
+        return document
 
     app.openapi = openapi  # type: ignore[method-assign]
 
     @app.middleware("http")
-    async def request_id(request: Request, call_next):
+    async def request_id(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
         rid = request.headers.get("x-request-id") or uuid.uuid4().hex[:16]
         token = request_id_var.set(rid)
         started, status = time.perf_counter(), 500

@@ -182,7 +182,7 @@ def json_examples(**examples: dict[str, Any]) -> dict[str, Any]:
 
     Each name must be unique across the app: it keys the null-restoring lookup.
     """
-    named = {
+    named: dict[str, dict[str, Any]] = {
         name: {"summary": name.replace("_", " "), "value": value}
         for name, value in examples.items()
     }

@@ -9,7 +9,7 @@ import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 
 from alphacut.errors import AlphacutError, InvalidRequest, TooManyJobs
 from alphacut.io.fetch import check_url
@@ -92,7 +92,8 @@ FETCH_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 def get_state(request: Request) -> ServiceState:
-    return request.app.state.service
+    state: ServiceState = request.app.state.service
+    return state
 
 
 StateDep = Annotated[ServiceState, Depends(get_state)]
@@ -157,7 +158,7 @@ async def _save_background(
     return str(path), url
 
 
-async def _removebg_mask(request: Request, state: StateDep):
+async def _removebg_mask(request: Request, state: StateDep) -> dict[str, Any]:
     request.state.api_endpoint = "removebg_mask"  # for the metrics, by body status
     settings = state.settings
     fields, upload = await read_body(request)
@@ -252,7 +253,7 @@ for _path in REMOVEBG_PATHS:
     )
 
 
-async def _fetch(state: ServiceState, key: str, raw_id: Any) -> Any:
+async def _fetch(state: ServiceState, key: str, raw_id: Any) -> dict[str, Any]:
     owner = state.owner_of(key)
     try:
         job_id = int(str(raw_id).strip())
@@ -267,7 +268,7 @@ async def _fetch(state: ServiceState, key: str, raw_id: Any) -> Any:
     return fetch_body(job, eta)
 
 
-async def _fetch_by_path(job_id: str, request: Request, state: StateDep):
+async def _fetch_by_path(job_id: str, request: Request, state: StateDep) -> dict[str, Any]:
     request.state.api_endpoint = "fetch"
     fields, _ = await read_body(request) if await request.body() else ({}, None)
     req: FetchRequest = validate(FetchRequest, fields)
@@ -276,7 +277,7 @@ async def _fetch_by_path(job_id: str, request: Request, state: StateDep):
     return body
 
 
-async def _fetch_by_body(request: Request, state: StateDep):
+async def _fetch_by_body(request: Request, state: StateDep) -> dict[str, Any]:
     request.state.api_endpoint = "fetch"
     fields, _ = await read_body(request)
     req: FetchRequest = validate(FetchRequest, fields)
@@ -311,6 +312,7 @@ for _path in FETCH_BY_PATH:
         methods=["POST"],
         tags=["fetch"],
         summary="Fetch the result of a queued request",
+        response_model=None,  # documented by FETCH_RESPONSES' examples
         responses=FETCH_RESPONSES,
         openapi_extra=_FETCH_BODY_DOC,
         include_in_schema=_path == FETCH_BY_PATH[0],
@@ -322,6 +324,7 @@ for _path in FETCH_BY_BODY:
         methods=["POST"],
         tags=["fetch"],
         summary="Fetch a result by request_id in the body",
+        response_model=None,
         responses=FETCH_RESPONSES,
         openapi_extra=_FETCH_BODY_DOC,
     )
@@ -336,20 +339,22 @@ _MEDIA_TYPES = {
 
 
 @router.get("/outputs/{relative:path}", tags=["outputs"], summary="Download an output file")
-async def get_output(relative: str, state: StateDep):
+async def get_output(relative: str, state: StateDep) -> Response:
     path = state.storage.resolve(relative)
     if path is None:
         return JSONResponse({"status": "error", "message": "output not found"}, status_code=404)
     return FileResponse(path, media_type=_MEDIA_TYPES.get(path.suffix, "application/octet-stream"))
 
 
-@router.get("/healthz", tags=["operations"], summary="Liveness: the server answers")
-async def healthz(state: StateDep):
+@router.get(
+    "/healthz", tags=["operations"], summary="Liveness: the server answers", response_model=None
+)
+async def healthz(state: StateDep) -> dict[str, Any]:
     return {"status": "ok", "models": state.engine.loaded_models}
 
 
 @router.get("/readyz", tags=["operations"], summary="Readiness: model loaded, store reachable")
-async def readyz(state: StateDep):
+async def readyz(state: StateDep) -> Response:
     problems = []
     if not state.engine.loaded_models:
         problems.append("model not loaded")
@@ -359,4 +364,4 @@ async def readyz(state: StateDep):
         problems.append(f"job store unreachable: {exc}")
     if problems:
         return JSONResponse({"status": "error", "message": "; ".join(problems)}, status_code=503)
-    return {"status": "ok"}
+    return JSONResponse({"status": "ok"})
