@@ -18,7 +18,6 @@ from PIL import Image, ImageOps
 from typer.testing import CliRunner
 
 from alphacut.pipeline.compose import (
-    Box,
     apply_background,
     arrange,
     compose_output,
@@ -33,6 +32,7 @@ from alphacut.pipeline.option_values import (
     parse_scale,
 )
 from alphacut.pipeline.options import RemoveOptions
+from alphacut.pipeline.regions import Box
 from tests.conftest import PHOTOS, LiveServer, real_settings, requires_real_model, subject_image
 
 # ---------------------------------------------------------------- pure functions

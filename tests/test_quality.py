@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from alphacut.jobs.worker import options_from_record
 from alphacut.pipeline import matting
+from alphacut.pipeline.filters import box_filter
 from alphacut.pipeline.foreground import estimate_foreground
 from alphacut.pipeline.matting import (
     AlphaMattingParams,
@@ -27,7 +28,6 @@ from alphacut.pipeline.probability import probability_to_mask, upsample_probabil
 from alphacut.pipeline.refine import (
     _coefficients,
     _resize_region,
-    box,
     guided_filter,
     guided_upsample_mask,
     upsample_mask,
@@ -45,7 +45,7 @@ def test_guided_filter_with_a_flat_guide_is_a_box_blur():
     guide = np.full((60, 80, 3), 0.4, np.float32)
     out = guided_filter(guide, src, radius=3, eps=1e-3)
     # No guide structure: a = 0, b = the local mean, averaged once more.
-    assert np.allclose(out, box(box(src, 3), 3), atol=1e-5)
+    assert np.allclose(out, box_filter(box_filter(src, 3), 3), atol=1e-5)
     assert out.std() < src.std() / 3
 
 
@@ -54,7 +54,7 @@ def test_guided_filter_keeps_the_guides_edge():
     guide[:, 20:] = 1.0
     src = guide + RNG.normal(0, 0.1, guide.shape).astype(np.float32)
     out = guided_filter(guide, src, radius=4, eps=1e-3)
-    blurred = box(src, 4)
+    blurred = box_filter(src, 4)
     # Two pixels either side of the edge: the guided result is still on its side...
     assert np.abs(out[:, 18] - 0).max() < 0.15 and np.abs(out[:, 21] - 1).max() < 0.15
     # ...where a plain blur of the same size mixes both sides.

@@ -6,31 +6,17 @@ change what the model or matting decided; they only move and paint pixels.
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import numpy as np
 from PIL import Image, ImageOps
 
 from alphacut.parallel import in_parts, parts_for
 from alphacut.pipeline.option_values import RGBA
 from alphacut.pipeline.options import RemoveOptions
-from alphacut.pipeline.refine import nonzero_box
+from alphacut.pipeline.regions import Box, nonzero_box
 
 # Alpha above this (about 4 %) counts as subject when finding its box: the model leaves a faint
 # haze of 1..10 values over busy backgrounds, which would otherwise stretch the box to the edges.
 FOREGROUND_THRESHOLD = 10
-
-
-class Box(NamedTuple):
-    """The subject's bounding box in the input image, in pixels."""
-
-    left: int
-    top: int
-    width: int
-    height: int
-
-    def as_dict(self) -> dict[str, int]:
-        return {"top": self.top, "left": self.left, "width": self.width, "height": self.height}
 
 
 def cutout(
@@ -58,11 +44,7 @@ def invert(alpha: np.ndarray) -> np.ndarray:
 
 def foreground_box(alpha: np.ndarray, threshold: int = FOREGROUND_THRESHOLD) -> Box | None:
     """Bounding box of the pixels more than ``threshold`` opaque, or None if there are none."""
-    found = nonzero_box(alpha > threshold)
-    if found is None:
-        return None
-    y0, y1, x0, x1 = found
-    return Box(x0, y0, x1 - x0, y1 - y0)
+    return nonzero_box(alpha > threshold)
 
 
 def _window(array: np.ndarray, left: int, top: int, width: int, height: int) -> np.ndarray:

@@ -21,7 +21,8 @@ import cv2
 import numpy as np
 
 from alphacut.parallel import in_parts, parts_for
-from alphacut.pipeline.refine import box, nonzero_box
+from alphacut.pipeline.filters import box_filter
+from alphacut.pipeline.regions import nonzero_box
 
 # Radii of the two passes as a share of the image diagonal (the paper's 90 and 6 pixels on
 # its ~1-2 MP images), with floors so that thumbnails still average over a neighbourhood.
@@ -51,14 +52,14 @@ def _means(
         small_radius = max(1, round(radius * scale))
         stacks = [
             cv2.resize(
-                box(cv2.resize(s, size, interpolation=cv2.INTER_AREA), small_radius),
+                box_filter(cv2.resize(s, size, interpolation=cv2.INTER_AREA), small_radius),
                 (w, h),
                 interpolation=cv2.INTER_LINEAR,
             )
             for s in stacks
         ]
     else:
-        stacks = [box(s, radius) for s in stacks]
+        stacks = [box_filter(s, radius) for s in stacks]
     mean_a, mean_fa, mean_bb = stacks
     mean_f = mean_fa / (mean_a[..., None] + _EPS)
     mean_b = mean_bb / (1.0 - mean_a[..., None] + _EPS)
@@ -118,15 +119,15 @@ def soft_edge_colours(image: np.ndarray, alpha: np.ndarray) -> tuple[np.ndarray,
     region = nonzero_box(soft, margin=wide + narrow)
     if region is None:
         return None
-    y0, y1, x0, x1 = region
+    y0, x0 = region.top, region.left
     flat = np.flatnonzero(soft)
     ys, xs = np.divmod(flat, width)
-    crop_h, crop_w = y1 - y0, x1 - x0
+    crop_h, crop_w = region.height, region.width
     # The coarse grid: both passes' means live here.
     scale = min(1.0, NARROW_CELLS / narrow)
     grid_w, grid_h = max(1, round(crop_w * scale)), max(1, round(crop_h * scale))
-    crop = image[y0:y1, x0:x1]
-    crop_a = alpha[y0:y1, x0:x1]
+    crop = image[region.slices]
+    crop_a = alpha[region.slices]
     if scale < 1.0:
         crop = cv2.resize(crop, (grid_w, grid_h), interpolation=cv2.INTER_AREA)
         crop_a = cv2.resize(crop_a, (grid_w, grid_h), interpolation=cv2.INTER_AREA)

@@ -24,7 +24,8 @@ from scipy import sparse
 
 from alphacut.pipeline.laplacian import unknown_system
 from alphacut.pipeline.probability import probability_to_mask
-from alphacut.pipeline.refine import guided_upsample_mask, nonzero_box
+from alphacut.pipeline.refine import guided_upsample_mask
+from alphacut.pipeline.regions import nonzero_box
 
 log = logging.getLogger(__name__)
 
@@ -160,11 +161,10 @@ def alpha_matting(image: np.ndarray, mask: np.ndarray, params: AlphaMattingParam
     out = cv2.LUT(
         mask, np.where(levels > fg_t, 255, np.where(levels < bg_t, 0, levels)).astype(np.uint8)
     )
-    box = nonzero_box(unsure, margin=kernel + 2)
-    if box is None:
+    region = nonzero_box(unsure, margin=kernel + 2)
+    if region is None:
         return out
-    y0, y1, x0, x1 = box
-    crop_img, crop_mask = image[y0:y1, x0:x1], mask[y0:y1, x0:x1]
+    crop_img, crop_mask = image[region.slices], mask[region.slices]
     h, w = crop_mask.shape
     scale = min(1.0, params.max_side / max(h, w))
     small_mask = _resize(crop_mask, scale, cv2.INTER_AREA)
@@ -203,8 +203,8 @@ def alpha_matting(image: np.ndarray, mask: np.ndarray, params: AlphaMattingParam
             )
     else:
         refined = probability_to_mask(alpha)
-    band = (trimap == 128) | (unsure[y0:y1, x0:x1] > 0)
-    out_crop = out[y0:y1, x0:x1]
+    band = (trimap == 128) | (unsure[region.slices] > 0)
+    out_crop = out[region.slices]
     if revert is not None:
         np.copyto(out_crop, crop_mask, where=revert)
         band &= ~revert

@@ -11,49 +11,27 @@ import cv2
 import numpy as np
 
 from alphacut.parallel import in_parts, parts_for
+from alphacut.pipeline.filters import box_filter
 from alphacut.pipeline.probability import probability_to_mask, upsample_probability
-
-
-def nonzero_box(flags: np.ndarray, margin: int = 0) -> tuple[int, int, int, int] | None:
-    """Box (y0, y1, x0, x1) around the nonzero pixels of ``flags`` (HxW), widened by
-    ``margin`` and clipped to the array; None if there are none. The filters here only need
-    to run inside it."""
-    rows = np.flatnonzero(flags.any(axis=1))
-    if rows.size == 0:
-        return None
-    cols = np.flatnonzero(flags.any(axis=0))
-    h, w = flags.shape
-    return (
-        max(0, int(rows[0]) - margin),
-        min(h, int(rows[-1]) + margin + 1),
-        max(0, int(cols[0]) - margin),
-        min(w, int(cols[-1]) + margin + 1),
-    )
-
-
-def box(array: np.ndarray, radius: int) -> np.ndarray:
-    """Mean over a (2r+1)² window; the border is reflected, so edges are not darkened."""
-    size = 2 * radius + 1
-    return cv2.boxFilter(array, -1, (size, size), normalize=True, borderType=cv2.BORDER_REFLECT)
 
 
 def _coefficients(
     guide: np.ndarray, src: np.ndarray, radius: int, eps: float
 ) -> tuple[np.ndarray, np.ndarray]:
     """The local linear model ``q = a . I + b`` (a: HxWxC, b: HxW), box-averaged."""
-    mean_p = box(src, radius)
+    mean_p = box_filter(src, radius)
     if guide.ndim == 2:
-        mean_i = box(guide, radius)
-        cov = box(guide * src, radius) - mean_i * mean_p
-        var = box(guide * guide, radius) - mean_i * mean_i
+        mean_i = box_filter(guide, radius)
+        cov = box_filter(guide * src, radius) - mean_i * mean_p
+        var = box_filter(guide * guide, radius) - mean_i * mean_i
         a = cov / (var + eps)
         b = mean_p - a * mean_i
-        return box(a, radius)[..., None], box(b, radius)
-    mean_i = box(guide, radius)  # HxWx3
-    cov = box(guide * src[..., None], radius) - mean_i * mean_p[..., None]
+        return box_filter(a, radius)[..., None], box_filter(b, radius)
+    mean_i = box_filter(guide, radius)  # HxWx3
+    cov = box_filter(guide * src[..., None], radius) - mean_i * mean_p[..., None]
 
     def var(i: int, j: int) -> np.ndarray:
-        return box(guide[..., i] * guide[..., j], radius) - mean_i[..., i] * mean_i[..., j]
+        return box_filter(guide[..., i] * guide[..., j], radius) - mean_i[..., i] * mean_i[..., j]
 
     # Per-pixel 3x3 covariance of the guide, regularised and inverted in closed form
     # (cofactors; np.linalg.solve is several times slower): a colour guide separates edges a
@@ -76,7 +54,7 @@ def _coefficients(
         / det[..., None]
     )
     b = mean_p - np.einsum("...c,...c->...", a, mean_i)
-    return box(a, radius), box(b, radius)
+    return box_filter(a, radius), box_filter(b, radius)
 
 
 def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float) -> np.ndarray:

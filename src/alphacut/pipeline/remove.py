@@ -9,12 +9,13 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from alphacut.pipeline.compose import Box, compose_output, cutout, invert
+from alphacut.pipeline.compose import compose_output, cutout, invert
 from alphacut.pipeline.foreground import soft_edge_colours
 from alphacut.pipeline.matting import alpha_matting
 from alphacut.pipeline.options import RemoveOptions
 from alphacut.pipeline.postprocess import post_process_mask
 from alphacut.pipeline.refine import upsample_mask
+from alphacut.pipeline.regions import Box
 
 # Takes an RGB image, returns the model's 0..1 probability map at model resolution.
 Predictor = Callable[[Image.Image], np.ndarray]
