@@ -115,14 +115,10 @@ def session_options(
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # Let idle intra-op threads sleep instead of spinning: with a single-flight queue the
-    # threads sit idle between requests, and spinning would steal CPU from decode/encode
-    # running for the next request (measured: no inference slowdown, see bench/README.md).
+    # Idle intra-op threads sleep: spinning would steal CPU from the next request's decoding.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    # Memory: keep the CPU arena (its blocks are reused run after run, so RSS stays flat) but
-    # no memory pattern. With the pattern, ORT allocates the planned block for the 2nd run on
-    # top of the arena chunks the 1st run left behind: ISNet peaked at 1145 MB instead of 702
-    # MB, at the same speed (bench/README.md). Without the arena, RSS wanders with malloc.
+    # The arena keeps RSS flat; a memory pattern would be planned on top of it and raise the
+    # peak by half (docs/performance.md, "Memory").
     options.enable_mem_pattern = False
     # Pin symbolic dims so ORT plans memory and folds shape arithmetic as for a static graph.
     # Names that the model does not use are ignored by ORT.
