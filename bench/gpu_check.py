@@ -31,8 +31,8 @@ sys.path.insert(0, str(ROOT / "src"))
 
 import onnxruntime as ort  # noqa: E402
 
+from alphacut.models.inference import ModelRunner  # noqa: E402
 from alphacut.models.registry import ISNET_IMGLY_MEAN, ISNET_IMGLY_STD, ModelSpec  # noqa: E402
-from alphacut.models.runner import ModelRunner  # noqa: E402
 from alphacut.models.session import create_session  # noqa: E402
 
 

@@ -25,8 +25,8 @@ from PIL import Image
 
 from alphacut.config import load_settings
 from alphacut.engine import Engine
+from alphacut.evaluate.evaluation import find_pairs, group_of, load_gt, mean_metrics
 from alphacut.evaluate.metrics import METRIC_NAMES, compute_metrics
-from alphacut.evaluate.runner import find_pairs, group_of, load_gt, mean_metrics
 from alphacut.pipeline.decode import decode_image
 from alphacut.pipeline.options import RemoveOptions
 from alphacut.pipeline.remove import compute_mask

@@ -16,8 +16,8 @@ from alphacut.cli import app
 from alphacut.config import Settings, load_settings
 from alphacut.engine import Engine
 from alphacut.evaluate import run_eval
+from alphacut.evaluate.evaluation import THUMB_HEIGHT, group_of
 from alphacut.evaluate.report import LABEL_HEIGHT, format_table
-from alphacut.evaluate.runner import THUMB_HEIGHT, group_of
 from alphacut.models.registry import resolve_model
 from alphacut.pipeline.remove import RemoveOptions
 from tests.conftest import evaldata, requires_evaldata

@@ -256,8 +256,8 @@ def eval_command(
 ) -> None:
     """Measure mask quality against ground truth (MAE, maxF, IoU, SAD, MSE, boundary)."""
     from alphacut.engine import Engine
+    from alphacut.evaluate.evaluation import run_eval
     from alphacut.evaluate.report import format_table
-    from alphacut.evaluate.runner import run_eval
 
     settings = _settings(**({"input_size": input_size} if input_size else {}))
     options = _options(fields)

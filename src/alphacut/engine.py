@@ -13,8 +13,8 @@ from PIL import Image
 
 from alphacut.config import Settings
 from alphacut.errors import ModelNotAvailable
+from alphacut.models.inference import ModelRunner
 from alphacut.models.registry import ModelSpec, resolve_model
-from alphacut.models.runner import ModelRunner
 from alphacut.models.session import InputSizeMismatch, create_session
 from alphacut.pipeline.decode import decode_image
 from alphacut.pipeline.options import RemoveOptions

@@ -1,7 +1,7 @@
 """Quality evaluation against datasets with ground-truth masks (``alphacut eval``)."""
 
+from alphacut.evaluate.evaluation import run_eval
 from alphacut.evaluate.metrics import METRIC_NAMES, compute_metrics
 from alphacut.evaluate.results import EvalSummary, ImageResult
-from alphacut.evaluate.runner import run_eval
 
 __all__ = ["METRIC_NAMES", "EvalSummary", "ImageResult", "compute_metrics", "run_eval"]

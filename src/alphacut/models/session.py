@@ -109,7 +109,7 @@ def session_options(
     batch_size: int = 1,
 ) -> ort.SessionOptions:
     options = ort.SessionOptions()
-    # Single-flight inference (runner.py) means one run at a time: all physical cores go to
+    # Single-flight inference (inference.py) means one run at a time: all physical cores go to
     # that run, and inter-op parallelism would only oversubscribe them.
     options.intra_op_num_threads = threads or physical_cores()
     options.inter_op_num_threads = 1

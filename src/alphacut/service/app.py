@@ -17,7 +17,7 @@ from fastapi.staticfiles import StaticFiles
 from alphacut import __version__
 from alphacut.config import Settings
 from alphacut.engine import Engine
-from alphacut.service.errors import install_error_handlers
+from alphacut.service.error_handlers import install_error_handlers
 from alphacut.service.examples import restore_null_examples
 from alphacut.service.logs import request_id_var
 from alphacut.service.metrics import Metrics

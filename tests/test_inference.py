@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from alphacut.models.inference import ModelRunner
 from alphacut.models.registry import ModelSpec
-from alphacut.models.runner import ModelRunner
 from alphacut.models.session import create_session
 from tests.conftest import TINY_SIZE, build_tiny_onnx
 
@@ -153,8 +153,8 @@ def test_partial_batches_are_padded_to_warmed_shapes(tiny_model_dir):
 
     import onnxruntime as ort
 
+    from alphacut.models.inference import ModelRunner
     from alphacut.models.registry import load_sidecar_spec
-    from alphacut.models.runner import ModelRunner
 
     spec = load_sidecar_spec(tiny_model_dir / "tiny.json")
     session = ort.InferenceSession(
