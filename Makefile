@@ -18,6 +18,7 @@ setup:
 test:
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy
 	$(BIN)/pytest -q -rs
 	$(MAKE) docs
 
@@ -25,6 +26,7 @@ test:
 test-fast:
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy
 	$(BIN)/pytest -q -rs -m "not real_model and not browser"
 	$(MAKE) docs
 

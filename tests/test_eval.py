@@ -19,7 +19,7 @@ from alphacut.evaluate import run_eval
 from alphacut.evaluate.evaluation import THUMB_HEIGHT, group_of
 from alphacut.evaluate.report import LABEL_HEIGHT, format_table
 from alphacut.models.registry import resolve_model
-from alphacut.pipeline.remove import RemoveOptions
+from alphacut.pipeline.options import RemoveOptions
 from tests.conftest import evaldata, requires_evaldata
 
 # (id, width, height, square box x0, y0, x1, y1, file suffix)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable, Iterable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, TypeVar, cast
 
 import typer
 from pydantic.fields import FieldInfo
@@ -82,7 +82,7 @@ def with_option_flags(fields: Iterable[str] | None = None) -> Callable[[F], F]:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             return command(*args, **kwargs)
 
-        wrapper.__signature__ = signature.replace(parameters=[*fixed, *flags])  # type: ignore[attr-defined]
-        return wrapper  # type: ignore[return-value]
+        vars(wrapper)["__signature__"] = signature.replace(parameters=[*fixed, *flags])
+        return cast(F, wrapper)
 
     return decorate

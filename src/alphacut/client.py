@@ -177,7 +177,7 @@ def _same_parameters_as(
     ) -> Callable[Concatenate[_Self, _Params], _Return]:
         signature = inspect.signature(spec)
         self_parameter = inspect.Parameter("self", inspect.Parameter.POSITIONAL_ONLY)
-        method.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        vars(method)["__signature__"] = signature.replace(
             parameters=[self_parameter, *signature.parameters.values()],
             return_annotation=inspect.signature(method).return_annotation,
         )

@@ -123,7 +123,8 @@ def boundary(mask: np.ndarray) -> np.ndarray:
     """
     m = np.pad(mask, 1, mode="edge")
     interior = m[:-2, 1:-1] & m[2:, 1:-1] & m[1:-1, :-2] & m[1:-1, 2:]
-    return mask & ~interior
+    inner: np.ndarray = mask & ~interior
+    return inner
 
 
 def boundary_tolerance(shape: tuple[int, ...]) -> int:

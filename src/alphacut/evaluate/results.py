@@ -48,7 +48,7 @@ class EvalSummary:
 
     def to_dict(self) -> dict[str, object]:
         """The JSON-friendly summary (no per-image rows, no thumbnails); NaN becomes None."""
-        return _no_nan(
+        return _no_nan_dict(
             {
                 "dataset": self.dataset,
                 "model": self.model,
@@ -73,3 +73,7 @@ def _no_nan(value: object) -> object:
     if isinstance(value, list | tuple):
         return [_no_nan(v) for v in value]
     return value
+
+
+def _no_nan_dict(value: dict[str, object]) -> dict[str, object]:
+    return {key: _no_nan(item) for key, item in value.items()}

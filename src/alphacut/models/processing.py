@@ -59,7 +59,7 @@ def preprocess(image: Image.Image, spec: ModelSpec) -> np.ndarray:
 
 def to_probability(raw: np.ndarray, spec: ModelSpec) -> np.ndarray:
     """Turn one raw model output (any leading singleton dims) into a HxW 0..1 float32 map."""
-    prob = np.asarray(raw, dtype=np.float32).reshape(raw.shape[-2], raw.shape[-1])
+    prob: np.ndarray = np.asarray(raw, dtype=np.float32).reshape(raw.shape[-2], raw.shape[-1])
     if spec.output_transform == "sigmoid":
         prob = 1.0 / (1.0 + np.exp(-prob))
     elif spec.output_transform == "minmax":

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from alphacut.errors import InvalidRequest
 
@@ -183,6 +183,15 @@ BUILTIN_MODELS: dict[str, ModelSpec] = {
 DEFAULT_MODEL = "medium"
 
 
+def _three_floats(value: Any, name: str, json_path: Path) -> tuple[float, float, float]:
+    """One value per RGB channel."""
+    try:
+        red, green, blue = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{json_path}: {name} must be three numbers (R, G, B)") from None
+    return (red, green, blue)
+
+
 def load_sidecar_spec(json_path: Path) -> ModelSpec:
     """Describe a custom model with ``<name>.json``: input_size, mean, std, output_transform."""
     raw = json.loads(json_path.read_text())
@@ -191,8 +200,8 @@ def load_sidecar_spec(json_path: Path) -> ModelSpec:
         name=name,
         filename=f"{name}.onnx",
         input_size=int(raw.get("input_size", 1024)),
-        mean=tuple(float(v) for v in raw.get("mean", (0.5, 0.5, 0.5))),  # type: ignore[arg-type]
-        std=tuple(float(v) for v in raw.get("std", (1.0, 1.0, 1.0))),  # type: ignore[arg-type]
+        mean=_three_floats(raw.get("mean", (0.5, 0.5, 0.5)), "mean", json_path),
+        std=_three_floats(raw.get("std", (1.0, 1.0, 1.0)), "std", json_path),
         licence=str(raw.get("licence", "unknown")),
         description=str(raw.get("description", "custom model (side-car JSON)")),
         output_transform=raw.get("output_transform", "none"),

@@ -12,7 +12,7 @@ import io
 import warnings
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from alphacut.errors import ImageTooLarge, InvalidImage
 
@@ -111,7 +111,7 @@ def decode_image(data: bytes, max_pixels: int = 50_000_000) -> Image.Image:
         pillow_limit = Image.MAX_IMAGE_PIXELS
         limit = max_pixels if pillow_limit is None else min(max_pixels, 2 * pillow_limit)
         raise ImageTooLarge(f"image is too large; the limit is {limit} pixels") from e
-    except Image.UnidentifiedImageError as e:
+    except UnidentifiedImageError as e:
         if data.startswith(_MAGICS) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP"):
             raise InvalidImage(CORRUPT) from e
         raise InvalidImage(NOT_AN_IMAGE) from e
@@ -150,7 +150,7 @@ def _to_rgb_or_rgba(img: Image.Image) -> Image.Image:
     if mode in _ALPHA_MODES or "transparency" in img.info:
         # Covers RGBA/LA/PA, P with a tRNS palette entry, and L/RGB with a colour key.
         rgba = img.convert("RGBA")  # also un-premultiplies RGBa/La
-        if rgba.getchannel("A").getextrema()[0] < 255:
+        if _min_alpha(rgba.getchannel("A")) < 255:
             return rgba
         return rgba.convert("RGB")  # an all-opaque alpha channel carries no information
     if mode == "RGB":
@@ -186,4 +186,10 @@ def has_transparency(img: Image.Image) -> bool:
             return False
     else:
         return False
-    return alpha.getextrema()[0] < 255
+    return _min_alpha(alpha) < 255
+
+
+def _min_alpha(alpha: Image.Image) -> int:
+    """The lowest value of a single-band image (its extrema are ints for 8-bit bands)."""
+    low = alpha.getextrema()[0]
+    return int(low[0] if isinstance(low, tuple) else low)

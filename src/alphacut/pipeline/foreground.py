@@ -71,8 +71,9 @@ def _correct(
 ) -> np.ndarray:
     """F = mean_F + a (I - a mean_F - (1 - a) mean_B), clipped: the compositing equation."""
     a = alpha[..., None]
-    fg = mean_f + a * (image - a * mean_f - (1.0 - a) * mean_b)
-    return np.clip(fg, 0.0, 1.0, out=fg)
+    fg: np.ndarray = mean_f + a * (image - a * mean_f - (1.0 - a) * mean_b)
+    np.clip(fg, 0.0, 1.0, out=fg)
+    return fg
 
 
 def _sample(

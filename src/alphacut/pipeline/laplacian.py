@@ -29,7 +29,8 @@ def _window_values(colors: np.ndarray, epsilon: float) -> np.ndarray:
     affinity += 1.0
     affinity *= -1.0 / 9.0
     affinity += np.eye(9)
-    return affinity
+    result: np.ndarray = affinity
+    return result
 
 
 def unknown_system(

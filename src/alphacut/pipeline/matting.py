@@ -62,8 +62,8 @@ def build_trimap(
     uncertain pixels plus a margin on both sides.
     """
     size = erode_kernel_size(mask.shape, params) if kernel_size is None else kernel_size
-    foreground = (mask > params.foreground_threshold).astype(np.uint8)
-    background = (mask < params.background_threshold).astype(np.uint8)
+    foreground: np.ndarray = (mask > params.foreground_threshold).astype(np.uint8)
+    background: np.ndarray = (mask < params.background_threshold).astype(np.uint8)
     if size > 1:
         kernel = np.ones((size, size), np.uint8)
         foreground = cv2.erode(foreground, kernel, borderType=cv2.BORDER_CONSTANT, borderValue=0)
@@ -123,7 +123,8 @@ def solve_alpha(
     x0 = initial.ravel()[unknown].astype(np.float64)
     alpha = known_fg.astype(np.float64)
     alpha[unknown] = conjugate_gradient(lap_unknown, rhs, x0, max_iterations)
-    return np.clip(alpha, 0.0, 1.0).reshape(trimap.shape).astype(np.float32)
+    solved: np.ndarray = np.clip(alpha, 0.0, 1.0).reshape(trimap.shape).astype(np.float32)
+    return solved
 
 
 def reject_resegmentation(

@@ -53,9 +53,11 @@ def parse_color(value: Any) -> RGBA:
             if len(digits) in (3, 4):
                 digits = "".join(c * 2 for c in digits)
             digits += "ff" if len(digits) == 6 else ""
-            return tuple(int(digits[i : i + 2], 16) for i in range(0, 8, 2))  # type: ignore[return-value]
+            red, green, blue, alpha = (int(digits[i : i + 2], 16) for i in range(0, 8, 2))
+            return (red, green, blue, alpha)
         if text in ImageColor.colormap:
-            return (*ImageColor.getrgb(text)[:3], 255)  # type: ignore[return-value]
+            red, green, blue = ImageColor.getrgb(text)[:3]
+            return (red, green, blue, 255)
         parts = [p.strip() for p in text.split(",")] if "," in text else []
     try:
         numbers = [int(p) for p in parts]
@@ -66,7 +68,8 @@ def parse_color(value: Any) -> RGBA:
             "must be a hex colour (#rgb, #rrggbb, #rrggbbaa), 'r,g,b' or "
             "'r,g,b,a' with values 0..255, or a colour name"
         )
-    return (*numbers, 255)[:4] if len(numbers) == 3 else tuple(numbers)  # type: ignore[return-value]
+    red, green, blue, alpha = (*numbers, 255)[:4]
+    return (red, green, blue, alpha)
 
 
 def color_to_hex(color: RGBA) -> str:

@@ -66,7 +66,7 @@ def _compress_part(
     rows: np.ndarray, first: int, stop: int, level: int, is_first: bool, is_last: bool
 ) -> tuple[bytes, int, int]:
     data = _filtered_rows(rows, first, stop)
-    view = memoryview(data).cast("B")
+    view = memoryview(data.data).cast("B")
     # The first piece carries the zlib header; the others are raw deflate continuing it.
     compressor = zlib.compressobj(level, zlib.DEFLATED, 15 if is_first else -15)
     body = compressor.compress(view) + compressor.flush(

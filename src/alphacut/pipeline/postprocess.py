@@ -54,7 +54,8 @@ def remove_far_islands(
     keep = np.ones(count, np.uint8)
     keep[0] = 0
     keep[drop] = 0
-    return keep[labels]
+    kept: np.ndarray = keep[labels]
+    return kept
 
 
 def fill_unsure_holes(

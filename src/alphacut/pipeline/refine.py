@@ -30,14 +30,16 @@ def _coefficients(
     mean_i = box_filter(guide, radius)  # HxWx3
     cov = box_filter(guide * src[..., None], radius) - mean_i * mean_p[..., None]
 
-    def var(i: int, j: int) -> np.ndarray:
-        return box_filter(guide[..., i] * guide[..., j], radius) - mean_i[..., i] * mean_i[..., j]
+    def variance(i: int, j: int) -> np.ndarray:
+        covariance: np.ndarray = box_filter(guide[..., i] * guide[..., j], radius)
+        covariance -= mean_i[..., i] * mean_i[..., j]
+        return covariance
 
     # Per-pixel 3x3 covariance of the guide, regularised and inverted in closed form
     # (cofactors; np.linalg.solve is several times slower): a colour guide separates edges a
     # grey one would merge (red fur on green grass).
-    rr, rg, rb = var(0, 0) + eps, var(0, 1), var(0, 2)
-    gg, gb, bb = var(1, 1) + eps, var(1, 2), var(2, 2) + eps
+    rr, rg, rb = variance(0, 0) + eps, variance(0, 1), variance(0, 2)
+    gg, gb, bb = variance(1, 1) + eps, variance(1, 2), variance(2, 2) + eps
     inv_rr, inv_rg, inv_rb = gg * bb - gb * gb, gb * rb - rg * bb, rg * gb - gg * rb
     inv_gg, inv_gb, inv_bb = rr * bb - rb * rb, rb * rg - rr * gb, rr * gg - rg * rg
     det = rr * inv_rr + rg * inv_rg + rb * inv_rb
@@ -71,8 +73,10 @@ def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float) -
 
 def _apply(a: np.ndarray, b: np.ndarray, guide: np.ndarray) -> np.ndarray:
     if guide.ndim == 2:
-        return a[..., 0] * guide + b
-    return np.einsum("...c,...c->...", a, guide) + b
+        flat: np.ndarray = a[..., 0] * guide + b
+        return flat
+    coloured: np.ndarray = np.einsum("...c,...c->...", a, guide) + b
+    return coloured
 
 
 def _resize_region(

@@ -28,6 +28,14 @@ from alphacut.service.state import ServiceState
 STATIC_DIR = Path(__file__).parent / "static"
 
 
+class AlphacutAPI(FastAPI):
+    def openapi(self) -> dict[str, Any]:
+        # FastAPI drops null examples ("webhook": null...); put them back. Built once, cached.
+        if self.openapi_schema is None:
+            self.openapi_schema = restore_null_examples(super().openapi())
+        return self.openapi_schema
+
+
 def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
 
     @asynccontextmanager
@@ -41,7 +49,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         finally:
             await state.stop()
 
-    app = FastAPI(
+    app = AlphacutAPI(
         title="alphacut",
         version=__version__,
         description="Background removal and masks, compatible with the hosted "
@@ -55,13 +63,6 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(router)
     app.include_router(metrics_router)
-    default_openapi = app.openapi  # builds once, then returns its cached document
-
-    def openapi() -> dict[str, Any]:
-        document: dict[str, Any] = restore_null_examples(default_openapi())
-        return document
-
-    app.openapi = openapi  # type: ignore[method-assign]
 
     @app.middleware("http")
     async def request_id(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -18,8 +19,8 @@ def error_response(
     request: Request,
     status_code: int,
     message: str,
-    extra: dict | None = None,
-    headers: dict | None = None,
+    extra: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
 ) -> JSONResponse:
     body = {"status": "error", "message": message, **(extra or {})}
     # Some clients of the hosted API only read the body; they can ask for HTTP 200 always.
