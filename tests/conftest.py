@@ -146,6 +146,12 @@ requires_real_model = pytest.mark.skipif(
 )
 
 
+def disc(size: int, radius: float) -> np.ndarray:
+    """A size x size float32 image: 1 inside a centred circle of ``radius``, 0 outside."""
+    yy, xx = np.mgrid[:size, :size]
+    return (np.hypot(yy - size / 2, xx - size / 2) < radius).astype(np.float32)
+
+
 def subject_image(width: int = 200, height: int = 150) -> tuple[Image.Image, np.ndarray]:
     """A bright rectangle on a dark background, and its true mask."""
     array = np.full((height, width, 3), 20, np.uint8)

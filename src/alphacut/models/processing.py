@@ -18,9 +18,9 @@ def resize_bilinear(rgb: Image.Image, size: int) -> np.ndarray:
     On large photos (a 12 MP resize takes ~0.1 s) the output is computed in horizontal bands
     on parallel threads (Pillow releases the GIL). Pillow's ``box`` argument keeps each band's
     filter support reaching into its neighbours' rows. When both axes shrink to a power-of-two
-    size, the bands are bit-identical to a single resize (tests/test_processing.py; checked on
-    random shapes with 2-4 bands). Other cases (an upscaled axis, sizes like 768) could differ
-    by one level in some pixels, so they are resized in one piece.
+    size, the bands are bit-identical to a single resize (tests/models/test_processing.py;
+    checked on random shapes with 2-4 bands). Other cases (an upscaled axis, sizes like 768)
+    could differ by one level in some pixels, so they are resized in one piece.
     """
     width, height = rgb.size
     exact = size & (size - 1) == 0 and width >= size and height >= size

