@@ -199,6 +199,14 @@ class Settings(BaseSettings):
         description="Wait before the first webhook retry, in seconds; each later wait is three "
         "times longer (the default 6 attempts span about 15 minutes).",
     )
+    cache_bytes: int = Field(
+        default=512 * 1024 * 1024,
+        ge=0,
+        description="Disk space for the mask cache, in bytes (default 512 MiB, about 400 "
+        "photos at input size 1024); 0 turns it off. The model's output for each picture is "
+        "kept in `cache/masks` inside the home folder, so a repeat request for the same "
+        "picture with other options skips the model; least recently used entries go first.",
+    )
     cleanup_interval: float = Field(
         default=300.0,
         gt=0,

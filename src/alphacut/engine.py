@@ -14,6 +14,12 @@ from PIL import Image
 from alphacut.config import Settings
 from alphacut.errors import ModelNotAvailable
 from alphacut.models.inference import ModelRunner
+from alphacut.models.mask_cache import (
+    CachedProbability,
+    MaskCache,
+    model_identity,
+    open_mask_cache,
+)
 from alphacut.models.registry import ModelSpec, resolve_model
 from alphacut.models.session import InputSizeMismatch, create_session
 from alphacut.pipeline.decode import decode_image
@@ -22,12 +28,19 @@ from alphacut.pipeline.remove import RemoveResult, remove_background
 
 
 class Engine:
-    def __init__(self, settings: Settings, warm_up: bool = True) -> None:
+    def __init__(
+        self, settings: Settings, warm_up: bool = True, mask_cache: MaskCache | None = None
+    ) -> None:
         """``warm_up``: run one inference at load (a server's first user then waits for
-        nothing; a one-shot command would only pay for it twice)."""
+        nothing; a one-shot command would only pay for it twice). ``mask_cache``: where model
+        outputs are kept (default: on disk under the home folder, ``cache_bytes`` in size)."""
         self.settings = settings
         self.warm_up = warm_up
+        self.mask_cache = mask_cache or open_mask_cache(
+            settings.home / "cache" / "masks", settings.cache_bytes
+        )
         self._runners: dict[str, ModelRunner] = {}
+        self._cached_probability: dict[str, CachedProbability] = {}
         self._lock = threading.Lock()
 
     def spec(self, model: str | None = None) -> ModelSpec:
@@ -43,7 +56,17 @@ class Engine:
         with self._lock:
             runner = self._runners.get(name)
             if runner is None:
-                runner = self._load(self.spec(name))
+                spec = self.spec(name)
+                runner = self._load(spec)
+                if self.mask_cache is not None:
+                    identity = model_identity(
+                        spec,
+                        spec.runtime_path(self.settings.model_dir),
+                        runner.session.get_providers(),
+                    )
+                    self._cached_probability[name] = CachedProbability(
+                        self.mask_cache, runner.predict, identity
+                    )
                 self._runners[name] = runner
         return runner
 
@@ -88,9 +111,12 @@ class Engine:
         """Decode (if bytes) and run the pipeline with ``model`` (default: the configured one)."""
         if isinstance(image, bytes | bytearray):
             image = decode_image(bytes(image), self.settings.max_pixels)
-        return remove_background(image, self.runner(model).predict, options, background)
+        runner = self.runner(model)
+        cached = self._cached_probability.get(model or self.settings.model)
+        return remove_background(image, runner.predict, options, background, cached)
 
     def close(self) -> None:
         for runner in self._runners.values():
             runner.close()
         self._runners.clear()
+        self._cached_probability.clear()

@@ -175,3 +175,16 @@ def test_openapi_has_examples_for_every_shape(live_server, tiny_settings, served
     }
     assert statuses == {"success", "processing", "failed"}
     assert "/metrics" in spec["paths"] and "/healthz" in spec["paths"]
+
+
+def test_metrics_show_mask_cache_hits_misses_and_bytes(live_server, tiny_settings, served_subject):
+    server = live_server(tiny_settings)
+    api = server.url + "/api/v5/removebg_mask"
+    for fields in ({}, {"only_mask": True}):  # the same picture with other options: one run
+        response = httpx.post(api, json={"image": served_subject, **fields}, timeout=150)
+        assert response.status_code == 200
+    samples = scrape(server)
+    assert value(samples, "alphacut_mask_cache_misses_total") == 1
+    assert value(samples, "alphacut_mask_cache_hits_total") == 1
+    assert value(samples, "alphacut_mask_cache_entries") == 1
+    assert value(samples, "alphacut_mask_cache_bytes") > 0

@@ -19,6 +19,9 @@ from alphacut.pipeline.regions import Box
 
 # Takes an RGB image, returns the model's 0..1 probability map at model resolution.
 Predictor = Callable[[Image.Image], np.ndarray]
+# Takes the RGB image, its pixels and the mask-quality mode, returns the probability map
+# (the engine's may answer from the mask cache: models/mask_cache.py).
+ProbabilitySource = Callable[[Image.Image, np.ndarray, str], np.ndarray]
 
 
 @dataclass
@@ -82,9 +85,13 @@ def _compute_mask(
     predict: Predictor,
     options: RemoveOptions,
     watch: _Stopwatch,
+    probability: ProbabilitySource | None = None,
 ) -> np.ndarray:
     t = time.perf_counter()
-    prob = predict_probability(rgb_image, predict, options.mask_quality)
+    if probability is not None:
+        prob = probability(rgb_image, rgb, options.mask_quality)
+    else:
+        prob = predict_probability(rgb_image, predict, options.mask_quality)
     t = watch.lap("inference", t)
     mask = upsample_mask(prob, rgb, guided=options.guided_upsampling)
     if options.post_process_mask:
@@ -101,13 +108,15 @@ def remove_background(
     predict: Predictor,
     options: RemoveOptions | None = None,
     background: Image.Image | None = None,
+    probability: ProbabilitySource | None = None,
 ) -> RemoveResult:
     """Run the whole pipeline on a decoded image; ``background`` is ``options.bg_image``
-    decoded by the caller (the pipeline does no I/O)."""
+    decoded by the caller (the pipeline does no I/O). ``probability``, when given, supplies
+    the probability map instead of ``predict_probability`` with ``predict``."""
     options = options or RemoveOptions()
     watch = _Stopwatch()
     rgb_image, rgb = _as_rgb(image)
-    mask = _compute_mask(rgb_image, rgb, predict, options, watch)
+    mask = _compute_mask(rgb_image, rgb, predict, options, watch, probability)
     t = time.perf_counter()
     if options.inverse_mask:
         mask = invert(mask)

@@ -21,7 +21,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from alphacut.jobs.store import FAILED, QUEUED, RUNNING, SUCCESS
 from alphacut.service.logs import request_id_var
@@ -182,6 +182,30 @@ class _StateCollector:
             "Models loaded in memory",
             value=len(state.engine.loaded_models),
         )
+        yield from _mask_cache_metrics(state)
+
+
+def _mask_cache_metrics(state: ServiceState) -> Iterable[Metric]:
+    cache = state.engine.mask_cache
+    if cache is None:
+        return
+    stats = cache.stats()
+    yield CounterMetricFamily(
+        "alphacut_mask_cache_hits",
+        "Model outputs this process found in the mask cache",
+        value=stats.hits,
+    )
+    yield CounterMetricFamily(
+        "alphacut_mask_cache_misses",
+        "Model runs this process did because the mask cache had no entry",
+        value=stats.misses,
+    )
+    yield GaugeMetricFamily(
+        "alphacut_mask_cache_bytes", "Size of all mask cache entries", value=stats.bytes
+    )
+    yield GaugeMetricFamily(
+        "alphacut_mask_cache_entries", "Entries in the mask cache", value=stats.entries
+    )
 
 
 router = APIRouter()
