@@ -1,15 +1,21 @@
-"""Helpers for the job tests: polling fetch, and a webhook receiver on loopback."""
+"""Helpers for the job tests: polling fetch, a webhook receiver on loopback, and
+``alphacut serve`` as a real process."""
 
 from __future__ import annotations
 
 import http.server
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
 
+from alphacut.config import load_settings
 from alphacut.jobs.webhooks import SIGNATURE_HEADER, verify
 
 SECRET = "test-webhook-secret"
@@ -120,3 +126,65 @@ class WebhookReceiver:
     def __exit__(self, *exc: object) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def open_job_store(home: Path) -> Any:
+    """The job store of a server whose home is ``home``, to read alongside it (WAL).
+
+    Either store class: SQLiteJobStore is being replaced by SQLJobStore behind the same
+    interface; once that lands, this is just ``SQLJobStore(sqlite_url(...))``.
+    """
+    from alphacut.jobs import store
+
+    if hasattr(store, "SQLJobStore"):
+        return store.SQLJobStore(store.sqlite_url(home / "jobs.sqlite3"))
+    return store.SQLiteJobStore(home / "jobs.sqlite3")
+
+
+class ServerProcess:
+    """``alphacut serve`` in a subprocess; its log goes to a file the test can read.
+
+    ``env`` adds or overrides ``ALPHACUT_*`` variables (the real model, one worker by default).
+    """
+
+    def __init__(self, home: Path, log: Path, port: int, env: dict[str, str] | None = None) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{self.port}"
+        full_env = {
+            **os.environ,
+            "ALPHACUT_HOME": str(home),
+            "ALPHACUT_MODEL_DIR": str(load_settings().model_dir),
+            "ALPHACUT_URL_ALLOWLIST": "127.0.0.1",
+            "ALPHACUT_WORKERS": "1",
+            **(env or {}),
+        }
+        cli = Path(sys.executable).with_name("alphacut")
+        self.log = log
+        with log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [str(cli), "serve", "--port", str(self.port)],
+                env=full_env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+
+    def wait_ready(self, timeout: float = 180) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            assert self.proc.poll() is None, self.log.read_text()
+            try:
+                if httpx.get(self.url + "/healthz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError("server did not become ready:\n" + self.log.read_text())
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=150)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()

@@ -217,9 +217,8 @@ def serve(
 ) -> None:
     """Run the HTTP API (and the web page) with uvicorn."""
     try:
-        import uvicorn
-
         from alphacut.service.app import create_app
+        from alphacut.service.server import run_server
     except ImportError as exc:
         _fail(f"the server needs the server extra: pip install 'alphacut[server]' ({exc})")
     from alphacut.service.logs import configure_logging
@@ -227,8 +226,9 @@ def serve(
     settings = _settings()  # before the server starts: a bad setting fails here, clearly
     configure_logging(log_level)
     # alphacut writes its own access log (no query strings, with request and job ids).
-    uvicorn.run(
+    run_server(
         create_app(settings),
+        settings.shutdown_grace,
         host=host,
         port=port,
         log_config=None,

@@ -212,6 +212,13 @@ class Settings(BaseSettings):
         gt=0,
         description="Time between passes that delete expired outputs, in seconds.",
     )
+    shutdown_grace: float = Field(
+        default=30.0,
+        ge=0,
+        description="On SIGTERM (or Ctrl-C), how long running jobs get to finish, in seconds. "
+        "From the signal on, new jobs are refused with HTTP 503 and queued jobs wait for the "
+        "next start; a job still running when the grace ends is run again by the next start.",
+    )
 
     @classmethod
     def settings_customise_sources(

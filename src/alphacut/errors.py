@@ -59,3 +59,19 @@ class TooManyJobs(AlphacutError):
     def __init__(self, message: str, retry_after: int) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class ShuttingDown(AlphacutError):
+    """The server is draining before it stops: it takes no new jobs."""
+
+    status_code = 503
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class StorageFull(AlphacutError):
+    """No space left on the disk that holds inputs or outputs (HTTP 507 Insufficient Storage)."""
+
+    status_code = 507

@@ -3,68 +3,17 @@
 from __future__ import annotations
 
 import io
-import os
 import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import httpx
 import pytest
 from PIL import Image
 
-from alphacut.config import load_settings
 from alphacut.jobs.store import QUEUED, RUNNING, SQLiteJobStore
 from tests.conftest import free_port, requires_real_model, subject_image
-from tests.jobhelpers import post, wait_done, wait_until
+from tests.jobhelpers import ServerProcess, post, wait_done, wait_until
 
 pytestmark = [pytest.mark.real_model, requires_real_model]
-
-
-class ServerProcess:
-    """``alphacut serve`` in a subprocess; its log goes to a file the test can read."""
-
-    def __init__(self, home: Path, log: Path, port: int) -> None:
-        self.port = port
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {
-            **os.environ,
-            "ALPHACUT_HOME": str(home),
-            "ALPHACUT_MODEL_DIR": str(load_settings().model_dir),
-            "ALPHACUT_URL_ALLOWLIST": "127.0.0.1",
-            "ALPHACUT_WORKERS": "1",
-        }
-        cli = Path(sys.executable).with_name("alphacut")
-        self.log = log
-        with log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [str(cli), "serve", "--port", str(self.port)],
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-
-    def wait_ready(self, timeout: float = 180) -> None:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            assert self.proc.poll() is None, self.log.read_text()
-            try:
-                if httpx.get(self.url + "/healthz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise AssertionError("server did not become ready:\n" + self.log.read_text())
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=150)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 def test_kill_9_then_restart_finishes_every_job(tmp_path, file_server):

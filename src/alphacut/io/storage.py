@@ -3,22 +3,37 @@
 from __future__ import annotations
 
 import base64
+import errno
 import os
 import tempfile
 from pathlib import Path
 
+from alphacut.errors import StorageFull
+
 TEMP_DIR = "temp"
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+# A full disk (or an exhausted quota) is an operations problem with a clear remedy: say so,
+# rather than "internal error".
+_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def _atomic_write(path: Path, data: bytes, disk: str) -> None:
+    """Write to a temporary name and rename it into place: readers never see a partial file,
+    and a failed write leaves nothing behind. ``disk`` names it in the disk-full error."""
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, path)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+    except OSError as exc:
+        if exc.errno in _DISK_FULL:
+            raise StorageFull(f"no space left on the {disk} disk") from exc
+        raise
 
 
 class OutputStorage:
@@ -38,7 +53,7 @@ class OutputStorage:
             name = name.rsplit(".", 1)[0] + ".base64"
             data = base64.b64encode(data)
         relative = f"{TEMP_DIR}/{name}" if temp else name
-        _atomic_write(self.root / relative, data)
+        _atomic_write(self.root / relative, data, "output")
         return relative
 
     def resolve(self, relative: str) -> Path | None:
@@ -56,5 +71,5 @@ class OutputStorage:
 
     def save_input(self, name: str, data: bytes) -> Path:
         path = self.inputs / name
-        _atomic_write(path, data)
+        _atomic_write(path, data, "input")
         return path

@@ -7,7 +7,6 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import wait as wait_futures
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +27,6 @@ log = logging.getLogger(__name__)
 
 LEASE_SECONDS = 60.0
 HANDOFF_MAX_PIXELS = 64_000_000  # about 190 MB of decoded RGB waiting for workers
-# On shutdown, running jobs get this long to finish; any still running stay RUNNING in the store
-# and the next start requeues them.
-DRAIN_SECONDS = 20.0
 
 
 def options_from_record(request: dict[str, Any]) -> RemoveOptions:
@@ -89,7 +85,13 @@ class WorkerPool:
         self._waiters: dict[int, list[asyncio.Future[None]]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._inflight: set[Future[None]] = set()
+        self._running_ids: set[int] = set()
         self.running = 0
+        # Draining (shutdown): no new claims; queued jobs stay queued for the next start.
+        self.draining = False
+        # Set once the grace has run out with jobs still running: those stay RUNNING in the
+        # store (the next start requeues them) rather than fail because the engine closed.
+        self.abandoned = False
 
     def offer_decoded(self, key: str, image: Image.Image) -> None:
         """Keep a decoded input for the worker if the memory budget allows."""
@@ -111,14 +113,38 @@ class WorkerPool:
             log.info("resuming %d job(s) left running by a stopped server", requeued)
         self._tasks = [asyncio.create_task(self._loop()) for _ in range(self.concurrency)]
 
-    async def stop(self) -> None:
+    def begin_drain(self) -> None:
+        """Claim no more jobs; let running ones go on. Requests waiting for a job that is not
+        running answer "processing" now (fetch finds it after the restart)."""
+        self.draining = True
+        self._wakeup.set()  # idle loops see the flag and end
+        for job_id in list(self._waiters):
+            if job_id not in self._running_ids:
+                self._wake_waiters(job_id)
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """After ``begin_drain``: wait until the worker loops have ended, i.e. no job runs or
+        is being claimed, at most ``timeout`` seconds; True if they have."""
+        unfinished = [task for task in self._tasks if not task.done()]
+        if unfinished:
+            await asyncio.wait(unfinished, timeout=max(0.0, timeout))
+        return all(task.done() for task in self._tasks)
+
+    async def stop(self, grace: float) -> None:
+        """Drain: running jobs get ``grace`` seconds to finish and write their result; any
+        still running then stay RUNNING in the store and the next start requeues them."""
+        self.begin_drain()
+        # Cancelling a task does not stop its thread: let running jobs end (and write their
+        # result) before the caller closes the engine under them.
+        if not await self.wait_idle(grace):
+            self.abandoned = True
+            log.warning(
+                "shutdown grace over with %d job(s) still running: the next start runs them again",
+                self.running,
+            )
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        # Cancelling a task does not stop its thread: let running jobs end (and write their
-        # result) before the caller closes the engine under them.
-        if self._inflight:
-            await asyncio.to_thread(wait_futures, set(self._inflight), DRAIN_SECONDS)
         self.executor.shutdown(wait=False, cancel_futures=True)
 
     def notify(self) -> None:
@@ -132,6 +158,8 @@ class WorkerPool:
             job = await asyncio.to_thread(self.store.get, job_id)
             if job is not None and job.done:
                 return job
+            if self.draining and job_id not in self._running_ids:
+                timeout = 0  # it will not run before the restart
             if timeout > 0:
                 try:
                     await asyncio.wait_for(asyncio.shield(future), timeout)
@@ -152,7 +180,7 @@ class WorkerPool:
                 future.set_result(None)
 
     async def _loop(self) -> None:
-        while True:
+        while not self.draining:
             job = await asyncio.to_thread(self.store.claim, self.identity, LEASE_SECONDS)
             if job is None:
                 self._wakeup.clear()
@@ -162,7 +190,9 @@ class WorkerPool:
                 except TimeoutError:
                     pass
                 continue
+            # A job claimed while the drain began still runs: it is RUNNING in the store now.
             self.running += 1
+            self._running_ids.add(job.id)
             renew = asyncio.create_task(self._renew_lease(job.id))
             try:
                 running = self.executor.submit(self.process, job)
@@ -174,6 +204,7 @@ class WorkerPool:
             finally:
                 renew.cancel()
                 self.running -= 1
+                self._running_ids.discard(job.id)
             self._wake_waiters(job.id)
             finished = await asyncio.to_thread(self.store.get, job.id)
             if finished is not None:
@@ -184,6 +215,19 @@ class WorkerPool:
         while True:
             await asyncio.sleep(LEASE_SECONDS / 4)
             await asyncio.to_thread(self.store.renew, job_id, self.identity, LEASE_SECONDS)
+
+    def _record_failure(self, job: Job, exc: Exception) -> None:
+        if self.abandoned:
+            # The shutdown closed the engine under this job: not its fault, so leave it
+            # RUNNING for the next start instead of failing it.
+            log.warning("job %s interrupted by the shutdown; the next start runs it", job.id)
+        elif isinstance(exc, AlphacutError):
+            self.store.fail(job.id, exc.message, exc.status_code)
+        elif isinstance(exc, FileNotFoundError):
+            self.store.fail(job.id, "the job's input was lost", 500)
+        else:
+            log.error("job %s failed", job.id, exc_info=exc)
+            self.store.fail(job.id, "internal error while processing the image", 500)
 
     def process(self, job: Job) -> None:
         """Run one job to SUCCESS or FAILED; never raises."""
@@ -229,13 +273,8 @@ class WorkerPool:
                 generation_time,
                 time.time() + ttl if ttl > 0 else None,
             )
-        except AlphacutError as exc:
-            self.store.fail(job.id, exc.message, exc.status_code)
-        except FileNotFoundError:
-            self.store.fail(job.id, "the job's input was lost", 500)
-        except Exception:
-            log.exception("job %s failed", job.id)
-            self.store.fail(job.id, "internal error while processing the image", 500)
+        except Exception as exc:
+            self._record_failure(job, exc)
         finally:
             self.handoff.pop(str(input_path), None)
             job_after = self.store.get(job.id)

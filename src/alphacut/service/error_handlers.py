@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from alphacut.errors import AlphacutError, TooManyJobs
+from alphacut.errors import AlphacutError, ShuttingDown, TooManyJobs
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ def error_response(
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(AlphacutError)
     async def _alphacut_error(request: Request, exc: AlphacutError) -> JSONResponse:
-        if isinstance(exc, TooManyJobs):
+        if isinstance(exc, TooManyJobs | ShuttingDown):
             return error_response(
                 request,
                 exc.status_code,

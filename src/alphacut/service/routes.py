@@ -160,6 +160,7 @@ async def _save_background(
 
 async def _removebg_mask(request: Request, state: StateDep) -> dict[str, Any]:
     request.state.api_endpoint = "removebg_mask"  # for the metrics, by body status
+    state.check_accepting()  # first: a draining server reads no body
     settings = state.settings
     fields, upload = await read_body(request)
     req: RemoveBgRequest = validate(RemoveBgRequest, fields)
@@ -356,6 +357,8 @@ async def healthz(state: StateDep) -> dict[str, Any]:
 @router.get("/readyz", tags=["operations"], summary="Readiness: model loaded, store reachable")
 async def readyz(state: StateDep) -> Response:
     problems = []
+    if state.shutting_down:  # so a load balancer sends new work elsewhere
+        problems.append("shutting down")
     if not state.engine.loaded_models:
         problems.append("model not loaded")
     try:

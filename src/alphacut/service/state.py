@@ -13,7 +13,7 @@ from fastapi import Request
 
 from alphacut.config import Settings
 from alphacut.engine import Engine
-from alphacut.errors import Unauthorized
+from alphacut.errors import ShuttingDown, Unauthorized
 from alphacut.io.sources import fetch_policy
 from alphacut.io.storage import OutputStorage
 from alphacut.jobs.store import SQLiteJobStore
@@ -36,6 +36,8 @@ class ServiceState:
     started_at: float = field(default_factory=time.time)
     # Set when a job ends, so its webhook goes out now rather than at the next poll.
     webhook_wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    # time.monotonic() by which running jobs must be done; set when the shutdown begins.
+    shutdown_deadline: float | None = None
 
     @classmethod
     def create(cls, settings: Settings, engine: Engine | None = None) -> ServiceState:
@@ -76,6 +78,47 @@ class ServiceState:
         mean = self.store.mean_generation_time() or 3.0
         return int(mean * pending / max(1, self.settings.workers)) + 1
 
+    @property
+    def shutting_down(self) -> bool:
+        return self.shutdown_deadline is not None
+
+    def begin_shutdown(self) -> None:
+        """Stop taking jobs (requests get 503) and start the grace period; idempotent."""
+        if self.shutdown_deadline is not None:
+            return
+        self.shutdown_deadline = time.monotonic() + self.settings.shutdown_grace
+        log.info(
+            "shutting down: no new jobs; running ones get %.0f s to finish, queued ones wait "
+            "for the next start",
+            self.settings.shutdown_grace,
+        )
+        self.pool.begin_drain()
+
+    def end_grace(self) -> None:
+        """Cut the grace short (a second signal): jobs still running are left to the next start."""
+        self.begin_shutdown()
+        self.shutdown_deadline = time.monotonic()
+
+    def grace_left(self) -> float:
+        if self.shutdown_deadline is None:
+            return self.settings.shutdown_grace
+        return max(0.0, self.shutdown_deadline - time.monotonic())
+
+    def check_accepting(self) -> None:
+        """Raise ``ShuttingDown`` (503) once the shutdown has begun."""
+        if self.shutting_down:
+            # By then this server is gone; a restarted one (or another replica) takes the job.
+            raise ShuttingDown(
+                "the server is shutting down and takes no new jobs; retry shortly",
+                int(self.grace_left()) + 1,
+            )
+
+    async def drain(self) -> bool:
+        """Begin the shutdown if needed and wait (within the grace) until no job runs; True
+        if none does."""
+        self.begin_shutdown()
+        return await self.pool.wait_idle(self.grace_left())
+
     def base_url(self, request: Request) -> str:
         return self.settings.public_url or str(request.base_url).rstrip("/")
 
@@ -91,10 +134,13 @@ class ServiceState:
         ]
 
     async def stop(self) -> None:
+        # Drain before anything else stops: a job finishing in the grace still sends its
+        # webhook through the loop below.
+        await self.drain()
+        await self.pool.stop(self.grace_left())
         for task in self.background:
             task.cancel()
         await asyncio.gather(*self.background, return_exceptions=True)
-        await self.pool.stop()
         self.webhooks.close()
         self.engine.close()
 
