@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 setup:
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[server,test,heif,docs]'
+	$(BIN)/pip install --quiet -e '.[server,test,heif,docs,distributed]'
 # Reference metrics for tests/evaluate/test_metrics.py; its numpy<2.3.5 / opencv<5 pins would
 # downgrade ours, so without its dependencies (the test extra has what it imports).
 	$(BIN)/pip install --quiet --no-deps 'pysodmetrics>=1.6,<1.7'

@@ -17,6 +17,7 @@ import pytest
 import uvicorn
 from PIL import Image
 
+import tests.services  # noqa: F401  (first: takes the services' variables out of the environment)
 from alphacut.config import Settings, load_settings
 from alphacut.models.registry import BUILTIN_MODELS
 

@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 
 from alphacut.config import load_settings
+from alphacut.jobs.store import SQLJobStore, sqlite_url
 from alphacut.jobs.webhooks import SIGNATURE_HEADER, verify
 
 SECRET = "test-webhook-secret"
@@ -128,17 +129,9 @@ class WebhookReceiver:
         self.httpd.server_close()
 
 
-def open_job_store(home: Path) -> Any:
-    """The job store of a server whose home is ``home``, to read alongside it (WAL).
-
-    Either store class: SQLiteJobStore is being replaced by SQLJobStore behind the same
-    interface; once that lands, this is just ``SQLJobStore(sqlite_url(...))``.
-    """
-    from alphacut.jobs import store
-
-    if hasattr(store, "SQLJobStore"):
-        return store.SQLJobStore(store.sqlite_url(home / "jobs.sqlite3"))
-    return store.SQLiteJobStore(home / "jobs.sqlite3")
+def open_job_store(home: Path) -> SQLJobStore:
+    """The job store of a server whose home is ``home``, to read alongside it (WAL)."""
+    return SQLJobStore(sqlite_url(home / "jobs.sqlite3"))
 
 
 class ServerProcess:

@@ -24,6 +24,8 @@ app = typer.Typer(
 )
 models_app = typer.Typer(help="Pull and list segmentation models.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+db_app = typer.Typer(help="The job database (ALPHACUT_DATABASE_URL).", no_args_is_help=True)
+app.add_typer(db_app, name="db")
 
 IMAGE_SUFFIXES = {
     ".jpg",
@@ -74,6 +76,27 @@ def models_pull(
     except AlphacutError as exc:
         _fail(exc.message)
     typer.echo(f"model {name} ready: {path}")
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    revision: Annotated[str, typer.Argument(help="Schema revision to reach")] = "head",
+) -> None:
+    """Bring the job database to the schema this alphacut uses (creates it when empty).
+
+    Safe to run again, and from several machines at once.
+    """
+    from alphacut.jobs.database import create_database_engine, display_url
+    from alphacut.jobs.migrate import upgrade_database
+
+    settings = _settings()
+    try:
+        engine = create_database_engine(settings.database_url)
+        reached = upgrade_database(engine, revision)
+    except AlphacutError as exc:
+        _fail(exc.message)
+    engine.dispose()
+    typer.echo(f"job database {display_url(settings.database_url)} at revision {reached}")
 
 
 @models_app.command("list")

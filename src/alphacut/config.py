@@ -74,6 +74,15 @@ class Settings(BaseSettings):
         description="Folder where results are written and served from at `/outputs/`; defaults "
         "to `outputs` inside the home folder.",
     )
+    database_url: str = Field(
+        default=None,
+        validate_default=True,
+        repr=False,  # may carry a password: keep it out of logs
+        description="The job database: `sqlite:///PATH` or "
+        "`postgresql+psycopg://USER:PASSWORD@HOST:PORT/NAME`; defaults to `jobs.sqlite3` "
+        "inside the home folder. SQLite is brought to the current schema at start; on "
+        "PostgreSQL run `alphacut db upgrade` first (and after each upgrade of alphacut).",
+    )
     model: str = Field(
         default=DEFAULT_MODEL,
         min_length=1,
@@ -261,6 +270,22 @@ class Settings(BaseSettings):
         home = info.data.get("home")  # absent only when home itself failed validation
         if value is None and home is not None and info.field_name is not None:
             return home / _HOME_SUBFOLDERS[info.field_name]
+        return value
+
+    @field_validator("database_url", mode="before")
+    @classmethod
+    def _database_under_home(cls, value: Any, info: ValidationInfo) -> Any:
+        home = info.data.get("home")
+        if value is None and home is not None:
+            return f"sqlite:///{home / 'jobs.sqlite3'}"
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: str) -> str:
+        # The driver is checked when the store opens it (alphacut.jobs.database).
+        if not value.startswith(("sqlite:", "sqlite+", "postgresql:", "postgresql+", "postgres:")):
+            raise ValueError("expected sqlite:///PATH or postgresql+psycopg://...")
         return value
 
     @field_validator("model_dir", "output_dir")

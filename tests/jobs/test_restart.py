@@ -9,7 +9,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from alphacut.jobs.store import QUEUED, RUNNING, SQLiteJobStore
+from alphacut.jobs.store import QUEUED, RUNNING, SQLJobStore, sqlite_url
 from tests.conftest import free_port, requires_real_model, subject_image
 from tests.jobhelpers import ServerProcess, post, wait_done, wait_until
 
@@ -35,7 +35,7 @@ def test_kill_9_then_restart_finishes_every_job(tmp_path, file_server):
         ]
         assert all(answer["status"] == "processing" for answer in answers), answers
         ids = [answer["id"] for answer in answers]
-        store = SQLiteJobStore(home / "jobs.sqlite3")  # read alongside the server (WAL)
+        store = SQLJobStore(sqlite_url(home / "jobs.sqlite3"))  # read alongside the server (WAL)
         wait_until(
             lambda: store.get(ids[0]).status == RUNNING, timeout=150, what="the first job to run"
         )

@@ -1,17 +1,19 @@
-"""The SQLite job store and the cleanup rules, without HTTP."""
+"""The job store (on SQLite and on PostgreSQL) and the cleanup rules, without HTTP."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
-from alphacut.jobs.store import QUEUED, RUNNING, SUCCESS, SQLiteJobStore, worker_identity
+from alphacut.jobs.schema import jobs
+from alphacut.jobs.store import QUEUED, RUNNING, SUCCESS, worker_identity
 from alphacut.service.responses import NOT_FOUND_BODY, fetch_body
 from alphacut.service.state import ServiceState
 
@@ -23,11 +25,6 @@ REQUEST = {
     "temp": False,
     "base64": False,
 }
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> SQLiteJobStore:
-    return SQLiteJobStore(tmp_path / "jobs.sqlite3")
 
 
 def dead_pid() -> int:
@@ -112,8 +109,8 @@ def test_fetch_bodies(store):
     }
 
 
-def test_cleanup_deletes_expired_outputs_with_their_rows(tiny_settings):
-    state = ServiceState.create(tiny_settings)
+def test_cleanup_deletes_expired_outputs_with_their_rows(tiny_settings, database_url):
+    state = ServiceState.create(tiny_settings.model_copy(update={"database_url": database_url}))
     store, storage = state.store, state.storage
     try:
         now = time.time()
@@ -146,3 +143,57 @@ def test_cleanup_deletes_expired_outputs_with_their_rows(tiny_settings):
         assert store.get(kept_forever).status == SUCCESS
     finally:
         state.webhooks.close()
+
+
+def test_claims_skip_rows_another_transaction_holds(store):
+    if store.engine.dialect.name != "postgresql":
+        pytest.skip("row locks are PostgreSQL's; SQLite locks the whole database per claim")
+    first, second = store.create("o", REQUEST), store.create("o", REQUEST)
+    with store.engine.connect() as other, other.begin():
+        # Another node in the middle of claiming the first job: this claim takes the next.
+        other.execute(sa.select(jobs.c.id).where(jobs.c.id == first.id).with_for_update())
+        assert store.claim("w", lease_seconds=60).id == second.id
+    assert store.claim("w", lease_seconds=60).id == first.id
+
+
+# Run by each claiming process: threads claim and finish until the queue is empty, starting
+# together at a given time so that every claimer competes for the same rows.
+CLAIMER = """
+import json, sys, threading, time
+from alphacut.jobs.store import SQLJobStore
+url, name, threads, start_at = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+store = SQLJobStore(url)
+claimed = []
+def work(worker):
+    while (job := store.claim(worker, lease_seconds=600)) is not None:
+        claimed.append([job.id, worker])
+        store.finish(job.id, {"outputs": []}, 0.0, None)
+workers = [threading.Thread(target=work, args=(f"{name}-{n}",)) for n in range(threads)]
+time.sleep(max(0.0, start_at - time.time()))
+for thread in workers: thread.start()
+for thread in workers: thread.join()
+print(json.dumps(claimed))
+"""
+
+
+def test_many_claimers_take_each_job_exactly_once(store, database_url):
+    job_ids = {store.create("o", REQUEST).id for _ in range(240)}
+    start_at = str(time.time() + 4)  # after every process has imported and connected
+    claimers = [
+        subprocess.Popen(
+            [sys.executable, "-c", CLAIMER, database_url, f"p{n}", "3", start_at],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for n in range(4)
+    ]
+    claims = []
+    for claimer in claimers:
+        out, _ = claimer.communicate(timeout=120)
+        assert claimer.returncode == 0
+        claims += json.loads(out)
+    claimed_ids = [job_id for job_id, _ in claims]
+    assert sorted(claimed_ids) == sorted(job_ids)  # every job, none twice
+    assert len({worker for _, worker in claims}) > 1  # they did compete
+    assert store.count_by_status() == {SUCCESS: len(job_ids)}
+    assert {job.attempts for job in store.list_by_status(SUCCESS)} == {1}

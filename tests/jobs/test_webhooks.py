@@ -8,7 +8,7 @@ import pytest
 
 from alphacut.config import Settings
 from alphacut.jobs import webhooks
-from alphacut.jobs.store import SQLiteJobStore
+from alphacut.jobs.store import SQLJobStore
 from alphacut.jobs.webhooks import WebhookSender, backoff_delay, sign, verify
 from tests.conftest import subject_image
 from tests.jobhelpers import (
@@ -107,7 +107,7 @@ def test_failed_job_fetch_and_webhook(live_server, tiny_settings, file_server, t
             {"image": f"{base}/hook-subject.png", "webhook": receiver.url, "track_id": "order-1"},
         )
         template = server.state.store.get(ok["id"])
-        other = SQLiteJobStore(server.settings.home / "jobs.sqlite3")
+        other = SQLJobStore(server.settings.database_url)
         lost = other.create(
             template.owner,
             {

@@ -1,10 +1,14 @@
-"""The job store interface and its embedded SQLite (WAL) implementation.
+"""The job store interface and its SQL implementation (SQLite embedded, or PostgreSQL).
 
 The interface is deliberately small (create, claim, finish, fail, get, list-by-status, plus
-webhook bookkeeping) so a distributed backend can stand in for SQLite. Jobs are claimed with a
+webhook bookkeeping) so every node of a cluster can share one database. Jobs are claimed with a
 lease: a worker that dies (kill -9, power loss) stops renewing it, and the job becomes
 claimable again. A restarted server also takes back at once the jobs that a dead process on the
 same host was running.
+
+Claims are atomic with any number of workers: on PostgreSQL the claiming SELECT locks the row
+and skips rows other claimers hold (``FOR UPDATE SKIP LOCKED``); on SQLite a write transaction
+takes the database's write lock at BEGIN (``BEGIN IMMEDIATE``).
 """
 
 from __future__ import annotations
@@ -12,48 +16,32 @@ from __future__ import annotations
 import json
 import os
 import socket
-import sqlite3
-import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
+import sqlalchemy as sa
+from sqlalchemy import Connection, Engine, RowMapping
+
+from alphacut.jobs.database import WRITE, create_database_engine, display_url, sqlite_url
+from alphacut.jobs.migrate import check_database_current, upgrade_database
+from alphacut.jobs.schema import jobs
+
+__all__ = [
+    "FAILED",
+    "QUEUED",
+    "RUNNING",
+    "SUCCESS",
+    "Job",
+    "JobStore",
+    "SQLJobStore",
+    "sqlite_url",
+    "worker_identity",
+]
+
 QUEUED, RUNNING, SUCCESS, FAILED = "queued", "running", "success", "failed"
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    status TEXT NOT NULL,
-    owner TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    started_at REAL,
-    finished_at REAL,
-    lease_until REAL,
-    worker TEXT,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    request TEXT NOT NULL,
-    result TEXT,
-    error TEXT,
-    error_status INTEGER,
-    generation_time REAL,
-    expires_at REAL,
-    webhook_status TEXT,
-    webhook_attempts TEXT NOT NULL DEFAULT '[]',
-    webhook_next_at REAL
-);
-CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status, id);
-CREATE INDEX IF NOT EXISTS jobs_owner ON jobs(owner, status);
-"""
-
-# Set in the same UPDATE that ends a job, so a crash between "job done" and "webhook queued"
-# cannot lose the delivery. Takes one parameter: the time the first attempt is due.
-_WEBHOOK_DUE = (
-    "webhook_status = CASE WHEN json_extract(request, '$.webhook') IS NOT NULL "
-    "AND webhook_status IS NULL THEN 'pending' ELSE webhook_status END, "
-    "webhook_next_at = CASE WHEN json_extract(request, '$.webhook') IS NOT NULL "
-    "AND webhook_status IS NULL THEN ? ELSE webhook_next_at END"
-)
 
 
 @dataclass
@@ -82,15 +70,30 @@ class Job:
 
 
 class JobStore(Protocol):
+    """What the workers, the webhook sender and the service use."""
+
     def create(self, owner: str, request: dict[str, Any]) -> Job: ...
     def claim(self, worker: str, lease_seconds: float) -> Job | None: ...
     def renew(self, job_id: int, worker: str, lease_seconds: float) -> None: ...
+    def requeue_dead_local(self, own: str | None = None) -> int: ...
     def finish(
         self, job_id: int, result: dict[str, Any], generation_time: float, expires_at: float | None
     ) -> None: ...
     def fail(self, job_id: int, message: str, status_code: int) -> None: ...
     def get(self, job_id: int) -> Job | None: ...
     def list_by_status(self, status: str, limit: int = 1000) -> list[Job]: ...
+    def count_by_status(self) -> dict[str, int]: ...
+    def pending_for_owner(self, owner: str) -> int: ...
+    def queue_position(self, job_id: int) -> int: ...
+    def record_webhook(
+        self, job_id: int, status: str, attempt: dict[str, Any] | None, next_at: float | None
+    ) -> None: ...
+    def take_due_webhooks(
+        self, now: float, lease_seconds: float, limit: int = 100
+    ) -> list[Job]: ...
+    def expired(self, now: float, limit: int = 500) -> list[Job]: ...
+    def delete(self, job_id: int) -> None: ...
+    def mean_generation_time(self, last: int = 50) -> float | None: ...
 
 
 def worker_identity() -> str:
@@ -107,90 +110,125 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-class SQLiteJobStore:
-    """Thread-safe; one connection per thread, WAL so readers never block the writer."""
+def _to_job(row: RowMapping) -> Job:
+    return Job(
+        id=row["id"],
+        status=row["status"],
+        owner=row["owner"],
+        created_at=row["created_at"],
+        request=json.loads(row["request"]),
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        worker=row["worker"],
+        attempts=row["attempts"],
+        result=json.loads(row["result"]) if row["result"] else None,
+        error=row["error"],
+        error_status=row["error_status"],
+        generation_time=row["generation_time"],
+        expires_at=row["expires_at"],
+        webhook_status=row["webhook_status"],
+        webhook_attempts=json.loads(row["webhook_attempts"] or "[]"),
+        webhook_next_at=row["webhook_next_at"],
+    )
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
-        with self._conn() as conn:
-            conn.executescript(_SCHEMA)
 
-    def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA journal_mode=WAL")
-            # NORMAL is durable across process crashes in WAL mode (fsync at checkpoints).
-            conn.execute("PRAGMA synchronous=NORMAL")
-            self._local.conn = conn
-        return conn
+class SQLJobStore:
+    """Thread-safe; each call takes a pooled connection for one short transaction.
 
-    @staticmethod
-    def _to_job(row: sqlite3.Row | None) -> Job | None:
-        if row is None:
-            return None
-        return Job(
-            id=row["id"],
-            status=row["status"],
-            owner=row["owner"],
-            created_at=row["created_at"],
-            request=json.loads(row["request"]),
-            started_at=row["started_at"],
-            finished_at=row["finished_at"],
-            worker=row["worker"],
-            attempts=row["attempts"],
-            result=json.loads(row["result"]) if row["result"] else None,
-            error=row["error"],
-            error_status=row["error_status"],
-            generation_time=row["generation_time"],
-            expires_at=row["expires_at"],
-            webhook_status=row["webhook_status"],
-            webhook_attempts=json.loads(row["webhook_attempts"] or "[]"),
-            webhook_next_at=row["webhook_next_at"],
-        )
+    ``url`` is an ``ALPHACUT_DATABASE_URL``. A SQLite database is brought to the current schema
+    on opening (the embedded server owns its file); a PostgreSQL one must already be there
+    (``alphacut db upgrade``), else DatabaseNotReady. ``migrate`` overrides that choice.
+    """
+
+    def __init__(self, url: str, *, migrate: bool | None = None) -> None:
+        self.url = display_url(url)
+        self.engine: Engine = create_database_engine(url)
+        self._postgres = self.engine.dialect.name == "postgresql"
+        if migrate if migrate is not None else not self._postgres:
+            upgrade_database(self.engine)
+        else:
+            check_database_current(self.engine)
+        # Whether the request named a webhook: set in the same UPDATE that ends a job, so a
+        # crash between "job done" and "webhook queued" cannot lose the delivery.
+        if self._postgres:
+            self._requests_webhook = sa.literal_column("(request::jsonb ->> 'webhook')").is_not(
+                None
+            )
+        else:
+            self._requests_webhook = sa.func.json_extract(jobs.c.request, "$.webhook").is_not(None)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def _reading(self) -> Iterator[Connection]:
+        with self.engine.connect() as connection:
+            yield connection
+
+    @contextmanager
+    def _writing(self) -> Iterator[Connection]:
+        """One transaction, committed when the block ends without an exception."""
+        with self.engine.connect() as connection:
+            connection.execution_options(**WRITE)
+            with connection.begin():
+                yield connection
+
+    def _webhook_due(self, first_attempt_at: float) -> dict[str, Any]:
+        """The SET clauses that queue the job's webhook, if it asked for one, once."""
+        newly_due = sa.and_(self._requests_webhook, jobs.c.webhook_status.is_(None))
+        return {
+            "webhook_status": sa.case((newly_due, "pending"), else_=jobs.c.webhook_status),
+            "webhook_next_at": sa.case((newly_due, first_attempt_at), else_=jobs.c.webhook_next_at),
+        }
 
     def create(self, owner: str, request: dict[str, Any]) -> Job:
-        now = time.time()
-        cur = self._conn().execute(
-            "INSERT INTO jobs (status, owner, created_at, request) VALUES (?, ?, ?, ?)",
-            (QUEUED, owner, now, json.dumps(request)),
+        insert = (
+            jobs.insert()
+            .values(status=QUEUED, owner=owner, created_at=time.time(), request=json.dumps(request))
+            .returning(*jobs.c)
         )
-        job = self.get(int(cur.lastrowid or 0))
-        assert job is not None
-        return job
+        with self._writing() as connection:
+            return _to_job(connection.execute(insert).mappings().one())
 
     def claim(self, worker: str, lease_seconds: float) -> Job | None:
         now = time.time()
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            row = conn.execute(
-                "SELECT id FROM jobs WHERE status = ? OR (status = ? AND lease_until < ?) "
-                "ORDER BY id LIMIT 1",
-                (QUEUED, RUNNING, now),
-            ).fetchone()
-            if row is None:
-                conn.execute("COMMIT")
-                return None
-            conn.execute(
-                "UPDATE jobs SET status = ?, worker = ?, started_at = ?, lease_until = ?, "
-                "attempts = attempts + 1 WHERE id = ?",
-                (RUNNING, worker, now, now + lease_seconds, row["id"]),
+        claimable = (
+            sa.select(jobs.c.id)
+            .where(
+                sa.or_(
+                    jobs.c.status == QUEUED,
+                    sa.and_(jobs.c.status == RUNNING, jobs.c.lease_until < now),
+                )
             )
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        return self.get(row["id"])
+            .order_by(jobs.c.id)
+            .limit(1)
+            .with_for_update(skip_locked=True)  # nothing on SQLite: BEGIN IMMEDIATE locks
+        )
+        with self._writing() as connection:
+            job_id = connection.execute(claimable).scalar()
+            if job_id is None:
+                return None
+            claimed = (
+                jobs.update()
+                .where(jobs.c.id == job_id)
+                .values(
+                    status=RUNNING,
+                    worker=worker,
+                    started_at=now,
+                    lease_until=now + lease_seconds,
+                    attempts=jobs.c.attempts + 1,
+                )
+                .returning(*jobs.c)
+            )
+            return _to_job(connection.execute(claimed).mappings().one())
 
     def renew(self, job_id: int, worker: str, lease_seconds: float) -> None:
-        self._conn().execute(
-            "UPDATE jobs SET lease_until = ? WHERE id = ? AND worker = ? AND status = ?",
-            (time.time() + lease_seconds, job_id, worker, RUNNING),
-        )
+        with self._writing() as connection:
+            connection.execute(
+                jobs.update()
+                .where(jobs.c.id == job_id, jobs.c.worker == worker, jobs.c.status == RUNNING)
+                .values(lease_until=time.time() + lease_seconds)
+            )
 
     def requeue_dead_local(self, own: str | None = None) -> int:
         """Give back jobs whose worker process on this host no longer exists.
@@ -205,11 +243,17 @@ class SQLiteJobStore:
             name, _, pid = (job.worker or "").rpartition(":")
             stale = job.worker == own or (pid.isdigit() and not _pid_alive(int(pid)))
             if name == host and stale:
-                self._conn().execute(
-                    "UPDATE jobs SET status = ?, worker = NULL, lease_until = NULL "
-                    "WHERE id = ? AND status = ?",
-                    (QUEUED, job.id, RUNNING),
-                )
+                with self._writing() as connection:
+                    # Still that worker's: its lease may have run out and another node claimed it.
+                    connection.execute(
+                        jobs.update()
+                        .where(
+                            jobs.c.id == job.id,
+                            jobs.c.status == RUNNING,
+                            jobs.c.worker == job.worker,
+                        )
+                        .values(status=QUEUED, worker=None, lease_until=None)
+                    )
                 requeued += 1
         return requeued
 
@@ -217,80 +261,88 @@ class SQLiteJobStore:
         self, job_id: int, result: dict[str, Any], generation_time: float, expires_at: float | None
     ) -> None:
         now = time.time()
-        self._conn().execute(
-            "UPDATE jobs SET status = ?, result = ?, generation_time = ?, finished_at = ?, "
-            f"expires_at = ?, lease_until = NULL, {_WEBHOOK_DUE} WHERE id = ?",
-            (SUCCESS, json.dumps(result), generation_time, now, expires_at, now, job_id),
-        )
+        with self._writing() as connection:
+            connection.execute(
+                jobs.update()
+                .where(jobs.c.id == job_id)
+                .values(
+                    status=SUCCESS,
+                    result=json.dumps(result),
+                    generation_time=generation_time,
+                    finished_at=now,
+                    expires_at=expires_at,
+                    lease_until=None,
+                    **self._webhook_due(now),
+                )
+            )
 
     def fail(self, job_id: int, message: str, status_code: int) -> None:
         now = time.time()
-        self._conn().execute(
-            "UPDATE jobs SET status = ?, error = ?, error_status = ?, finished_at = ?, "
-            f"lease_until = NULL, {_WEBHOOK_DUE} WHERE id = ?",
-            (FAILED, message, status_code, now, now, job_id),
-        )
+        with self._writing() as connection:
+            connection.execute(
+                jobs.update()
+                .where(jobs.c.id == job_id)
+                .values(
+                    status=FAILED,
+                    error=message,
+                    error_status=status_code,
+                    finished_at=now,
+                    lease_until=None,
+                    **self._webhook_due(now),
+                )
+            )
 
     def get(self, job_id: int) -> Job | None:
-        row = self._conn().execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return self._to_job(row)
+        with self._reading() as connection:
+            row = connection.execute(jobs.select().where(jobs.c.id == job_id)).mappings().first()
+        return _to_job(row) if row is not None else None
+
+    def _select_jobs(self, query: sa.Select[Any]) -> list[Job]:
+        with self._reading() as connection:
+            return [_to_job(row) for row in connection.execute(query).mappings()]
 
     def list_by_status(self, status: str, limit: int = 1000) -> list[Job]:
-        rows = (
-            self._conn()
-            .execute("SELECT * FROM jobs WHERE status = ? ORDER BY id LIMIT ?", (status, limit))
-            .fetchall()
+        return self._select_jobs(
+            jobs.select().where(jobs.c.status == status).order_by(jobs.c.id).limit(limit)
         )
-        return [job for row in rows if (job := self._to_job(row)) is not None]
 
     def count_by_status(self) -> dict[str, int]:
-        rows = self._conn().execute("SELECT status, COUNT(*) FROM jobs GROUP BY status")
-        return {status: count for status, count in rows.fetchall()}
+        query = sa.select(jobs.c.status, sa.func.count()).group_by(jobs.c.status)
+        with self._reading() as connection:
+            return {status: count for status, count in connection.execute(query)}
+
+    def _count(self, *conditions: sa.ColumnElement[bool]) -> int:
+        query = sa.select(sa.func.count()).select_from(jobs).where(*conditions)
+        with self._reading() as connection:
+            return int(connection.execute(query).scalar_one())
 
     def pending_for_owner(self, owner: str) -> int:
-        row = (
-            self._conn()
-            .execute(
-                "SELECT COUNT(*) FROM jobs WHERE owner = ? AND status IN (?, ?)",
-                (owner, QUEUED, RUNNING),
-            )
-            .fetchone()
-        )
-        return int(row[0])
+        return self._count(jobs.c.owner == owner, jobs.c.status.in_((QUEUED, RUNNING)))
 
     def queue_position(self, job_id: int) -> int:
         """How many unfinished jobs are ahead of this one (0 = it is next or running)."""
-        row = (
-            self._conn()
-            .execute(
-                "SELECT COUNT(*) FROM jobs WHERE id < ? AND status IN (?, ?)",
-                (job_id, QUEUED, RUNNING),
-            )
-            .fetchone()
-        )
-        return int(row[0])
+        return self._count(jobs.c.id < job_id, jobs.c.status.in_((QUEUED, RUNNING)))
 
     def record_webhook(
         self, job_id: int, status: str, attempt: dict[str, Any] | None, next_at: float | None
     ) -> None:
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            row = conn.execute(
-                "SELECT webhook_attempts FROM jobs WHERE id = ?", (job_id,)
-            ).fetchone()
-            attempts = json.loads(row[0] or "[]") if row else []
+        with self._writing() as connection:
+            # Read-modify-write of the attempts list: the row stays locked until the update.
+            stored = connection.execute(
+                sa.select(jobs.c.webhook_attempts).where(jobs.c.id == job_id).with_for_update()
+            ).scalar()
+            attempts = json.loads(stored or "[]")
             if attempt is not None:
                 attempts.append(attempt)
-            conn.execute(
-                "UPDATE jobs SET webhook_status = ?, webhook_attempts = ?, webhook_next_at = ? "
-                "WHERE id = ?",
-                (status, json.dumps(attempts), next_at, job_id),
+            connection.execute(
+                jobs.update()
+                .where(jobs.c.id == job_id)
+                .values(
+                    webhook_status=status,
+                    webhook_attempts=json.dumps(attempts),
+                    webhook_next_at=next_at,
+                )
             )
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
 
     def take_due_webhooks(self, now: float, lease_seconds: float, limit: int = 100) -> list[Job]:
         """Due deliveries, each pushed ``lease_seconds`` ahead so no other poll takes it too.
@@ -298,47 +350,46 @@ class SQLiteJobStore:
         The attempt's outcome sets the real next time; if the sender dies mid-attempt the
         lease runs out and the delivery is tried again.
         """
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            rows = conn.execute(
-                "SELECT * FROM jobs WHERE webhook_status = 'pending' AND webhook_next_at <= ? "
-                "ORDER BY webhook_next_at LIMIT ?",
-                (now, limit),
-            ).fetchall()
-            conn.executemany(
-                "UPDATE jobs SET webhook_next_at = ? WHERE id = ?",
-                [(now + lease_seconds, row["id"]) for row in rows],
-            )
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        return [job for row in rows if (job := self._to_job(row)) is not None]
+        due = (
+            jobs.select()
+            .where(jobs.c.webhook_status == "pending", jobs.c.webhook_next_at <= now)
+            .order_by(jobs.c.webhook_next_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)  # another node's poll takes the others
+        )
+        with self._writing() as connection:
+            taken = [_to_job(row) for row in connection.execute(due).mappings()]
+            if taken:
+                connection.execute(
+                    jobs.update()
+                    .where(jobs.c.id.in_([job.id for job in taken]))
+                    .values(webhook_next_at=now + lease_seconds)
+                )
+        return taken
 
     def expired(self, now: float, limit: int = 500) -> list[Job]:
-        rows = (
-            self._conn()
-            .execute(
-                "SELECT * FROM jobs WHERE expires_at IS NOT NULL AND expires_at <= ? "
-                "AND (webhook_status IS NULL OR webhook_status != 'pending') LIMIT ?",
-                (now, limit),
+        return self._select_jobs(
+            jobs.select()
+            .where(
+                jobs.c.expires_at.is_not(None),
+                jobs.c.expires_at <= now,
+                sa.or_(jobs.c.webhook_status.is_(None), jobs.c.webhook_status != "pending"),
             )
-            .fetchall()
+            .limit(limit)
         )
-        return [job for row in rows if (job := self._to_job(row)) is not None]
 
     def delete(self, job_id: int) -> None:
-        self._conn().execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+        with self._writing() as connection:
+            connection.execute(jobs.delete().where(jobs.c.id == job_id))
 
     def mean_generation_time(self, last: int = 50) -> float | None:
-        row = (
-            self._conn()
-            .execute(
-                "SELECT AVG(generation_time) FROM (SELECT generation_time FROM jobs "
-                "WHERE status = ? ORDER BY id DESC LIMIT ?)",
-                (SUCCESS, last),
-            )
-            .fetchone()
+        recent = (
+            sa.select(jobs.c.generation_time)
+            .where(jobs.c.status == SUCCESS)
+            .order_by(jobs.c.id.desc())
+            .limit(last)
+            .subquery()
         )
-        return float(row[0]) if row and row[0] is not None else None
+        with self._reading() as connection:
+            mean = connection.execute(sa.select(sa.func.avg(recent.c.generation_time))).scalar()
+        return float(mean) if mean is not None else None

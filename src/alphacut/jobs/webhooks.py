@@ -23,7 +23,7 @@ from typing import Any
 
 from alphacut.errors import FetchError
 from alphacut.io.fetch import FetchPolicy, post_json
-from alphacut.jobs.store import Job, SQLiteJobStore
+from alphacut.jobs.store import Job, JobStore
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ class WebhookSender:
 
     def __init__(
         self,
-        store: SQLiteJobStore,
+        store: JobStore,
         secret: str,
         policy: FetchPolicy,
         max_attempts: int = 6,

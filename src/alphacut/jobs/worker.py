@@ -17,7 +17,7 @@ from alphacut.engine import Engine
 from alphacut.errors import AlphacutError
 from alphacut.io.storage import OutputStorage
 from alphacut.jobs.budget import PixelBudget
-from alphacut.jobs.store import FAILED, SUCCESS, Job, SQLiteJobStore, worker_identity
+from alphacut.jobs.store import FAILED, SUCCESS, Job, JobStore, worker_identity
 from alphacut.pipeline.decode import decode_image
 from alphacut.pipeline.encode import encode_image
 from alphacut.pipeline.options import RemoveOptions
@@ -62,7 +62,7 @@ class WorkerPool:
     def __init__(
         self,
         settings: Settings,
-        store: SQLiteJobStore,
+        store: JobStore,
         engine: Engine,
         storage: OutputStorage,
     ) -> None:

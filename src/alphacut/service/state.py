@@ -16,7 +16,7 @@ from alphacut.engine import Engine
 from alphacut.errors import ShuttingDown, Unauthorized
 from alphacut.io.sources import fetch_policy
 from alphacut.io.storage import OutputStorage
-from alphacut.jobs.store import SQLiteJobStore
+from alphacut.jobs.store import JobStore, SQLJobStore
 from alphacut.jobs.webhooks import WebhookSender, load_or_create_secret
 from alphacut.jobs.worker import WorkerPool
 from alphacut.service.responses import webhook_payload
@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 class ServiceState:
     settings: Settings
     engine: Engine
-    store: SQLiteJobStore
+    store: JobStore
     storage: OutputStorage
     pool: WorkerPool
     webhooks: WebhookSender
@@ -42,7 +42,7 @@ class ServiceState:
     @classmethod
     def create(cls, settings: Settings, engine: Engine | None = None) -> ServiceState:
         engine = engine or Engine(settings)
-        store = SQLiteJobStore(settings.home / "jobs.sqlite3")
+        store = SQLJobStore(settings.database_url)
         storage = OutputStorage(settings.output_dir, settings.home / "inputs")
         webhooks = WebhookSender(
             store,
