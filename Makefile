@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup test test-fast lint bench eval clean docs
+.PHONY: setup test test-fast lint bench eval clean docs fuzz
 
 setup:
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ test-fast:
 	$(BIN)/mypy
 	$(BIN)/pytest -q -rs -m "not real_model and not browser"
 	$(MAKE) docs
+
+# schemathesis against a live server with many more examples than `make test` runs.
+fuzz:
+	ALPHACUT_FUZZ_EXAMPLES=300 $(BIN)/pytest -q -rs -s tests/service/test_fuzz.py
 
 lint:
 	$(BIN)/ruff check src tests bench

@@ -174,13 +174,19 @@ class LiveServer:
     def __init__(self, settings: Settings, engine: object | None = None) -> None:
         """``engine``: an already loaded ``Engine`` to share (saves loading the model again)."""
         from alphacut.service.app import create_app
+        from alphacut.service.limits import uvicorn_options
 
         self.settings = settings
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.app = create_app(settings, engine)  # type: ignore[arg-type]
         config = uvicorn.Config(
-            self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on"
+            self.app,
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            lifespan="on",
+            **uvicorn_options(settings),  # as `alphacut serve` runs it
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)

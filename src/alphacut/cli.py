@@ -244,10 +244,17 @@ def serve(
         from alphacut.service.server import run_server
     except ImportError as exc:
         _fail(f"the server needs the server extra: pip install 'alphacut[server]' ({exc})")
+    from alphacut.service.limits import uvicorn_options
     from alphacut.service.logs import configure_logging
 
     settings = _settings()  # before the server starts: a bad setting fails here, clearly
     configure_logging(log_level)
+    if not settings.api_keys and not _is_loopback(host):
+        logging.getLogger("alphacut.cli").warning(
+            "listening on %s with no API keys (ALPHACUT_API_KEYS): anyone who can reach this "
+            "address can use the server",
+            host,
+        )
     # alphacut writes its own access log (no query strings, with request and job ids).
     run_server(
         create_app(settings),
@@ -257,7 +264,19 @@ def serve(
         log_config=None,
         log_level=log_level,
         access_log=False,
+        **uvicorn_options(settings),  # header/body time, connections (docs/safety.md)
     )
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host.strip("[]").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a hostname: it may resolve to anything
 
 
 @app.command("eval")

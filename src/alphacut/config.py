@@ -120,6 +120,35 @@ class Settings(BaseSettings):
         description="Largest image accepted, in pixels (width x height); guards against "
         "decompression bombs.",
     )
+    max_body_bytes: int = Field(
+        default=0,
+        ge=0,
+        description="Largest request body, in bytes, counted as it arrives (413 beyond it). 0 "
+        "sizes it from `ALPHACUT_MAX_DOWNLOAD_BYTES`: the image as base64 (4/3 of it) plus "
+        "1 MiB for the other fields, about 34.3 MiB by default.",
+    )
+    body_timeout: float = Field(
+        default=60.0,
+        gt=0,
+        description="Time a client has to send its whole request body, in seconds (408 beyond).",
+    )
+    header_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        description="Time a client has to send a request's headers, in seconds; a connection "
+        "that takes longer is closed (slow clients cannot hold connections open).",
+    )
+    keep_alive_timeout: int = Field(
+        default=5,
+        ge=1,
+        description="Time an idle keep-alive connection stays open between requests, in seconds.",
+    )
+    max_connections: int = Field(
+        default=1000,
+        ge=1,
+        description="Connections and requests in progress at once; beyond it new requests are "
+        "answered 503 at once.",
+    )
     errors_http_200: bool = Field(
         default=False,
         description="Answer errors with HTTP status 200 (and the error in the body), for clients "

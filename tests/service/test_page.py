@@ -64,14 +64,25 @@ def browser() -> Iterator[object]:
 def page(browser):
     context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
     page = context.new_page()
+    # The server's Content-Security-Policy must not block anything the page does.
+    blocked: list[str] = []
+    page.on(
+        "console",
+        lambda message: (
+            blocked.append(message.text) if "Content Security Policy" in message.text else None
+        ),
+    )
     yield page
     context.close()
+    assert not blocked, blocked
 
 
 def wait_for_end(page) -> str:
     """Wait until the page shows a result or an error; returns which."""
-    page.wait_for_function(
-        "['done', 'error'].includes(document.body.dataset.state)", timeout=RESULT_TIMEOUT_MS
+    # A selector, not wait_for_function: that compiles its predicate with eval, which the
+    # page's Content-Security-Policy forbids.
+    page.wait_for_selector(
+        "body[data-state=done], body[data-state=error]", state="attached", timeout=RESULT_TIMEOUT_MS
     )
     return page.evaluate("document.body.dataset.state")
 

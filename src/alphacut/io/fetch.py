@@ -237,6 +237,12 @@ def fetch_url(url: str, policy: FetchPolicy) -> FetchedResource:
             raise FetchError(f"timed out {what} after {policy.total_timeout:g} s")
         try:
             result = _get_once(target, policy, deadline)
+        except httpx.InvalidURL:
+            # httpx builds the next request for any 3xx, even with redirects off, and its
+            # InvalidURL (a Location such as "http:foo") is no HTTPError.
+            raise FetchError(
+                "could not fetch image: upstream redirected to an invalid URL", 422
+            ) from None
         except httpx.HTTPError as exc:
             raise _network_error(
                 exc, target, what, policy.total_timeout, policy.connect_timeout, deadline
@@ -312,5 +318,7 @@ def post_json(
             client.stream("POST", target.url, content=body, headers=sent) as response,
         ):
             return response.status_code
+    except httpx.InvalidURL:  # a 3xx whose Location httpx cannot parse (see fetch_url)
+        raise FetchError(f"{what} failed: the receiver redirected to an invalid URL") from None
     except httpx.HTTPError as exc:
         raise _network_error(exc, target, what, timeout, policy.connect_timeout, deadline) from None

@@ -19,10 +19,12 @@ from alphacut.config import Settings
 from alphacut.engine import Engine
 from alphacut.service.error_handlers import install_error_handlers
 from alphacut.service.examples import restore_null_examples
+from alphacut.service.limits import RequestLimits
 from alphacut.service.logs import request_id_var
 from alphacut.service.metrics import Metrics
 from alphacut.service.metrics import router as metrics_router
 from alphacut.service.routes import router
+from alphacut.service.security_headers import SecurityHeaders
 from alphacut.service.state import ServiceState
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -63,6 +65,8 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(router)
     app.include_router(metrics_router)
+    # Inside the request-id middleware, so its refusals are logged and counted too.
+    app.add_middleware(RequestLimits, settings=settings)
 
     @app.middleware("http")
     async def request_id(
@@ -80,6 +84,8 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
             request_id_var.reset(token)
         response.headers["X-Request-Id"] = rid
         return response
+
+    app.add_middleware(SecurityHeaders, public_url=settings.public_url)
 
     _install_local_docs(app)
 

@@ -40,7 +40,9 @@ def install_error_handlers(app: FastAPI) -> None:
                 {"retry_after": exc.retry_after},
                 {"Retry-After": str(exc.retry_after)},
             )
-        return error_response(request, exc.status_code, exc.message)
+        # The body limits' errors close the connection: the rest of the body is never read.
+        headers: dict[str, str] | None = getattr(exc, "headers", None)
+        return error_response(request, exc.status_code, exc.message, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

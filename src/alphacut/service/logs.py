@@ -11,6 +11,7 @@ request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "request_id", default=None
 )
 job_id_var: contextvars.ContextVar[int | None] = contextvars.ContextVar("job_id", default=None)
+QUIET_LIBRARY_LOGGERS = ("httpx", "httpcore")
 
 
 class JsonFormatter(logging.Formatter):
@@ -44,3 +45,7 @@ def configure_logging(level: str = "info") -> None:
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+    # httpx logs every request's full URL at info level: query strings of image and webhook
+    # URLs carry signatures and tokens. alphacut's own messages name the host only.
+    for name in QUIET_LIBRARY_LOGGERS:
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))

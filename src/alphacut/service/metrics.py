@@ -36,6 +36,9 @@ access_log = logging.getLogger("alphacut.access")
 STAGE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 # Probes and scrapes would drown the access log at info level.
 QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+# Label values come from clients: anything outside these sets is counted as "other", so a
+# client inventing methods cannot grow the metrics without bound.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 class Metrics:
@@ -118,8 +121,11 @@ class Metrics:
         The path is logged without its query string, and bodies never are: keys and image
         data stay out of the logs.
         """
+        # Route templates are a fixed set; an unmatched path is one label, whatever it was.
         route = getattr(request.scope.get("route"), "path", None) or "unmatched"
-        self.http_requests.labels(request.method, route, str(status)).inc()
+        method = request.method if request.method in KNOWN_METHODS else "other"
+        status_label = str(status) if 100 <= status <= 599 else "other"
+        self.http_requests.labels(method, route, status_label).inc()
         self.http_latency.labels(route).observe(seconds)
         endpoint = getattr(request.state, "api_endpoint", None)
         if endpoint is not None:

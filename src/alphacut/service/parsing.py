@@ -9,16 +9,21 @@ from fastapi import Request
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 
-from alphacut.errors import InvalidRequest
+from alphacut.errors import AlphacutError, ImageTooLarge, InvalidRequest
 from alphacut.pipeline.options import describe_errors
+from alphacut.service.limits import max_body_bytes
 
 
 async def read_body(request: Request) -> tuple[dict[str, Any], bytes | None]:
     """The body's fields, plus the bytes of an uploaded ``image`` file (multipart) if any."""
+    settings = request.app.state.settings
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
         try:
-            form = await request.form()
+            # A data URI in a text field may be as large as the body may be (RequestLimits).
+            form = await request.form(max_part_size=max_body_bytes(settings))
+        except AlphacutError:  # the body cap, its deadline or a disconnect (service/limits.py)
+            raise
         except Exception as exc:  # malformed multipart raises several starlette/multipart types
             raise InvalidRequest(f"malformed form body: {exc}", 400) from exc
         fields: dict[str, Any] = {}
@@ -26,6 +31,10 @@ async def read_body(request: Request) -> tuple[dict[str, Any], bytes | None]:
         for name, value in form.multi_items():
             if isinstance(value, UploadFile):
                 if name == "image":
+                    # The same limit as a downloaded image or a data URI.
+                    limit = settings.max_download_bytes
+                    if value.size is not None and value.size > limit:
+                        raise ImageTooLarge(f"image is larger than the {limit} byte limit")
                     upload = await value.read()
                     fields["image"] = "upload"
             else:
@@ -40,13 +49,21 @@ async def read_body(request: Request) -> tuple[dict[str, Any], bytes | None]:
         raise InvalidRequest(
             f"unsupported content type {content_type!r}; send JSON, form or multipart", 415
         )
+    return parse_json_object(raw), None
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
+    """A JSON object body. JSON that Python cannot hold (nesting deeper than the recursion
+    limit, integers over 4300 digits) is a malformed body too, not a server error."""
     try:
         body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except RecursionError:
+        raise InvalidRequest("malformed JSON body: nested too deeply", 400) from None
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError, too many int digits
         raise InvalidRequest(f"malformed JSON body: {exc}", 400) from exc
     if not isinstance(body, dict):
         raise InvalidRequest("the JSON body must be an object", 400)
-    return body, None
+    return body
 
 
 def validate(model: type[BaseModel], fields: dict[str, Any]) -> Any:

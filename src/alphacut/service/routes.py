@@ -341,7 +341,10 @@ _MEDIA_TYPES = {
 
 @router.get("/outputs/{relative:path}", tags=["outputs"], summary="Download an output file")
 async def get_output(relative: str, state: StateDep) -> Response:
-    path = state.storage.resolve(relative)
+    try:
+        path = state.storage.resolve(relative)
+    except (ValueError, OSError):  # a NUL byte, a name too long for the file system
+        path = None
     if path is None:
         return JSONResponse({"status": "error", "message": "output not found"}, status_code=404)
     return FileResponse(path, media_type=_MEDIA_TYPES.get(path.suffix, "application/octet-stream"))

@@ -31,7 +31,13 @@ class RemoveBgRequest(RemoveOptions):
 
     key: _Text = Field("", description="Your API key (checked against ALPHACUT_API_KEYS)")
     image: str = Field(description="http(s) URL of the image, or a data:image/...;base64, URI")
-    seed: int | None = Field(None, description="Echoed in meta; null draws a random one")
+    # A 64-bit integer: the job database and most clients' JSON readers hold no bigger one.
+    seed: int | None = Field(
+        None,
+        ge=-(2**63),
+        le=2**63 - 1,
+        description="Echoed in meta; null draws a random one",
+    )
     webhook: str | None = Field(
         None, description="URL that receives the result by POST when the job ends"
     )
