@@ -58,9 +58,12 @@ def _parameter(name: str, info: FieldInfo) -> inspect.Parameter:
             annotation=Annotated[bool, option],
         )
     shown = RemoveOptions().model_dump(mode="json")[name]
-    if shown is not None:
-        help_text += f" [default: {shown}]"
-    option = typer.Option(flag_name(name), *aliases, help=help_text, show_default=False)
+    option = typer.Option(
+        flag_name(name),
+        *aliases,
+        help=help_text,
+        show_default=False if shown is None else str(shown),
+    )
     return inspect.Parameter(
         name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[str | None, option]
     )

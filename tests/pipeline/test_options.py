@@ -484,3 +484,13 @@ def test_real_channels_alpha_model_crop_scale_position(real_server, photo):
     assert _close(foreground_box(np.asarray(out)), expected)
     response = post(real_server, {"image": url, "model": "nonexistent-model"})
     assert response.status_code == 422 and "unknown model" in response.json()["message"]
+
+
+def test_position_and_colour_tuples_from_code_are_checked():
+    assert RemoveOptions(position=(0.25, 1)).position == (0.25, 1.0)
+    assert RemoveOptions(bg_color=(1, 2, 3)).bg_color == (1, 2, 3, 255)
+    for bad in [(2.0, -1.0), (0.5,), (True, 0.5)]:
+        with pytest.raises(ValueError, match="two fractions"):
+            RemoveOptions(position=bad)
+    with pytest.raises(ValueError, match="hex colour"):
+        RemoveOptions(bg_color=(255.7, 0, 0))

@@ -41,12 +41,26 @@ class Margin(NamedTuple):
         return f"{self.amount * 100:g}%" if self.relative else str(int(self.amount))
 
 
+def _text(value: Any) -> str:
+    """A user's value as text: strings and plain numbers only (no lists, no 5000-digit ints)."""
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise ValueError("must be a string or a number")
+    if isinstance(value, int) and abs(value) > 10**9:
+        raise ValueError("is out of range")
+    return str(value).strip()
+
+
 def parse_color(value: Any) -> RGBA:
-    """``#rgb``, ``#rgba``, ``#rrggbb``, ``#rrggbbaa``, ``r,g,b[,a]`` (0..255) or a CSS name."""
+    """``#rgb``, ``#rgba``, ``#rrggbb``, ``#rrggbbaa``, ``r,g,b[,a]`` (0..255) or a CSS name;
+    in code also a tuple or list of 3 or 4 ints."""
     if isinstance(value, tuple | list):
         parts = list(value)
+        if not all(isinstance(p, int) and not isinstance(p, bool) for p in parts):
+            parts = []  # floats, booleans, strings: refused below with the usual message
+    elif not isinstance(value, str):
+        parts = []  # a bare number is not a colour
     else:
-        text = str(value).strip().lower()
+        text = value.strip().lower()
         match = _HEX.match(text)
         if match:
             digits = match.group(1)
@@ -82,7 +96,7 @@ def parse_margin(value: Any) -> Margin:
         return value
     if value is None or value == "":
         return Margin(0)
-    text = str(value).strip().lower()
+    text = _text(value).lower()
     percent = _PERCENT.match(text)
     if percent:
         fraction = float(percent.group(1)) / 100
@@ -108,9 +122,11 @@ def parse_margin(value: Any) -> Margin:
 
 def parse_scale(value: Any) -> float | None:
     """Subject size relative to the canvas: ``0.8`` or ``"80%"``; None/"original" keeps it."""
-    if value is None or value == "" or str(value).strip().lower() == "original":
+    if value is None or value == "":
         return None
-    text = str(value).strip()
+    text = _text(value)
+    if text.lower() == "original":
+        return None
     percent = _PERCENT.match(text)
     try:
         scale = float(percent.group(1)) / 100 if percent else float(text)
@@ -125,9 +141,15 @@ def parse_scale(value: Any) -> float | None:
 
 def parse_position(value: Any) -> tuple[float, float] | None:
     """``center``, ``top``, ``bottom``, ``left``, ``right`` or ``"x%,y%"`` (one value: both)."""
-    if value is None or isinstance(value, tuple):
-        return value
-    text = str(value).strip().lower()
+    if value is None:
+        return None
+    if isinstance(value, tuple | list):  # (x, y) fractions, from code
+        if len(value) != 2 or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v <= 1 for v in value
+        ):
+            raise ValueError("must be two fractions from 0 to 1, e.g. (0.5, 1.0)")
+        return (float(value[0]), float(value[1]))
+    text = _text(value).lower()
     if text in ("", "original"):
         return None
     if text in _NAMED_POSITIONS:

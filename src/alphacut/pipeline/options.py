@@ -8,7 +8,7 @@ it, so a value is accepted, normalised and refused the same way everywhere.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -58,6 +58,11 @@ def _margin_json(margin: Margin) -> int | str:
     return str(margin) if margin.relative else int(margin.amount)
 
 
+def _nullable(types: list[str], examples: list[Any]) -> dict[str, Any]:
+    """The JSON schema of a field sent as one of ``types`` or null (null: the default)."""
+    return {"anyOf": [{"type": kind} for kind in [*types, "null"]], "examples": examples}
+
+
 LenientBool = Annotated[bool, PlainValidator(parse_bool), WithJsonSchema({"type": "boolean"})]
 
 
@@ -65,7 +70,12 @@ Color = Annotated[
     RGBA | None,
     PlainValidator(_optional(parse_color)),
     PlainSerializer(lambda c: None if c is None else color_to_hex(c), when_used="json"),
-    WithJsonSchema({"type": "string", "examples": ["#ffffff", "255,255,255,128"]}),
+    WithJsonSchema(
+        {
+            "anyOf": [{"type": "string"}, {"type": "null"}],
+            "examples": ["#ffffff", "255,255,255,128"],
+        }
+    ),
 ]
 CropMargin = Annotated[
     Margin,
@@ -76,13 +86,23 @@ CropMargin = Annotated[
 Scale = Annotated[
     float | None,
     PlainValidator(parse_scale),
-    WithJsonSchema({"anyOf": [{"type": "number"}, {"type": "string"}], "examples": [0.8, "80%"]}),
+    WithJsonSchema(
+        {
+            "anyOf": [{"type": "number"}, {"type": "string"}, {"type": "null"}],
+            "examples": [0.8, "80%"],
+        }
+    ),
 ]
 Position = Annotated[
     tuple[float, float] | None,
     PlainValidator(parse_position),
     PlainSerializer(lambda p: None if p is None else position_to_text(p), when_used="json"),
-    WithJsonSchema({"type": "string", "examples": ["center", "bottom", "50%,100%"]}),
+    WithJsonSchema(
+        {
+            "anyOf": [{"type": "string"}, {"type": "null"}],
+            "examples": ["center", "bottom", "50%,100%"],
+        }
+    ),
 ]
 
 
@@ -96,13 +116,19 @@ class RemoveOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    # Fields whose null or "" is an answer of its own ("image is required"), not "the default".
+    kept_when_empty: ClassVar[frozenset[str]] = frozenset()
+
     @model_validator(mode="before")
     @classmethod
     def _unset_means_default(cls, data: Any) -> Any:
         # Clients of the hosted API send null or "" for "not set": both mean the default.
         if isinstance(data, dict):
             return {
-                name: value for name, value in data.items() if value is not None and value != ""
+                name: value
+                for name, value in data.items()
+                if name in cls.kept_when_empty
+                or not (value is None or (isinstance(value, str) and value == ""))
             }
         return data
 
@@ -154,6 +180,7 @@ class RemoveOptions(BaseModel):
     crop: LenientBool = Field(False, description="Crop to the subject's bounding box")
     crop_margin: CropMargin = Field(
         Margin(0),
+        json_schema_extra={"default": 0},
         description="Margin around the crop: pixels (0..500) or a share of the subject's size "
         "('10%', at most 50%)",
     )

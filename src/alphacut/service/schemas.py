@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, PlainValidator, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    WithJsonSchema,
+    field_validator,
+)
 
 from alphacut.pipeline.options import LenientBool, RemoveOptions
 from alphacut.service.examples import (
@@ -15,8 +23,18 @@ from alphacut.service.examples import (
     SUCCESS_EXAMPLE,
 )
 
+
 # ids and keys arrive as strings or numbers; both are kept as sent.
-_Text = Annotated[str, PlainValidator(lambda value: str(value))]
+def _key(value: Any) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ValueError("must be a string")
+    return value
+
+
+# An API key: null means none, as "" does.
+Key = Annotated[str, PlainValidator(_key), WithJsonSchema({"type": "string"})]
 
 
 class RemoveBgRequest(RemoveOptions):
@@ -29,7 +47,9 @@ class RemoveBgRequest(RemoveOptions):
         json_schema_extra={"examples": [example["value"] for example in REQUEST_EXAMPLES.values()]},
     )
 
-    key: _Text = Field("", description="Your API key (checked against ALPHACUT_API_KEYS)")
+    kept_when_empty = frozenset({"image"})  # null or "" is "image is missing", not a default
+
+    key: Key = Field("", description="Your API key (checked against ALPHACUT_API_KEYS)")
     image: str = Field(description="http(s) URL of the image, or a data:image/...;base64, URI")
     # A 64-bit integer: the job database and most clients' JSON readers hold no bigger one.
     seed: int | None = Field(
@@ -69,8 +89,10 @@ class RemoveBgRequest(RemoveOptions):
 class FetchRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    key: Annotated[str, PlainValidator(lambda value: "" if value is None else str(value))] = ""
-    request_id: str | int | None = None
+    key: Key = ""
+    request_id: Annotated[
+        str | int | None, BeforeValidator(lambda value: None if value == "" else value)
+    ] = None
 
 
 class SuccessResponse(BaseModel):
