@@ -3,6 +3,7 @@
     .venv/bin/python bench/run.py                      # everything (long on 2 cores: ~1.5 h)
     .venv/bin/python bench/run.py --only library --quick
     .venv/bin/python bench/run.py --only http,memory
+    .venv/bin/python bench/run.py --only cache,coldstart   # mask cache; process start to result
 
 See bench/README.md for what each part measures and the figures it gave.
 """
@@ -35,7 +36,7 @@ from bench.common import (  # noqa: E402
     static_copy,
 )
 
-PARTS = ("library", "http", "memory", "matting", "inputsize")
+PARTS = ("library", "http", "memory", "matting", "inputsize", "cache", "coldstart")
 
 
 @dataclass
@@ -155,7 +156,7 @@ def main() -> None:
     parser.add_argument(
         "--only",
         default=",".join(PARTS[:4]),
-        help=f"comma-separated parts: {', '.join(PARTS)} (default: all but inputsize)",
+        help=f"comma-separated parts: {', '.join(PARTS)} (default: {','.join(PARTS[:4])})",
     )
     parser.add_argument("--quick", action="store_true", help="fewer images and repetitions")
     parser.add_argument("--reps", type=int, default=3, help="repetitions per image and mode")
@@ -218,7 +219,7 @@ def main() -> None:
             eval_sample=args.eval_sample,
             server_env=dict(kv.split("=", 1) for kv in args.server_env),
         )
-        if {"library", "http", "matting"} & set(parts):
+        if {"library", "http", "matting", "coldstart"} & set(parts):
             ctx.rembg_python = ensure_rembg_venv(ctx.log)
             ctx.weights_rembg = static_copy(ctx.weights_rembg, ctx.tmp)
         results: dict[str, Any] = {
@@ -255,6 +256,14 @@ def main() -> None:
                 from bench.http_load import run_soak
 
                 results["parts"][part] = run_soak(ctx)
+            elif part == "cache":
+                from bench.cache import run_cache
+
+                results["parts"][part] = run_cache(ctx)
+            elif part == "coldstart":
+                from bench.coldstart import run_coldstart
+
+                results["parts"][part] = run_coldstart(ctx)
             elif part == "inputsize":
                 sizes = tuple(int(s) for s in args.sizes.split(","))
                 results["parts"][part] = run_inputsize(ctx, sizes)

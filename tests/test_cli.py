@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -67,3 +71,30 @@ def test_models_list(tiny_env):
     for name in ["medium", "small", "u2net", "birefnet-general", "tiny (default)"]:
         assert name in result.output
     assert "AGPL-3.0" in result.output
+
+
+def test_remove_does_not_import_what_it_does_not_use(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """Cold start: a one-shot `alphacut remove` without a URL or matting loads neither the URL
+    fetcher (httpx) nor scipy (matting only): ~0.2 s of imports on every call."""
+    subject_image()[0].save(tmp_path / "photo.png")
+    script = (
+        "import sys\n"
+        "from alphacut.cli import main\n"
+        f"sys.argv = ['alphacut', 'remove', {str(tmp_path / 'photo.png')!r}, '--only-mask']\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print(sorted({name.split('.')[0] for name in sys.modules}))\n"
+    )
+    env = {
+        "ALPHACUT_HOME": str(tmp_path / "home"),
+        "ALPHACUT_MODEL_DIR": str(tiny_model_dir),
+        "ALPHACUT_MODEL": "tiny",
+        "PATH": "/usr/bin:/bin",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    loaded = proc.stdout.strip().splitlines()[-1]
+    assert "'onnxruntime'" in loaded  # the check sees the command's imports
+    for unused in ("httpx", "scipy", "fastapi", "uvicorn"):
+        assert f"'{unused}'" not in loaded, unused

@@ -16,7 +16,6 @@ from PIL import Image
 
 from alphacut.config import Settings, load_settings
 from alphacut.engine import Engine
-from alphacut.io.sources import read_image_source
 from alphacut.pipeline.decode import decode_image
 from alphacut.pipeline.encode import encode_image
 from alphacut.pipeline.options import RemoveOptions, make_options
@@ -127,5 +126,9 @@ def load_background(options: RemoveOptions, settings: Settings) -> Image.Image |
     """``options.bg_image`` (a path, an http(s) URL or a data URI), decoded; None if unset."""
     if options.bg_image is None:
         return None
+    # Imported here: the URL fetcher pulls in httpx (~0.1 s), which a call without a
+    # background image, such as a one-shot `alphacut remove`, never needs.
+    from alphacut.io.sources import read_image_source
+
     source, _ = read_image_source(options.bg_image, settings, allow_files=True)
     return decode_image(source, settings.max_pixels)

@@ -17,15 +17,17 @@ import logging
 import math
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-from scipy import sparse
 
-from alphacut.pipeline.laplacian import unknown_system
 from alphacut.pipeline.probability import probability_to_mask
 from alphacut.pipeline.refine import guided_upsample_mask
 from alphacut.pipeline.regions import nonzero_box
+
+if TYPE_CHECKING:
+    from scipy import sparse
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +119,9 @@ def solve_alpha(
     pixel (pipeline/laplacian.py); the system is solved for the unknown pixels only,
     starting from ``initial`` (the model's soft mask).
     """
+    # Imported here: scipy costs every process ~0.1 s to import, and only matting uses it.
+    from alphacut.pipeline.laplacian import unknown_system
+
     known_fg = (trimap == 255).ravel()
     unknown = (trimap == 128).ravel()
     lap_unknown, rhs = unknown_system(image.astype(np.float64) / 255.0, trimap)
