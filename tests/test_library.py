@@ -148,3 +148,23 @@ def test_remove_on_the_real_model_matches_the_engine(tmp_path):
     mask = remove(Image.open(io.BytesIO(data)), session=session, only_mask=True)
     assert np.array_equal(np.asarray(mask), expected.mask)
     session.close()
+
+
+def test_high_depth_and_float_images_are_scaled_like_decoded_files(session):
+    image, truth = subject_image()
+    grey8 = np.asarray(image.convert("L"))
+    as_uint8 = remove(grey8, session=session, only_mask=True)
+    # The same picture as 16-bit, as floats in 0..1 and as a PIL I;16 image: the same mask.
+    as_uint16 = remove(grey8.astype(np.uint16) * 257, session=session, only_mask=True)
+    as_float = remove(grey8.astype(np.float32) / 255, session=session, only_mask=True)
+    as_i16 = remove(Image.fromarray(grey8.astype(np.uint16) * 257), session=session, only_mask=True)
+    assert np.array_equal(as_uint16, as_uint8) and np.array_equal(as_float, as_uint8)
+    assert np.array_equal(np.asarray(as_i16), as_uint8)
+    assert ((as_uint8 > 127) & truth).sum() / ((as_uint8 > 127) | truth).sum() > 0.9
+
+
+def test_unusable_arrays_are_typed_errors(session):
+    with pytest.raises(alphacut.AlphacutError, match="HxW"):
+        remove(np.zeros((4, 4, 2), np.uint8), session=session)
+    with pytest.raises(alphacut.AlphacutError, match="uint8, uint16"):
+        remove(np.zeros((4, 4, 3), np.complex64), session=session)

@@ -16,7 +16,7 @@ from PIL import Image
 
 from alphacut.config import Settings, load_settings
 from alphacut.engine import Engine
-from alphacut.pipeline.decode import decode_image
+from alphacut.pipeline.decode import decode_image, image_from_array, normalize_image
 from alphacut.pipeline.encode import encode_image
 from alphacut.pipeline.options import RemoveOptions, make_options
 
@@ -65,7 +65,7 @@ def _default_session(model: str | None) -> Session:
 
 @overload
 def remove(
-    data: bytes,
+    data: bytes | bytearray | memoryview,
     *,
     session: Session | None = ...,
     options: RemoveOptions | None = ...,
@@ -108,9 +108,9 @@ def remove(
     if isinstance(data, bytes | bytearray | memoryview):
         image = decode_image(bytes(data), settings.max_pixels)
     elif isinstance(data, Image.Image):
-        image = data
+        image = normalize_image(data, settings.max_pixels)
     elif isinstance(data, np.ndarray):
-        image = Image.fromarray(np.ascontiguousarray(data))
+        image = image_from_array(data, settings.max_pixels)
     else:
         raise TypeError(f"data must be bytes, a PIL image or a numpy array, not {type(data)}")
     background = load_background(opts, settings)

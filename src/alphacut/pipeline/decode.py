@@ -124,6 +124,38 @@ def decode_image(data: bytes, max_pixels: int = 50_000_000) -> Image.Image:
         raise InvalidImage(CORRUPT) from e
 
 
+def normalize_image(image: Image.Image, max_pixels: int = 50_000_000) -> Image.Image:
+    """An image given in memory (the library's PIL input), as ``decode_image`` would return
+    it: 8-bit RGB, or RGBA when a pixel is transparent; 16-bit and float modes are scaled."""
+    width, height = image.size
+    if width * height > max_pixels:
+        raise _too_large(width, height, max_pixels)
+    try:
+        image.load()
+        return _to_rgb_or_rgba(image)
+    except (OSError, ValueError) as exc:
+        raise InvalidImage(f"cannot use this image (mode {image.mode}): {exc}") from exc
+
+
+def image_from_array(array: np.ndarray, max_pixels: int = 50_000_000) -> Image.Image:
+    """A numpy image (HxW, HxWx1, HxWx3 RGB or HxWx4 RGBA; uint8, uint16, bool or float in
+    0..1 or 0..255) as 8-bit RGB or RGBA."""
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[..., 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)):
+        raise InvalidImage(f"an image array is HxW, HxWx3 or HxWx4, not {array.shape}")
+    if array.dtype == np.bool_:
+        array = array.astype(np.uint8) * 255
+    elif array.dtype != np.uint8:
+        if array.dtype.kind not in "uif":
+            raise InvalidImage(f"image arrays are uint8, uint16, bool or float, not {array.dtype}")
+        array = _high_depth_to_uint8(array)
+    height, width = array.shape[:2]
+    if width * height > max_pixels:
+        raise _too_large(width, height, max_pixels)
+    return normalize_image(Image.fromarray(np.ascontiguousarray(array)), max_pixels)
+
+
 def _normalize(img: Image.Image) -> Image.Image:
     """Orient and convert a loaded image to 8-bit RGB/RGBA with minimal ``info``."""
     icc = img.info.get("icc_profile") if img.mode in ("RGB", "RGBA") else None
