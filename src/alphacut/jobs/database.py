@@ -88,7 +88,9 @@ def _sqlite_engine(url: URL) -> Engine:
 
     @sa.event.listens_for(engine, "begin")
     def _begin(connection: sa.Connection) -> None:
-        writes = connection.get_execution_options().get("alphacut_write", False)
-        connection.exec_driver_sql("BEGIN IMMEDIATE" if writes else "BEGIN")
+        # A read is one statement, consistent on its own in SQLite's autocommit mode: no
+        # BEGIN/ROLLBACK round trip for it.
+        if connection.get_execution_options().get("alphacut_write", False):
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
