@@ -88,7 +88,7 @@ def remove(
     **fields: Any,
 ) -> np.ndarray: ...
 def remove(
-    data: bytes | Image.Image | np.ndarray,
+    data: bytes | bytearray | memoryview | Image.Image | np.ndarray,
     *,
     session: Session | None = None,
     options: RemoveOptions | None = None,
