@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup test test-fast lint bench eval clean docs fuzz
+.PHONY: setup test test-fast lint bench eval clean docs int8 fuzz
 
 setup:
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -14,6 +14,10 @@ setup:
 	$(BIN)/pip install --quiet --no-deps 'pysodmetrics>=1.6,<1.7'
 	$(BIN)/alphacut models pull medium
 	bash scripts/setup-browser.sh
+
+# Optional, not part of setup (~5 min on 2 cores): the int8 model `medium-int8` (docs/models.md).
+int8:
+	$(BIN)/alphacut models quantize medium
 
 test:
 	$(BIN)/ruff check src tests bench

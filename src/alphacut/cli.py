@@ -22,7 +22,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-models_app = typer.Typer(help="Pull and list segmentation models.", no_args_is_help=True)
+models_app = typer.Typer(help="Pull, list and quantise segmentation models.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 db_app = typer.Typer(help="The job database (ALPHACUT_DATABASE_URL).", no_args_is_help=True)
 app.add_typer(db_app, name="db")
@@ -97,6 +97,29 @@ def db_upgrade(
         _fail(exc.message)
     engine.dispose()
     typer.echo(f"job database {display_url(settings.database_url)} at revision {reached}")
+
+
+@models_app.command("quantize")
+def models_quantize(
+    name: Annotated[str, typer.Argument(help="The installed model to quantise")] = DEFAULT_MODEL,
+    photos: Annotated[
+        int, typer.Option(min=0, help="Calibrate on the first N shipped photos (0: all)")
+    ] = 0,
+) -> None:
+    """Build the static int8 model ``NAME-int8`` (QDQ, calibrated on the shipped photos)."""
+    from alphacut.models.quantize import QuantizeRecipe, quantize_model
+
+    settings = _settings()
+    try:
+        path = quantize_model(
+            name,
+            settings.model_dir,
+            QuantizeRecipe(photos=photos),
+            progress=lambda msg: typer.echo(msg, err=True),
+        )
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        _fail(str(exc))
+    typer.echo(f"model {name}-int8 ready: {path}")
 
 
 @models_app.command("list")

@@ -86,6 +86,16 @@ BUILTIN_MODELS: dict[str, ModelSpec] = {
             sha256="7001d60734fdc112dd9c062635fb59cd401fb82a9d4213134bce4dbd655c803a",
             size_bytes=44_342_436,
         ),
+        # Built locally from "medium" by `alphacut models quantize medium` (models/quantize.py).
+        ModelSpec(
+            name="medium-int8",
+            filename="isnet-imgly-medium.int8.onnx",
+            input_size=1024,
+            mean=ISNET_IMGLY_MEAN,
+            std=ISNET_IMGLY_STD,
+            licence=_IMGLY_LICENCE,
+            description="ISNet static int8 (QDQ), built by `alphacut models quantize medium`",
+        ),
         # rembg's files, by their rembg file names; drop them into the model folder.
         ModelSpec(
             "u2net",
