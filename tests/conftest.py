@@ -21,6 +21,9 @@ import tests.services  # noqa: F401  (first: takes the services' variables out o
 from alphacut.config import Settings, load_settings
 from alphacut.models.registry import BUILTIN_MODELS
 
+# The distributed-mode fixtures (a Celery cluster on the real services), for any test module.
+pytest_plugins = ["tests.cluster"]
+
 # Small MIT-licensed sample photos kept in the repository (see tests/data/README.md).
 PHOTOS = Path(__file__).resolve().parent / "data"
 # Research-only evaluation data with ground truth: never in the repository, found only through

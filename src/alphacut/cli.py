@@ -291,6 +291,54 @@ def serve(
     )
 
 
+@app.command()
+def worker(
+    queue: Annotated[
+        str | None,
+        typer.Option(help="Queue to take images from: cpu or gpu (default ALPHACUT_DEFAULT_QUEUE)"),
+    ] = None,
+    concurrency: Annotated[
+        int, typer.Option(min=1, help="Worker processes, i.e. jobs at once; each loads the model")
+    ] = 1,
+    beat: Annotated[
+        bool,
+        typer.Option(help="Also run the periodic passes (cleanup, requeue): one per cluster"),
+    ] = False,
+    log_level: Annotated[str, typer.Option(help="Log level")] = "info",
+) -> None:
+    """Run jobs of a cluster (ALPHACUT_BROKER_URL): Celery worker processes on Redis."""
+    import os
+
+    settings = _settings()
+    if not settings.broker_url:
+        _fail(
+            "alphacut worker needs ALPHACUT_BROKER_URL=redis://HOST:PORT/DB (see docs/scaling.md)"
+        )
+    queue = queue or settings.default_queue
+    if queue not in ("cpu", "gpu"):
+        _fail(f"--queue must be cpu or gpu, not {queue!r}")
+    try:
+        from alphacut.jobs.celery_tasks import celery_app
+    except ImportError as exc:
+        _fail(
+            f"the worker needs the distributed extra: pip install 'alphacut[distributed]' ({exc})"
+        )
+    argv = [
+        "worker",
+        f"--queues={queue},ops",  # ops: webhook deliveries and the beat's passes
+        f"--concurrency={concurrency}",
+        f"--loglevel={log_level.upper()}",
+        # Unique per process, so `celery inspect`/ping counts each worker.
+        f"--hostname=alphacut-{queue}-{os.getpid()}@%h",
+        "--without-mingle",
+        "--without-gossip",
+    ]
+    if beat:
+        settings.home.mkdir(parents=True, exist_ok=True)
+        argv += ["--beat", f"--schedule={settings.home / 'celerybeat-schedule'}"]
+    celery_app.worker_main(argv)
+
+
 def _is_loopback(host: str) -> bool:
     import ipaddress
 

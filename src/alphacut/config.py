@@ -11,7 +11,7 @@ The field descriptions are user documentation: the configuration page is generat
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import (
@@ -82,6 +82,18 @@ class Settings(BaseSettings):
         "`postgresql+psycopg://USER:PASSWORD@HOST:PORT/NAME`; defaults to `jobs.sqlite3` "
         "inside the home folder. SQLite is brought to the current schema at start; on "
         "PostgreSQL run `alphacut db upgrade` first (and after each upgrade of alphacut).",
+    )
+    broker_url: str = Field(
+        default="",
+        repr=False,  # may carry a password: keep it out of logs
+        description="Celery broker for the distributed mode, `redis://HOST:PORT/DB`: the API "
+        "nodes send each job to `alphacut worker` processes through it. When empty (the "
+        "default), `alphacut serve` runs the jobs itself, in-process.",
+    )
+    default_queue: Literal["cpu", "gpu"] = Field(
+        default="cpu",
+        description="Distributed mode: the queue jobs go to, `cpu` or `gpu`; an "
+        "`alphacut worker` without `--queue` takes jobs from it.",
     )
     model: str = Field(
         default=DEFAULT_MODEL,
@@ -315,6 +327,13 @@ class Settings(BaseSettings):
         # The driver is checked when the store opens it (alphacut.jobs.database).
         if not value.startswith(("sqlite:", "sqlite+", "postgresql:", "postgresql+", "postgres:")):
             raise ValueError("expected sqlite:///PATH or postgresql+psycopg://...")
+        return value
+
+    @field_validator("broker_url")
+    @classmethod
+    def _known_broker(cls, value: str) -> str:
+        if value and not value.startswith(("redis://", "rediss://")):
+            raise ValueError("expected redis://HOST:PORT/DB (or empty: in-process workers)")
         return value
 
     @field_validator("model_dir", "output_dir")

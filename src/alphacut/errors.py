@@ -75,3 +75,8 @@ class StorageFull(AlphacutError):
     """No space left on the disk that holds inputs or outputs (HTTP 507 Insufficient Storage)."""
 
     status_code = 507
+
+
+class BrokerUnavailable(ShuttingDown):
+    """Distributed mode: the job broker (Redis) does not answer, so no job can be accepted
+    (HTTP 503 with ``retry_after``, like a draining server)."""

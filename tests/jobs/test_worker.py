@@ -64,8 +64,8 @@ def assert_processing(body: dict, server_url: str) -> None:
     )
 
 
-def test_instant_response_and_every_fetch_path(live_server, tiny_settings, subject_url):
-    server = live_server(tiny_settings, api_keys=("k1", "k2"))
+def test_instant_response_and_every_fetch_path(live_server, mode_settings, subject_url):
+    server = live_server(mode_settings, api_keys=("k1", "k2"))
     answer = post(server.url, {"key": "k1", "image": subject_url, "instant_response": True})
     assert answer.status_code == 200
     processing = answer.json()

@@ -43,11 +43,18 @@ def server(live_server, tiny_settings):
     return live_server(tiny_settings)
 
 
+@pytest.fixture
+def mode_server(live_server, mode_settings):
+    """A server in each mode: in-process workers, and an API node of a Celery cluster."""
+    return live_server(mode_settings)
+
+
 def post(server, body, path="/api/v5/removebg_mask", **kwargs) -> httpx.Response:
     return httpx.post(server.url + path, json=body, timeout=150, **kwargs)
 
 
-def test_seed_body_gives_seed_shape(server, served_subject):
+def test_seed_body_gives_seed_shape(mode_server, served_subject):
+    server = mode_server
     url, image, mask = served_subject
     response = post(server, {**SEED_BODY, "image": url})
     assert response.status_code == 200
@@ -100,7 +107,8 @@ def test_ids_increase(server, served_subject):
     assert ids == sorted(ids) and len(set(ids)) == 3
 
 
-def test_only_mask_and_inverse(server, served_subject):
+def test_only_mask_and_inverse(mode_server, served_subject):
+    server = mode_server
     url, image, mask = served_subject
     body = post(server, {"image": url, "only_mask": "true"}).json()
     assert body["meta"]["only_mask"] is True

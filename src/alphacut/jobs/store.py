@@ -74,6 +74,8 @@ class JobStore(Protocol):
 
     def create(self, owner: str, request: dict[str, Any]) -> Job: ...
     def claim(self, worker: str, lease_seconds: float) -> Job | None: ...
+    def claim_id(self, job_id: int, worker: str, lease_seconds: float) -> Job | None: ...
+    def claimable(self, now: float, limit: int = 1000) -> list[tuple[int, int]]: ...
     def renew(self, job_id: int, worker: str, lease_seconds: float) -> None: ...
     def requeue_dead_local(self, own: str | None = None) -> int: ...
     def finish(
@@ -91,6 +93,8 @@ class JobStore(Protocol):
     def take_due_webhooks(
         self, now: float, lease_seconds: float, limit: int = 100
     ) -> list[Job]: ...
+    def take_webhook(self, job_id: int, now: float, lease_seconds: float) -> Job | None: ...
+    def due_webhook_ids(self, now: float, limit: int = 1000) -> list[int]: ...
     def expired(self, now: float, limit: int = 500) -> list[Job]: ...
     def delete(self, job_id: int) -> None: ...
     def mean_generation_time(self, last: int = 50) -> float | None: ...
@@ -227,6 +231,59 @@ class SQLJobStore:
                 .returning(*jobs.c)
             )
             return _to_job(connection.execute(claimed).mappings().one())
+
+    def claim_id(self, job_id: int, worker: str, lease_seconds: float) -> Job | None:
+        """Claim one given job (a Celery task names it): None if it is done, missing, or
+        running under another worker's live lease. A RUNNING job whose worker process on this
+        host is gone is taken over at once, without waiting for its lease to run out."""
+        now = time.time()
+        with self._writing() as connection:
+            row = (
+                connection.execute(
+                    sa.select(jobs.c.status, jobs.c.worker, jobs.c.lease_until)
+                    .where(jobs.c.id == job_id)
+                    .with_for_update()  # nothing on SQLite: BEGIN IMMEDIATE locks
+                )
+                .mappings()
+                .first()
+            )
+            if row is None or row["status"] not in (QUEUED, RUNNING):
+                return None
+            if row["status"] == RUNNING and (row["lease_until"] or 0) >= now:
+                name, _, pid = (row["worker"] or "").rpartition(":")
+                dead_here = name == socket.gethostname() and pid.isdigit()
+                if not (dead_here and not _pid_alive(int(pid))):
+                    return None
+            claimed = (
+                jobs.update()
+                .where(jobs.c.id == job_id)
+                .values(
+                    status=RUNNING,
+                    worker=worker,
+                    started_at=now,
+                    lease_until=now + lease_seconds,
+                    attempts=jobs.c.attempts + 1,
+                )
+                .returning(*jobs.c)
+            )
+            return _to_job(connection.execute(claimed).mappings().one())
+
+    def claimable(self, now: float, limit: int = 1000) -> list[tuple[int, int]]:
+        """(id, attempts) of the jobs a worker could claim now: queued, or running on an
+        expired lease."""
+        query = (
+            sa.select(jobs.c.id, jobs.c.attempts)
+            .where(
+                sa.or_(
+                    jobs.c.status == QUEUED,
+                    sa.and_(jobs.c.status == RUNNING, jobs.c.lease_until < now),
+                )
+            )
+            .order_by(jobs.c.id)
+            .limit(limit)
+        )
+        with self._reading() as connection:
+            return [(int(job_id), int(attempts)) for job_id, attempts in connection.execute(query)]
 
     def renew(self, job_id: int, worker: str, lease_seconds: float) -> None:
         with self._writing() as connection:
@@ -372,6 +429,37 @@ class SQLJobStore:
                     .values(webhook_next_at=now + lease_seconds)
                 )
         return taken
+
+    def take_webhook(self, job_id: int, now: float, lease_seconds: float) -> Job | None:
+        """``take_due_webhooks`` for one job: the job if its delivery is due and no one else
+        holds it, its next time pushed ``lease_seconds`` ahead; else None."""
+        due = (
+            jobs.select()
+            .where(
+                jobs.c.id == job_id,
+                jobs.c.webhook_status == "pending",
+                jobs.c.webhook_next_at <= now,
+            )
+            .with_for_update(skip_locked=True)
+        )
+        with self._writing() as connection:
+            row = connection.execute(due).mappings().first()
+            if row is None:
+                return None
+            connection.execute(
+                jobs.update().where(jobs.c.id == job_id).values(webhook_next_at=now + lease_seconds)
+            )
+            return _to_job(row)
+
+    def due_webhook_ids(self, now: float, limit: int = 1000) -> list[int]:
+        query = (
+            sa.select(jobs.c.id)
+            .where(jobs.c.webhook_status == "pending", jobs.c.webhook_next_at <= now)
+            .order_by(jobs.c.webhook_next_at)
+            .limit(limit)
+        )
+        with self._reading() as connection:
+            return [int(job_id) for job_id in connection.execute(query).scalars()]
 
     def expired(self, now: float, limit: int = 500) -> list[Job]:
         return self._select_jobs(

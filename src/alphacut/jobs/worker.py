@@ -150,6 +150,16 @@ class WorkerPool:
     def notify(self) -> None:
         self._wakeup.set()
 
+    def check_accepting(self) -> None:
+        """In-process workers can always take a job (the drain is checked by the state)."""
+
+    async def submit(self, job: Job) -> None:
+        """A job was created in the store: wake an idle worker loop to claim it."""
+        self.notify()
+
+    def health_problems(self) -> list[str]:
+        return []
+
     async def wait_for(self, job_id: int, timeout: float) -> Job | None:
         """The job once done, or None if still unfinished after ``timeout`` seconds."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()

@@ -189,6 +189,10 @@ class _StateCollector:
             value=len(state.engine.loaded_models),
         )
         yield from _mask_cache_metrics(state)
+        if state.settings.broker_url:
+            from alphacut.service.cluster_metrics import cluster_metrics  # distributed extra
+
+            yield from cluster_metrics(state.pool)
 
 
 def _mask_cache_metrics(state: ServiceState) -> Iterable[Metric]:

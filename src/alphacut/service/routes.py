@@ -212,7 +212,7 @@ async def _removebg_mask(request: Request, state: StateDep) -> dict[str, Any]:
         raise
     request.state.job_id = job.id  # for the access log
     job_id_var.set(job.id)  # and any other log line of this request
-    state.pool.notify()
+    await state.pool.submit(job)
     # instant_response always answers "processing", even if a fast job is already done, so
     # such clients see one flow; the job is in the store either way, so a client that goes
     # away during the wait (or a cancelled handler) loses nothing: fetch still finds it.
@@ -362,8 +362,9 @@ async def readyz(state: StateDep) -> Response:
     problems = []
     if state.shutting_down:  # so a load balancer sends new work elsewhere
         problems.append("shutting down")
-    if not state.engine.loaded_models:
-        problems.append("model not loaded")
+    if not state.settings.broker_url and not state.engine.loaded_models:
+        problems.append("model not loaded")  # a cluster's API node loads none: workers do
+    problems += await asyncio.to_thread(state.pool.health_problems)
     try:
         await asyncio.to_thread(state.store.count_by_status)
     except Exception as exc:  # any store failure means "not ready"

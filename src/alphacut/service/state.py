@@ -16,6 +16,8 @@ from alphacut.engine import Engine
 from alphacut.errors import ShuttingDown, Unauthorized
 from alphacut.io.sources import fetch_policy
 from alphacut.io.storage import OutputStorage
+from alphacut.jobs.cleanup import delete_expired
+from alphacut.jobs.runner import JobRunner
 from alphacut.jobs.store import JobStore, SQLJobStore
 from alphacut.jobs.webhooks import WebhookSender, load_or_create_secret
 from alphacut.jobs.worker import WorkerPool
@@ -30,7 +32,7 @@ class ServiceState:
     engine: Engine
     store: JobStore
     storage: OutputStorage
-    pool: WorkerPool
+    pool: JobRunner  # in-process WorkerPool, or CeleryDispatcher (ALPHACUT_BROKER_URL)
     webhooks: WebhookSender
     background: list[asyncio.Task[None]] = field(default_factory=list)
     started_at: float = field(default_factory=time.time)
@@ -52,7 +54,13 @@ class ServiceState:
             settings.webhook_backoff,
         )
         # The store itself queues a finished job's webhook; the callback only wakes the sender.
-        pool = WorkerPool(settings, store, engine, storage)
+        pool: JobRunner
+        if settings.broker_url:
+            from alphacut.jobs.dispatch import CeleryDispatcher  # the distributed extra
+
+            pool = CeleryDispatcher(settings, store)
+        else:
+            pool = WorkerPool(settings, store, engine, storage)
         state = cls(settings, engine, store, storage, pool, webhooks)
         pool.add_finished_listener(lambda job: state.webhook_wakeup.set())
         return state
@@ -105,13 +113,15 @@ class ServiceState:
         return max(0.0, self.shutdown_deadline - time.monotonic())
 
     def check_accepting(self) -> None:
-        """Raise ``ShuttingDown`` (503) once the shutdown has begun."""
+        """Raise ``ShuttingDown`` (503) once the shutdown has begun, or the runner's error
+        (503) if it cannot take a job now (a cluster's broker is down)."""
         if self.shutting_down:
             # By then this server is gone; a restarted one (or another replica) takes the job.
             raise ShuttingDown(
                 "the server is shutting down and takes no new jobs; retry shortly",
                 int(self.grace_left()) + 1,
             )
+        self.pool.check_accepting()
 
     async def drain(self) -> bool:
         """Begin the shutdown if needed and wait (within the grace) until no job runs; True
@@ -125,6 +135,11 @@ class ServiceState:
     async def start(self) -> None:
         if not self.settings.api_keys:
             log.warning("ALPHACUT_API_KEYS is not set: the API is open to anyone who can reach it")
+        if self.settings.broker_url:
+            # A cluster: the workers load the models and run jobs and webhooks, the beat
+            # runs the cleanup.
+            await self.pool.start()
+            return
         # Load the default model before serving, so /healthz means "ready to remove".
         await asyncio.to_thread(self.engine.runner)
         await self.pool.start()
@@ -166,17 +181,5 @@ class ServiceState:
             await asyncio.sleep(self.settings.cleanup_interval)
 
     def cleanup(self, now: float | None = None) -> int:
-        """Delete expired outputs together with their jobs.
-
-        The row goes first: from then on fetch answers "not found", so no client is ever
-        handed a URL whose file is gone. Jobs with a webhook still to deliver are kept (the
-        webhook carries the URL). A crash between the two deletes leaks one file, never a
-        dangling URL.
-        """
-        removed = 0
-        for job in self.store.expired(now or time.time()):
-            self.store.delete(job.id)
-            for relative in (job.result or {}).get("outputs", []):
-                self.storage.delete_output(relative)
-            removed += 1
-        return removed
+        """Delete expired outputs together with their jobs (see ``delete_expired``)."""
+        return delete_expired(self.store, self.storage, now)

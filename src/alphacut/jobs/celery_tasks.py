@@ -1,0 +1,203 @@
+"""The tasks ``alphacut worker`` runs: jobs, webhook deliveries, and the beat's periodic passes.
+
+Each worker process builds one ``WorkerRuntime`` (store, storage, engine, in-process pool) the
+first time it needs it, after the fork, and keeps it: models load once per process. A job runs
+through ``WorkerPool.process``, the embedded mode's own code.
+
+Tasks are idempotent by job id: a task first claims its job in the store (``claim_id``), so a
+job that is done, or running under another live worker, is not run again; a re-run writes the
+output under the name the API node chose when it created the job.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from redis import Redis
+
+from alphacut.config import Settings, load_settings
+from alphacut.engine import Engine
+from alphacut.io.sources import fetch_policy
+from alphacut.io.storage import OutputStorage
+from alphacut.jobs.celery_app import (
+    CLEANUP,
+    DELIVER_DUE_WEBHOOKS,
+    DELIVER_WEBHOOK,
+    JOB_HARD_TIME_LIMIT,
+    JOB_SOFT_TIME_LIMIT,
+    REQUEUE,
+    RUN_JOB,
+    connect_broker,
+    create_celery,
+    done_channel,
+    send_job,
+)
+from alphacut.jobs.cleanup import delete_expired
+from alphacut.jobs.store import SQLJobStore
+from alphacut.jobs.webhooks import WebhookSender, load_or_create_secret
+from alphacut.jobs.worker import LEASE_SECONDS, WorkerPool
+
+log = logging.getLogger(__name__)
+
+# A job whose worker died this many times (e.g. the OOM killer, every time) fails instead of
+# taking down worker after worker.
+MAX_JOB_ATTEMPTS = 3
+
+# The worker's settings, from the ALPHACUT_* environment (read once, before the pool forks).
+_settings: Settings | None = None
+
+
+def worker_settings() -> Settings:
+    global _settings
+    if _settings is None:
+        _settings = load_settings()
+    return _settings
+
+
+@dataclass
+class WorkerRuntime:
+    settings: Settings
+    store: SQLJobStore
+    pool: WorkerPool
+    webhooks: WebhookSender
+    broker: Redis
+    channel: str
+
+    @classmethod
+    def create(cls, settings: Settings) -> WorkerRuntime:
+        store = SQLJobStore(settings.database_url)
+        storage = OutputStorage(settings.output_dir, settings.home / "inputs")
+        # One job at a time per process (Celery's concurrency is the process count), so the
+        # in-process pool is only used for its "run one job" code.
+        pool = WorkerPool(settings, store, Engine(settings, warm_up=False), storage)
+        webhooks = WebhookSender(
+            store,
+            load_or_create_secret(settings.webhook_secret, settings.home),
+            fetch_policy(settings),
+            settings.webhook_attempts,
+            settings.webhook_backoff,
+            parallel=1,
+        )
+        broker = connect_broker(settings)
+        return cls(settings, store, pool, webhooks, broker, done_channel(settings.broker_url))
+
+
+_runtime: WorkerRuntime | None = None
+_runtime_lock = threading.Lock()
+
+
+def runtime() -> WorkerRuntime:
+    global _runtime
+    with _runtime_lock:
+        if _runtime is None:
+            _runtime = WorkerRuntime.create(worker_settings())
+        return _runtime
+
+
+celery_app = create_celery(worker_settings())
+
+
+def _announce_done(rt: WorkerRuntime, job_id: int) -> None:
+    """Tell the API nodes (their waiting requests) that the job ended."""
+    try:
+        rt.broker.publish(rt.channel, str(job_id))
+    except Exception:  # the waiters fall back to reading the store: log, never fail the job
+        log.warning("could not announce the end of job %s", job_id, exc_info=True)
+
+
+def _renew_until(rt: WorkerRuntime, job_id: int, stop: threading.Event) -> None:
+    while not stop.wait(LEASE_SECONDS / 4):
+        try:
+            rt.store.renew(job_id, rt.pool.identity, LEASE_SECONDS)
+        except Exception:
+            log.warning("lease renewal of job %s failed", job_id, exc_info=True)
+
+
+@celery_app.task(  # type: ignore[untyped-decorator]
+    name=RUN_JOB,
+    bind=True,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    max_retries=None,
+    soft_time_limit=JOB_SOFT_TIME_LIMIT,
+    time_limit=JOB_HARD_TIME_LIMIT,
+)
+def run_job(task: Any, job_id: int) -> str:
+    """Run one job; returns what happened (for the worker's log)."""
+    rt = runtime()
+    job = rt.store.claim_id(job_id, rt.pool.identity, LEASE_SECONDS)
+    if job is None:
+        current = rt.store.get(job_id)
+        if current is None or current.done:
+            _announce_done(rt, job_id)  # harmless twice; wakes a waiter that missed it
+            return "already done"
+        # Another worker holds a live lease: look again once it could have run out (if that
+        # worker died, its lease does; if not, the job is done by then and this ends).
+        raise task.retry(countdown=LEASE_SECONDS)
+    if job.attempts > MAX_JOB_ATTEMPTS:
+        rt.store.fail(job_id, "the job stopped its worker process repeatedly; not retried", 500)
+    else:
+        stop = threading.Event()
+        renewer = threading.Thread(target=_renew_until, args=(rt, job_id, stop), daemon=True)
+        renewer.start()
+        try:
+            rt.pool.process(job)  # never raises: failures are recorded on the job
+        finally:
+            stop.set()
+    _announce_done(rt, job_id)
+    if job.request.get("webhook"):
+        celery_app.send_task(DELIVER_WEBHOOK, args=[job_id])
+    return "ran"
+
+
+@celery_app.task(name=DELIVER_WEBHOOK)  # type: ignore[untyped-decorator]
+def deliver_webhook(job_id: int) -> None:
+    """One delivery attempt of the job's webhook, if it is due and no one else is on it; a
+    failed attempt schedules the next one on the sender's backoff."""
+    from alphacut.service.responses import webhook_payload
+
+    rt = runtime()
+    job = rt.store.take_webhook(job_id, time.time(), rt.webhooks.timeout + 30.0)
+    if job is None:
+        return
+    rt.webhooks.attempt(job, webhook_payload(job))
+    after = rt.store.get(job_id)
+    if after is not None and after.webhook_status == "pending" and after.webhook_next_at:
+        countdown = max(0.0, after.webhook_next_at - time.time())
+        celery_app.send_task(DELIVER_WEBHOOK, args=[job_id], countdown=countdown)
+
+
+@celery_app.task(name=DELIVER_DUE_WEBHOOKS)  # type: ignore[untyped-decorator]
+def deliver_due_webhooks() -> int:
+    """Beat: send a delivery task for every due webhook (one whose task was lost, e.g. with a
+    worker); a duplicate task finds the delivery taken and does nothing."""
+    rt = runtime()
+    due = rt.store.due_webhook_ids(time.time())
+    for job_id in due:
+        celery_app.send_task(DELIVER_WEBHOOK, args=[job_id])
+    return len(due)
+
+
+@celery_app.task(name=CLEANUP)  # type: ignore[untyped-decorator]
+def cleanup_expired() -> int:
+    """Beat: delete expired outputs with their jobs, once per cluster."""
+    rt = runtime()
+    return delete_expired(rt.store, rt.pool.storage)
+
+
+@celery_app.task(name=REQUEUE)  # type: ignore[untyped-decorator]
+def requeue_unsent() -> int:
+    """Beat: send the jobs that a worker could claim but that have no message for their
+    current attempt (the broker lost it, or an API node died before sending it)."""
+    rt = runtime()
+    sent = 0
+    for job_id, attempts in rt.store.claimable(time.time()):
+        if send_job(celery_app, rt.broker, job_id, attempts, rt.settings.default_queue, once=True):
+            sent += 1
+    if sent:
+        log.info("requeued %d job(s) that had no message", sent)
+    return sent

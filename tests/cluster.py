@@ -1,0 +1,190 @@
+"""A real cluster for the distributed-mode tests: PostgreSQL and Redis (from
+``scripts/services.sh`` or the machine's own), ``alphacut worker`` processes, API servers.
+
+Each test session gets a scratch PostgreSQL database and a Redis database number of its own, so
+sessions run side by side on one machine without taking each other's jobs. Skipped, loudly,
+with the reason, when PostgreSQL or Redis cannot be reached.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from alphacut.config import Settings
+from tests.conftest import write_tiny_model
+from tests.jobhelpers import SECRET
+from tests.services import EXPORTED, find_postgres, scratch_postgres_database
+
+_REDIS_CANDIDATES = [
+    url
+    for url in (EXPORTED.get("ALPHACUT_BROKER_URL", ""), "redis://127.0.0.1:6379/0")
+    if url.startswith("redis://")
+]
+
+
+def find_redis() -> tuple[str | None, str]:
+    """(URL of a reachable Redis server without its database number, or None; why not)."""
+    try:
+        from redis import Redis
+    except ImportError:
+        return None, "redis is not installed (make setup installs it: the distributed extra)"
+    problems = []
+    for url in _REDIS_CANDIDATES:
+        client = Redis.from_url(url, socket_connect_timeout=2)
+        try:
+            client.ping()
+            return url.rsplit("/", 1)[0], ""
+        except Exception as exc:
+            problems.append(f"{url}: {exc}")
+        finally:
+            client.close()
+    hint = 'run `eval "$(scripts/services.sh start)"`'
+    return None, f"no Redis server reachable ({hint}): " + "; ".join(problems)
+
+
+def settings_environment(settings: Settings) -> dict[str, str]:
+    """The ``ALPHACUT_*`` variables that give a process these settings."""
+    values = settings.model_dump(mode="json")
+    env = {}
+    for name in settings.model_fields_set | {"home", "model_dir", "output_dir", "database_url"}:
+        value = values[name]
+        if isinstance(value, list):
+            value = ",".join(value)
+        env[f"ALPHACUT_{name.upper()}"] = str(value)
+    return env
+
+
+@dataclass
+class WorkerProcess:
+    """``alphacut worker`` in a subprocess, its log in a file."""
+
+    settings: Settings
+    log: Path
+    queue: str = "cpu"
+    concurrency: int = 1
+    beat: bool = False
+    proc: subprocess.Popen[bytes] = field(init=False)
+
+    def __post_init__(self) -> None:
+        cli = Path(sys.executable).with_name("alphacut")
+        args = [str(cli), "worker", "--queue", self.queue, "--concurrency", str(self.concurrency)]
+        if self.beat:
+            args.append("--beat")
+        env = {**os.environ, **settings_environment(self.settings)}
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout: float = 90) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            assert self.proc.poll() is None, self.log.read_text()
+            if " ready." in self.log.read_text(errors="replace"):
+                return
+            time.sleep(0.2)
+        raise AssertionError("worker did not become ready:\n" + self.log.read_text())
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            # Celery's cold shutdown: no grace for running jobs (the tests have none running).
+            self.proc.send_signal(signal.SIGQUIT)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@dataclass
+class Cluster:
+    settings: Settings  # what API nodes and workers share
+    folder: Path
+    workers: list[WorkerProcess] = field(default_factory=list)
+
+    def start_workers(self, count: int, **options: object) -> list[WorkerProcess]:
+        started = [
+            WorkerProcess(
+                self.settings, self.folder / f"worker{len(self.workers) + i}.log", **options
+            )  # type: ignore[arg-type]
+            for i in range(count)
+        ]
+        for worker in started:
+            worker.wait_ready()
+        self.workers += started
+        return started
+
+    def stop_workers(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+        self.workers = []
+
+
+@pytest.fixture(scope="session")
+def cluster_services() -> Iterator[tuple[str, str]]:
+    """(scratch PostgreSQL database URL at the current schema, Redis URL of a database number
+    of this session)."""
+    postgres, why = find_postgres()
+    if postgres is None:
+        pytest.skip(f"DISTRIBUTED MODE NOT TESTED: {why}")
+    redis_server, why = find_redis()
+    if redis_server is None:
+        pytest.skip(f"DISTRIBUTED MODE NOT TESTED: {why}")
+    from alphacut.jobs.database import create_database_engine
+    from alphacut.jobs.migrate import upgrade_database
+
+    with scratch_postgres_database(postgres) as url:
+        engine = create_database_engine(url)
+        upgrade_database(engine)
+        engine.dispose()
+        yield url, f"{redis_server}/{random.randint(1, 15)}"
+
+
+def cluster_settings(folder: Path, database_url: str, broker_url: str, **extra: object) -> Settings:
+    """Tiny-model settings for every node of a test cluster sharing ``folder``."""
+    write_tiny_model(folder / "models")
+    return Settings(
+        home=folder / "home",
+        output_dir=folder / "outputs",
+        model_dir=folder / "models",
+        model="tiny",
+        url_allowlist=("127.0.0.1",),
+        sync_wait=60.0,
+        database_url=database_url,
+        broker_url=broker_url,
+        webhook_secret=SECRET,
+        webhook_backoff=0.5,
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture(scope="session")
+def shared_cluster(
+    cluster_services: tuple[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Cluster]:
+    """Two tiny-model workers (one with the beat) for the whole session; API servers are
+    started per test with ``cluster.settings``."""
+    folder = tmp_path_factory.mktemp("cluster")
+    cluster = Cluster(cluster_settings(folder, *cluster_services), folder)
+    cluster.start_workers(1, beat=True)
+    cluster.start_workers(1)
+    yield cluster
+    cluster.stop_workers()
+
+
+@pytest.fixture(params=["embedded", "distributed"])
+def mode_settings(request: pytest.FixtureRequest, tiny_settings: Settings) -> Settings:
+    """The tiny-model settings of one server, in each mode: in-process workers, or an API
+    node of the session's cluster."""
+    if request.param == "embedded":
+        return tiny_settings
+    cluster: Cluster = request.getfixturevalue("shared_cluster")
+    return cluster.settings
