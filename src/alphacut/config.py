@@ -10,6 +10,7 @@ The field descriptions are user documentation: the configuration page is generat
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -94,6 +95,27 @@ class Settings(BaseSettings):
         default="cpu",
         description="Distributed mode: the queue jobs go to, `cpu` or `gpu`; an "
         "`alphacut worker` without `--queue` takes jobs from it.",
+    )
+    storage_url: str = Field(
+        default="",
+        description="Where outputs (and uploaded images on their way to a worker) are kept: "
+        "empty (the default) for folders on this machine (`ALPHACUT_OUTPUT_DIR`), or "
+        "`s3://BUCKET/PREFIX` for an S3-compatible bucket shared by every API node and worker "
+        "(needs `pip install 'alphacut[distributed]'`). Credentials and region come from "
+        "boto3's usual variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, "
+        "`AWS_DEFAULT_REGION`, ...).",
+    )
+    s3_endpoint_url: str = Field(
+        default="",
+        description="The S3 API's URL for a store other than AWS (SeaweedFS, MinIO, ...), e.g. "
+        "`http://127.0.0.1:8333`; when empty, AWS S3.",
+    )
+    output_urls: Literal["proxy", "presigned"] = Field(
+        default="proxy",
+        description="How output links point at S3 outputs: `proxy` (the default) links to "
+        "`/outputs/` on the API node, which streams the object from the bucket; `presigned` "
+        "hands out presigned S3 URLs, valid for the output's lifetime (at most 7 days, S3's "
+        "limit). `presigned` needs an `s3://` `ALPHACUT_STORAGE_URL`.",
     )
     model: str = Field(
         default=DEFAULT_MODEL,
@@ -334,6 +356,20 @@ class Settings(BaseSettings):
     def _known_broker(cls, value: str) -> str:
         if value and not value.startswith(("redis://", "rediss://")):
             raise ValueError("expected redis://HOST:PORT/DB (or empty: in-process workers)")
+        return value
+
+    @field_validator("storage_url")
+    @classmethod
+    def _known_storage(cls, value: str) -> str:
+        if value and not re.fullmatch(r"s3://[A-Za-z0-9][A-Za-z0-9.\-_]*[A-Za-z0-9](/.*)?", value):
+            raise ValueError("expected s3://BUCKET/PREFIX (or empty: local folders)")
+        return value
+
+    @field_validator("output_urls")
+    @classmethod
+    def _presigned_needs_s3(cls, value: str, info: ValidationInfo) -> str:
+        if value == "presigned" and not info.data.get("storage_url"):
+            raise ValueError("presigned output URLs need ALPHACUT_STORAGE_URL=s3://...")
         return value
 
     @field_validator("model_dir", "output_dir")

@@ -80,3 +80,10 @@ class StorageFull(AlphacutError):
 class BrokerUnavailable(ShuttingDown):
     """Distributed mode: the job broker (Redis) does not answer, so no job can be accepted
     (HTTP 503 with ``retry_after``, like a draining server)."""
+
+
+class StorageUnavailable(AlphacutError):
+    """The output storage (an S3 bucket) could not be reached or refused an operation, after
+    retries (HTTP 503)."""
+
+    status_code = 503

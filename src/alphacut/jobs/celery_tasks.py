@@ -22,7 +22,7 @@ from redis import Redis
 from alphacut.config import Settings, load_settings
 from alphacut.engine import Engine
 from alphacut.io.sources import fetch_policy
-from alphacut.io.storage import OutputStorage
+from alphacut.io.storage import open_storage
 from alphacut.jobs.celery_app import (
     CLEANUP,
     DELIVER_DUE_WEBHOOKS,
@@ -70,7 +70,7 @@ class WorkerRuntime:
     @classmethod
     def create(cls, settings: Settings) -> WorkerRuntime:
         store = SQLJobStore(settings.database_url)
-        storage = OutputStorage(settings.output_dir, settings.home / "inputs")
+        storage = open_storage(settings)  # local folders, or the cluster's S3 bucket
         # One job at a time per process (Celery's concurrency is the process count), so the
         # in-process pool is only used for its "run one job" code.
         pool = WorkerPool(settings, store, Engine(settings, warm_up=False), storage)
@@ -186,7 +186,8 @@ def deliver_due_webhooks() -> int:
 def cleanup_expired() -> int:
     """Beat: delete expired outputs with their jobs, once per cluster."""
     rt = runtime()
-    return delete_expired(rt.store, rt.pool.storage)
+    removed = delete_expired(rt.store, rt.pool.storage)
+    return removed + rt.pool.storage.cleanup_expired(time.time())
 
 
 @celery_app.task(name=REQUEUE)  # type: ignore[untyped-decorator]

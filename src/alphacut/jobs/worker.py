@@ -7,7 +7,6 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 from PIL import Image
@@ -15,7 +14,7 @@ from PIL import Image
 from alphacut.config import Settings
 from alphacut.engine import Engine
 from alphacut.errors import AlphacutError
-from alphacut.io.storage import OutputStorage
+from alphacut.io.storage import Storage
 from alphacut.jobs.budget import PixelBudget
 from alphacut.jobs.store import FAILED, SUCCESS, Job, JobStore, worker_identity
 from alphacut.pipeline.decode import decode_image
@@ -43,16 +42,19 @@ def options_from_record(request: dict[str, Any]) -> RemoveOptions:
 
 
 def background_path(request: dict[str, Any]) -> str | None:
+    """The stored bg_image's storage reference (a path, or an S3 object's URL)."""
     legacy = request.get("compose") or {}
     path: str | None = request.get("bg_image_path") or legacy.get("bg_image_path")
     return path
 
 
-def load_background(request: dict[str, Any], max_pixels: int) -> Image.Image | None:
+def load_background(
+    request: dict[str, Any], max_pixels: int, storage: Storage
+) -> Image.Image | None:
     # The request handler already fetched and checked the background; decode it again here
     # rather than keep it in memory while the job waits.
     path = background_path(request)
-    return decode_image(Path(path).read_bytes(), max_pixels) if path else None
+    return decode_image(storage.read_input(path), max_pixels) if path else None
 
 
 class WorkerPool:
@@ -64,7 +66,7 @@ class WorkerPool:
         settings: Settings,
         store: JobStore,
         engine: Engine,
-        storage: OutputStorage,
+        storage: Storage,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -243,18 +245,18 @@ class WorkerPool:
         """Run one job to SUCCESS or FAILED; never raises."""
         request = job.request
         started = time.perf_counter()
-        input_path = Path(request["input_path"])
+        input_path = request["input_path"]  # a storage reference: a path, or an S3 object
         try:
-            image = self.handoff.pop(str(input_path), None)
+            image = self.handoff.pop(input_path, None)
             if image is None:
-                image = decode_image(input_path.read_bytes(), self.settings.max_pixels)
+                image = decode_image(self.storage.read_input(input_path), self.settings.max_pixels)
             with self.budget.hold(image.width * image.height):
                 options = options_from_record(request)
                 result: RemoveResult = self.engine.remove(
                     image,
                     options,
                     model=request.get("model"),
-                    background=load_background(request, self.settings.max_pixels),
+                    background=load_background(request, self.settings.max_pixels, self.storage),
                 )
                 t = time.perf_counter()
                 data = encode_image(
@@ -286,10 +288,10 @@ class WorkerPool:
         except Exception as exc:
             self._record_failure(job, exc)
         finally:
-            self.handoff.pop(str(input_path), None)
+            self.handoff.pop(input_path, None)
             job_after = self.store.get(job.id)
             if job_after is not None and job_after.status in (SUCCESS, FAILED):
-                input_path.unlink(missing_ok=True)
+                self.storage.delete_input(input_path)
                 bg_path = background_path(request)
                 if bg_path:
-                    Path(bg_path).unlink(missing_ok=True)
+                    self.storage.delete_input(bg_path)

@@ -9,7 +9,7 @@ import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import JSONResponse, Response
 
 from alphacut.errors import AlphacutError, InvalidRequest, TooManyJobs
 from alphacut.io.fetch import check_url
@@ -28,6 +28,7 @@ from alphacut.service.examples import (
 )
 from alphacut.service.logs import job_id_var
 from alphacut.service.metrics import observe_stage
+from alphacut.service.outputs import output_response
 from alphacut.service.parsing import read_body, validate
 from alphacut.service.responses import (
     NOT_FOUND_BODY,
@@ -144,7 +145,7 @@ async def _save_background(
     request: Request, req: RemoveBgRequest, state: ServiceState, file_id: str
 ) -> tuple[str | None, str | None]:
     """Fetch (same SSRF rules as ``image``) and check bg_image now, so a bad one fails the
-    request rather than the job. Returns its stored path and what meta reports for it."""
+    request rather than the job. Returns its storage reference and what meta reports for it."""
     if req.bg_image is None:
         return None, None
     try:
@@ -154,8 +155,8 @@ async def _save_background(
         await asyncio.to_thread(decode_image, data, state.settings.max_pixels)
     except AlphacutError as exc:
         raise AlphacutError(f"bg_image: {exc.message}", exc.status_code) from exc
-    path = await asyncio.to_thread(state.storage.save_input, f"{file_id}.bg", data)
-    return str(path), url
+    reference = await asyncio.to_thread(state.storage.save_input, f"{file_id}.bg", data)
+    return reference, url
 
 
 async def _removebg_mask(request: Request, state: StateDep) -> dict[str, Any]:
@@ -188,6 +189,7 @@ async def _removebg_mask(request: Request, state: StateDep) -> dict[str, Any]:
     file_id = str(uuid.uuid4())
     file_name = f"{file_id}.{FORMATS[req.format][0]}"
     bg_path, bg_url = await _save_background(request, req, state, file_id)
+    # A path on this machine, or an object in the bucket a worker elsewhere reads.
     input_path = await asyncio.to_thread(state.storage.save_input, f"{file_id}.input", data)
     seed = req.seed if req.seed is not None else random.randint(0, 2**32 - 1)
     job_request = {
@@ -195,7 +197,7 @@ async def _removebg_mask(request: Request, state: StateDep) -> dict[str, Any]:
         "options": req.options().model_copy(update={"bg_image": bg_url}).model_dump(mode="json"),
         "model": model,
         "file_name": file_name,
-        "input_path": str(input_path),
+        "input_path": input_path,
         "temp": req.temp,
         "base64": req.base64,
         "webhook": req.webhook,
@@ -204,11 +206,11 @@ async def _removebg_mask(request: Request, state: StateDep) -> dict[str, Any]:
         "bg_image_path": bg_path,
         "meta": _meta(req, image_url, file_name, seed, image.size, model, bg_url),
     }
-    state.pool.offer_decoded(str(input_path), image)
+    state.pool.offer_decoded(input_path, image)
     try:
         job = await asyncio.to_thread(state.store.create, owner, job_request)
     except BaseException:
-        state.pool.discard_decoded(str(input_path))
+        state.pool.discard_decoded(input_path)
         raise
     request.state.job_id = job.id  # for the access log
     job_id_var.set(job.id)  # and any other log line of this request
@@ -221,11 +223,11 @@ async def _removebg_mask(request: Request, state: StateDep) -> dict[str, Any]:
         eta = await asyncio.to_thread(state.eta_for, job.id)
         fetch = f"{job_request['base_url']}/api/v5/fetch/{job.id}"
         request.state.api_status = "processing"
-        return processing_body(job, eta, fetch)
+        return processing_body(job, eta, fetch, state.output_link)
     if done.status == "failed":
         raise AlphacutError(done.error or "processing failed", done.error_status or 500)
     request.state.api_status = "success"
-    return success_body(done)
+    return success_body(done, state.output_link)
 
 
 for _path in REMOVEBG_PATHS:
@@ -266,7 +268,7 @@ async def _fetch(state: ServiceState, key: str, raw_id: Any) -> dict[str, Any]:
     if job is None or job.owner != owner:
         return NOT_FOUND_BODY  # another key's job is "not found", not "forbidden": no oracle
     eta = 0.0 if job.done else await asyncio.to_thread(state.eta_for, job.id)
-    return fetch_body(job, eta)
+    return fetch_body(job, eta, state.output_link)
 
 
 async def _fetch_by_path(job_id: str, request: Request, state: StateDep) -> dict[str, Any]:
@@ -331,23 +333,9 @@ for _path in FETCH_BY_BODY:
     )
 
 
-_MEDIA_TYPES = {
-    ".png": "image/png",
-    ".base64": "text/plain",
-    ".webp": "image/webp",
-    ".jpg": "image/jpeg",
-}
-
-
 @router.get("/outputs/{relative:path}", tags=["outputs"], summary="Download an output file")
 async def get_output(relative: str, state: StateDep) -> Response:
-    try:
-        path = state.storage.resolve(relative)
-    except (ValueError, OSError):  # a NUL byte, a name too long for the file system
-        path = None
-    if path is None:
-        return JSONResponse({"status": "error", "message": "output not found"}, status_code=404)
-    return FileResponse(path, media_type=_MEDIA_TYPES.get(path.suffix, "application/octet-stream"))
+    return await output_response(state.storage, relative)
 
 
 @router.get(
@@ -369,6 +357,10 @@ async def readyz(state: StateDep) -> Response:
         await asyncio.to_thread(state.store.count_by_status)
     except Exception as exc:  # any store failure means "not ready"
         problems.append(f"job store unreachable: {exc}")
+    try:
+        await asyncio.to_thread(state.storage.check_ready)
+    except Exception as exc:  # an S3 bucket that does not answer
+        problems.append(f"output storage unreachable: {exc}")
     if problems:
         return JSONResponse({"status": "error", "message": "; ".join(problems)}, status_code=503)
     return JSONResponse({"status": "ok"})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import time
@@ -15,13 +16,14 @@ from alphacut.config import Settings
 from alphacut.engine import Engine
 from alphacut.errors import ShuttingDown, Unauthorized
 from alphacut.io.sources import fetch_policy
-from alphacut.io.storage import OutputStorage
+from alphacut.io.storage import Storage, open_storage
 from alphacut.jobs.cleanup import delete_expired
 from alphacut.jobs.runner import JobRunner
 from alphacut.jobs.store import JobStore, SQLJobStore
 from alphacut.jobs.webhooks import WebhookSender, load_or_create_secret
 from alphacut.jobs.worker import WorkerPool
-from alphacut.service.responses import webhook_payload
+from alphacut.service.outputs import output_link
+from alphacut.service.responses import OutputLink, proxy_link, webhook_payload
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +33,7 @@ class ServiceState:
     settings: Settings
     engine: Engine
     store: JobStore
-    storage: OutputStorage
+    storage: Storage
     pool: JobRunner  # in-process WorkerPool, or CeleryDispatcher (ALPHACUT_BROKER_URL)
     webhooks: WebhookSender
     background: list[asyncio.Task[None]] = field(default_factory=list)
@@ -40,12 +42,14 @@ class ServiceState:
     webhook_wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     # time.monotonic() by which running jobs must be done; set when the shutdown begins.
     shutdown_deadline: float | None = None
+    # Builds output URLs: /outputs/ on this server, or presigned S3 URLs.
+    output_link: OutputLink = proxy_link
 
     @classmethod
     def create(cls, settings: Settings, engine: Engine | None = None) -> ServiceState:
         engine = engine or Engine(settings)
         store = SQLJobStore(settings.database_url)
-        storage = OutputStorage(settings.output_dir, settings.home / "inputs")
+        storage = open_storage(settings)
         webhooks = WebhookSender(
             store,
             load_or_create_secret(settings.webhook_secret, settings.home),
@@ -62,6 +66,7 @@ class ServiceState:
         else:
             pool = WorkerPool(settings, store, engine, storage)
         state = cls(settings, engine, store, storage, pool, webhooks)
+        state.output_link = output_link(settings, storage)
         pool.add_finished_listener(lambda job: state.webhook_wakeup.set())
         return state
 
@@ -166,7 +171,8 @@ class ServiceState:
         while True:
             self.webhook_wakeup.clear()
             try:
-                await asyncio.to_thread(self.webhooks.deliver_due, webhook_payload)
+                payload = functools.partial(webhook_payload, link=self.output_link)
+                await asyncio.to_thread(self.webhooks.deliver_due, payload)
             except Exception:
                 log.exception("webhook delivery pass failed")
             with contextlib.suppress(TimeoutError):
@@ -181,5 +187,7 @@ class ServiceState:
             await asyncio.sleep(self.settings.cleanup_interval)
 
     def cleanup(self, now: float | None = None) -> int:
-        """Delete expired outputs together with their jobs (see ``delete_expired``)."""
-        return delete_expired(self.store, self.storage, now)
+        """Delete expired outputs together with their jobs (see ``delete_expired``), then
+        outputs a crash between the two deletes left behind."""
+        removed = delete_expired(self.store, self.storage, now)
+        return removed + self.storage.cleanup_expired(now or time.time())
