@@ -1,15 +1,16 @@
 """A real cluster for the distributed-mode tests: PostgreSQL and Redis (from
 ``scripts/services.sh`` or the machine's own), ``alphacut worker`` processes, API servers.
 
-Each test session gets a scratch PostgreSQL database and a Redis database number of its own, so
-sessions run side by side on one machine without taking each other's jobs. Skipped, loudly,
+Each cluster gets a scratch PostgreSQL database and a broker key prefix of its own
+(``ALPHACUT_BROKER_PREFIX``), so test sessions run side by side on one Redis without taking
+each other's jobs. Skipped, loudly,
 with the reason, when PostgreSQL or Redis cannot be reached.
 """
 
 from __future__ import annotations
 
 import os
-import random
+import secrets
 import signal
 import subprocess
 import sys
@@ -130,8 +131,7 @@ class Cluster:
 
 @pytest.fixture(scope="session")
 def cluster_services() -> Iterator[tuple[str, str]]:
-    """(scratch PostgreSQL database URL at the current schema, Redis URL of a database number
-    of this session)."""
+    """(scratch PostgreSQL database URL at the current schema, Redis URL)."""
     postgres, why = find_postgres()
     if postgres is None:
         pytest.skip(f"DISTRIBUTED MODE NOT TESTED: {why}")
@@ -145,25 +145,27 @@ def cluster_services() -> Iterator[tuple[str, str]]:
         engine = create_database_engine(url)
         upgrade_database(engine)
         engine.dispose()
-        yield url, f"{redis_server}/{random.randint(1, 15)}"
+        yield url, f"{redis_server}/0"
 
 
 def cluster_settings(folder: Path, database_url: str, broker_url: str, **extra: object) -> Settings:
-    """Tiny-model settings for every node of a test cluster sharing ``folder``."""
+    """Tiny-model settings (``extra`` overrides them) for every node of a test cluster sharing
+    ``folder``."""
     write_tiny_model(folder / "models")
-    return Settings(
-        home=folder / "home",
-        output_dir=folder / "outputs",
-        model_dir=folder / "models",
-        model="tiny",
-        url_allowlist=("127.0.0.1",),
-        sync_wait=60.0,
-        database_url=database_url,
-        broker_url=broker_url,
-        webhook_secret=SECRET,
-        webhook_backoff=0.5,
-        **extra,  # type: ignore[arg-type]
-    )
+    values: dict[str, object] = {
+        "home": folder / "home",
+        "output_dir": folder / "outputs",
+        "model_dir": folder / "models",
+        "model": "tiny",
+        "url_allowlist": ("127.0.0.1",),
+        "sync_wait": 60.0,
+        "database_url": database_url,
+        "broker_url": broker_url,
+        "webhook_secret": SECRET,
+        "webhook_backoff": 0.5,
+        "broker_prefix": f"test-{secrets.token_hex(4)}:",
+    }
+    return Settings(**{**values, **extra})  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="session")
@@ -187,4 +189,14 @@ def mode_settings(request: pytest.FixtureRequest, tiny_settings: Settings) -> Se
     if request.param == "embedded":
         return tiny_settings
     cluster: Cluster = request.getfixturevalue("shared_cluster")
+    # A fresh job table, as an embedded server's own database would be (the queue-time
+    # estimate, for one, starts from no history); the workers are idle between tests.
+    import sqlalchemy as sa
+
+    from alphacut.jobs.database import create_database_engine
+
+    engine = create_database_engine(cluster.settings.database_url)
+    with engine.begin() as connection:
+        connection.execute(sa.text("DELETE FROM jobs"))
+    engine.dispose()
     return cluster.settings

@@ -91,6 +91,12 @@ class Settings(BaseSettings):
         "nodes send each job to `alphacut worker` processes through it. When empty (the "
         "default), `alphacut serve` runs the jobs itself, in-process.",
     )
+    broker_prefix: str = Field(
+        default="",
+        description="Distributed mode: a prefix for every key and channel alphacut uses on the "
+        "broker, so several clusters (production and staging, or test runs) can share one "
+        "Redis database without taking each other's jobs.",
+    )
     default_queue: Literal["cpu", "gpu"] = Field(
         default="cpu",
         description="Distributed mode: the queue jobs go to, `cpu` or `gpu`; an "

@@ -51,18 +51,25 @@ SENT_MARKER_SECONDS = VISIBILITY_TIMEOUT
 DONE_CHANNEL = "alphacut:jobs-done"
 
 
-def sent_marker_key(job_id: int, attempts: int) -> str:
+def sent_marker_key(prefix: str, job_id: int, attempts: int) -> str:
     """Set when a job's message is sent, per claim attempt: a job that was claimed and lost
     its worker (attempts grew) gets a new message even though the first one was sent."""
-    return f"alphacut:sent:{job_id}:{attempts}"
+    return f"{prefix}alphacut:sent:{job_id}:{attempts}"
 
 
 def send_job(
-    app: Celery, broker: Redis, job_id: int, attempts: int, queue: str, *, once: bool = False
+    app: Celery,
+    broker: Redis,
+    prefix: str,
+    job_id: int,
+    attempts: int,
+    queue: str,
+    *,
+    once: bool = False,
 ) -> bool:
     """Send the job's task to ``queue`` and mark it sent; with ``once``, only if no message
     was marked sent for this attempt yet. True if sent."""
-    key = sent_marker_key(job_id, attempts)
+    key = sent_marker_key(prefix, job_id, attempts)
     if once and not broker.set(key, "1", nx=True, ex=SENT_MARKER_SECONDS):
         return False
     app.send_task(RUN_JOB, args=[job_id], queue=queue)
@@ -79,11 +86,11 @@ def connect_broker(settings: Settings) -> Redis:
     )
 
 
-def done_channel(broker_url: str) -> str:
-    """The channel of this broker database: pub/sub ignores Redis's database numbers, so two
-    clusters sharing one Redis server (tests, staging) must not hear each other."""
-    database = broker_url.rsplit("/", 1)[-1].split("?", 1)[0]
-    return f"{DONE_CHANNEL}:{database or '0'}"
+def done_channel(settings: Settings) -> str:
+    """The channel of this cluster: pub/sub ignores Redis's database numbers, so two clusters
+    sharing one Redis server (tests, staging) must not hear each other."""
+    database = settings.broker_url.rsplit("/", 1)[-1].split("?", 1)[0]
+    return f"{settings.broker_prefix}{DONE_CHANNEL}:{database or '0'}"
 
 
 def create_celery(settings: Settings) -> Celery:
@@ -92,7 +99,11 @@ def create_celery(settings: Settings) -> Celery:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
-        "broker_transport_options": {"visibility_timeout": VISIBILITY_TIMEOUT},
+        "broker_transport_options": {
+            "visibility_timeout": VISIBILITY_TIMEOUT,
+            # Queues, unacknowledged messages and control channels, all under the prefix.
+            **({"global_keyprefix": settings.broker_prefix} if settings.broker_prefix else {}),
+        },
         "broker_connection_retry_on_startup": True,
         # No result backend: results live in the job store, and the API nodes learn of them
         # through DONE_CHANNEL.

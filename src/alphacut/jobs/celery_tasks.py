@@ -83,7 +83,7 @@ class WorkerRuntime:
             parallel=1,
         )
         broker = connect_broker(settings)
-        return cls(settings, store, pool, webhooks, broker, done_channel(settings.broker_url))
+        return cls(settings, store, pool, webhooks, broker, done_channel(settings))
 
 
 _runtime: WorkerRuntime | None = None
@@ -197,7 +197,9 @@ def requeue_unsent() -> int:
     rt = runtime()
     sent = 0
     for job_id, attempts in rt.store.claimable(time.time()):
-        if send_job(celery_app, rt.broker, job_id, attempts, rt.settings.default_queue, once=True):
+        queue = rt.settings.default_queue
+        prefix = rt.settings.broker_prefix
+        if send_job(celery_app, rt.broker, prefix, job_id, attempts, queue, once=True):
             sent += 1
     if sent:
         log.info("requeued %d job(s) that had no message", sent)

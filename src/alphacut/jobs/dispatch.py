@@ -51,7 +51,7 @@ class CeleryDispatcher:
         self.store = store
         self.celery = create_celery(settings)
         self.broker: Redis = connect_broker(settings)
-        self.channel = done_channel(settings.broker_url)
+        self.channel = done_channel(settings)
         self.running = 0  # an API node runs no job itself
         self.broker_error: str | None = None  # the last failure, while the broker is down
         self._finished_listeners: list[Callable[[Job], None]] = []
@@ -88,6 +88,7 @@ class CeleryDispatcher:
                 send_job,
                 self.celery,
                 self.broker,
+                self.settings.broker_prefix,
                 job.id,
                 job.attempts,
                 self.settings.default_queue,
@@ -162,8 +163,9 @@ class CeleryDispatcher:
         """Messages waiting in each queue (Redis list lengths; blocking)."""
         depths: dict[str, int] = {}
         for queue in (*IMAGE_QUEUES, OPS_QUEUE):
+            key = self.settings.broker_prefix + queue
             depths[queue] = sum(
-                int(self.broker.llen(queue + suffix)) for suffix in _PRIORITY_SUFFIXES
+                int(self.broker.llen(key + suffix)) for suffix in _PRIORITY_SUFFIXES
             )
         return depths
 
