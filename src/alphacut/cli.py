@@ -26,6 +26,8 @@ models_app = typer.Typer(help="Pull, list and quantise segmentation models.", no
 app.add_typer(models_app, name="models")
 db_app = typer.Typer(help="The job database (ALPHACUT_DATABASE_URL).", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+keys_app = typer.Typer(help="Managed API keys, kept in the job database.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
 
 IMAGE_SUFFIXES = {
     ".jpg",
@@ -120,6 +122,54 @@ def models_quantize(
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         _fail(str(exc))
     typer.echo(f"model {name}-int8 ready: {path}")
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option(help="What the key is for (shown by `keys list`)")] = "",
+    queue_limit: Annotated[
+        int | None, typer.Option(min=1, help="Jobs queued or running at once [default: setting]")
+    ] = None,
+    rate: Annotated[
+        int | None, typer.Option(min=0, help="Requests per minute, 0 = none [default: setting]")
+    ] = None,
+    megapixels: Annotated[
+        float | None,
+        typer.Option(min=0, help="Image megapixels per minute, 0 = none [default: setting]"),
+    ] = None,
+) -> None:
+    """Create an API key and print it, once: only a hash of it is kept.
+
+    Running servers accept it within a second or two. Once any key exists, keys are required.
+    """
+    from alphacut.keys_cli import open_key_store
+
+    with open_key_store(_settings(), _fail) as keys:
+        record, key = keys.create(
+            name, queue_limit=queue_limit, rate_limit=rate, megapixel_limit=megapixels
+        )
+    typer.echo(f"created key {record.id}; it is shown only now, store it safely:", err=True)
+    typer.echo(key)
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """Show every managed key: id, name, limits, created, last used, revoked (never the key)."""
+    from alphacut.keys_cli import format_keys, open_key_store
+
+    with open_key_store(_settings(), _fail) as keys:
+        typer.echo(format_keys(keys.list()))
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: Annotated[int, typer.Argument(help="The key's id (`keys list`)")]) -> None:
+    """Revoke a key: running servers refuse it (401) within a second or two."""
+    from alphacut.keys_cli import open_key_store
+
+    with open_key_store(_settings(), _fail) as keys:
+        if keys.revoke(key_id) is None:
+            _fail(f"no key with id {key_id}")
+    typer.echo(f"key {key_id} revoked")
 
 
 @models_app.command("list")

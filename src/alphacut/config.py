@@ -205,6 +205,28 @@ class Settings(BaseSettings):
         ge=1,
         description="Jobs one API key may have queued or running; more are refused with HTTP 429.",
     )
+    key_pepper: str = Field(
+        default="",
+        repr=False,  # a secret: keep it out of logs
+        description="Secret mixed into the stored hash of each managed API key (`alphacut keys`); "
+        "when empty, one is generated and kept in `key_pepper` in the home folder. Servers and "
+        "the CLI sharing one job database must use the same pepper.",
+    )
+    rate_limit: int = Field(
+        default=0,
+        ge=0,
+        description="Requests per minute one API key may make to removebg_mask, for keys "
+        "without their own limit (`alphacut keys create --rate`); more are refused with HTTP "
+        "429. 0 means no limit.",
+    )
+    megapixel_limit: float = Field(
+        default=0.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="Image megapixels per minute one API key may send (a 12 MP photo counts "
+        "12), for keys without their own limit (`alphacut keys create --megapixels`); more "
+        "are refused with HTTP 429. 0 means no limit.",
+    )
     webhook_secret: str = Field(
         default="",
         repr=False,  # a secret: keep it out of logs

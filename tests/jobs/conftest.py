@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 from alphacut.jobs.database import create_database_engine, sqlite_url
 from alphacut.jobs.migrate import upgrade_database
-from alphacut.jobs.schema import jobs
+from alphacut.jobs.schema import metadata
 from alphacut.jobs.store import SQLJobStore
 from tests.services import find_postgres, scratch_postgres_database
 
@@ -42,7 +42,8 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         url = request.getfixturevalue("postgres_url")
         engine = create_database_engine(url)
         with engine.begin() as connection:
-            connection.execute(sa.text(f"TRUNCATE {jobs.name} RESTART IDENTITY"))
+            tables = ", ".join(table.name for table in metadata.sorted_tables)
+            connection.execute(sa.text(f"TRUNCATE {tables} RESTART IDENTITY"))
     engine.dispose()
     return url
 

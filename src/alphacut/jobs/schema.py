@@ -46,3 +46,33 @@ jobs = sa.Table(
 )
 sa.Index("jobs_status", jobs.c.status, jobs.c.id)
 sa.Index("jobs_owner", jobs.c.owner, jobs.c.status)
+
+# Managed API keys (`alphacut keys ...`, jobs/keys.py): only a peppered hash of each key is kept.
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", JobId, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.Text(), nullable=False, server_default=sa.text("''")),
+    # Hex HMAC-SHA256 of the key with the server's pepper (ALPHACUT_KEY_PEPPER).
+    sa.Column("key_hash", sa.Text(), nullable=False, unique=True),
+    # Per-key limits; NULL means the server's default (the matching ALPHACUT_* setting).
+    sa.Column("queue_limit", sa.Integer()),
+    sa.Column("rate_limit", sa.Integer()),  # requests per minute
+    sa.Column("megapixel_limit", Seconds),  # megapixels per minute
+    sa.Column("created_at", Seconds, nullable=False),
+    sa.Column("last_used_at", Seconds),
+    sa.Column("revoked_at", Seconds),
+    # Ids are never reused: a revoked key's id must not come to name a new key.
+    sqlite_autoincrement=True,
+)
+
+# Rate-limit counters shared by every server on the database (jobs/ratelimits.py): one row per
+# owner (hash of the key) and minute since the epoch.
+rate_windows = sa.Table(
+    "rate_windows",
+    metadata,
+    sa.Column("owner", sa.Text(), primary_key=True),
+    sa.Column("minute", sa.BigInteger(), primary_key=True),
+    sa.Column("requests", sa.Integer(), nullable=False, server_default=sa.text("0")),
+    sa.Column("pixels", sa.BigInteger(), nullable=False, server_default=sa.text("0")),
+)

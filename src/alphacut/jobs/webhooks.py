@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import json
 import logging
+import os
 import random
 import secrets
 import threading
@@ -30,20 +31,35 @@ log = logging.getLogger(__name__)
 SIGNATURE_HEADER = "X-Alphacut-Signature"
 
 
-def load_or_create_secret(configured: str, home: Path) -> str:
-    """The configured secret, or one generated once and kept in ``$ALPHACUT_HOME``."""
+def load_or_create_secret(
+    configured: str,
+    home: Path,
+    file_name: str = "webhook_secret",
+    setting: str = "ALPHACUT_WEBHOOK_SECRET",
+) -> str:
+    """The configured secret, or one generated once and kept in ``$ALPHACUT_HOME/file_name``.
+
+    Created atomically (written aside, then linked into place, mode 0600): two processes
+    starting together end up with the same secret, and none reads a half-written file.
+    """
     if configured:
         return configured
-    path = home / "webhook_secret"
+    path = home / file_name
     if path.is_file():
         return path.read_text().strip()
     home.mkdir(parents=True, exist_ok=True)
     secret = secrets.token_hex(32)
-    path.write_text(secret)
+    draft = home / f".{file_name}.{secrets.token_hex(8)}"
+    draft.touch(mode=0o600)
+    try:
+        draft.write_text(secret)
+        os.link(draft, path)  # fails if another process created it first: theirs wins
+    except FileExistsError:
+        return path.read_text().strip()
+    finally:
+        draft.unlink()
     path.chmod(0o600)
-    log.info(
-        "generated a webhook signing secret in %s (set ALPHACUT_WEBHOOK_SECRET to choose)", path
-    )
+    log.info("generated a secret in %s (set %s to choose)", path, setting)
     return secret
 
 

@@ -38,7 +38,8 @@ def install_error_handlers(app: FastAPI) -> None:
                 exc.status_code,
                 exc.message,
                 {"retry_after": exc.retry_after},
-                {"Retry-After": str(exc.retry_after)},
+                # A rate limit's refusal adds its X-RateLimit-* headers.
+                {"Retry-After": str(exc.retry_after), **getattr(exc, "headers", {})},
             )
         # The body limits' errors close the connection: the rest of the body is never read.
         headers: dict[str, str] | None = getattr(exc, "headers", None)

@@ -159,13 +159,16 @@ async def _save_background(
     return reference, url
 
 
-async def _removebg_mask(request: Request, state: StateDep) -> dict[str, Any]:
+async def _removebg_mask(request: Request, response: Response, state: StateDep) -> dict[str, Any]:
     request.state.api_endpoint = "removebg_mask"  # for the metrics, by body status
     state.check_accepting()  # first: a draining server reads no body
     settings = state.settings
     fields, upload = await read_body(request)
     req: RemoveBgRequest = validate(RemoveBgRequest, fields)
-    owner = state.owner_of(req.key)
+    principal = await asyncio.to_thread(state.authenticate, req.key)
+    owner = principal.owner
+    # Refused early (nothing counted) when the key's minute is already used up.
+    await asyncio.to_thread(state.access.check_rate, principal)
     model = req.model or settings.model
     spec = state.engine.spec(model)
     if not spec.is_installed(settings.model_dir):
@@ -173,7 +176,7 @@ async def _removebg_mask(request: Request, state: StateDep) -> dict[str, Any]:
     if req.webhook:
         await asyncio.to_thread(check_url, req.webhook, fetch_policy(settings), label="webhook")
     pending = await asyncio.to_thread(state.store.pending_for_owner, owner)
-    if pending >= settings.max_queued_per_key:
+    if pending >= principal.queue_limit:
         retry = await asyncio.to_thread(state.retry_after, pending)
         raise TooManyJobs(f"too many queued jobs for this key ({pending}); retry later", retry)
     if upload is not None:
@@ -186,6 +189,9 @@ async def _removebg_mask(request: Request, state: StateDep) -> dict[str, Any]:
     started = time.perf_counter()
     image = await asyncio.to_thread(decode_image, data, settings.max_pixels)
     observe_stage(request, "decode", time.perf_counter() - started)
+    # Accepted: counted against the key's per-minute requests and megapixels (or 429).
+    usage = await asyncio.to_thread(state.access.admit, principal, image.width * image.height)
+    response.headers.update(state.access.headers(principal, usage))
     file_id = str(uuid.uuid4())
     file_name = f"{file_id}.{FORMATS[req.format][0]}"
     bg_path, bg_url = await _save_background(request, req, state, file_id)
@@ -257,7 +263,7 @@ for _path in REMOVEBG_PATHS:
 
 
 async def _fetch(state: ServiceState, key: str, raw_id: Any) -> dict[str, Any]:
-    owner = state.owner_of(key)
+    owner = await asyncio.to_thread(state.owner_of, key)
     try:
         job_id = int(str(raw_id).strip())
     except (TypeError, ValueError):

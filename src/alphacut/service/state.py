@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -14,14 +13,17 @@ from fastapi import Request
 
 from alphacut.config import Settings
 from alphacut.engine import Engine
-from alphacut.errors import ShuttingDown, Unauthorized
+from alphacut.errors import ShuttingDown
 from alphacut.io.sources import fetch_policy
 from alphacut.io.storage import Storage, open_storage
 from alphacut.jobs.cleanup import delete_expired
+from alphacut.jobs.keys import KeyStore, load_pepper
+from alphacut.jobs.ratelimits import RateCounter
 from alphacut.jobs.runner import JobRunner
 from alphacut.jobs.store import JobStore, SQLJobStore
 from alphacut.jobs.webhooks import WebhookSender, load_or_create_secret
 from alphacut.jobs.worker import WorkerPool
+from alphacut.service.access import AccessControl, Principal
 from alphacut.service.outputs import output_link
 from alphacut.service.responses import OutputLink, proxy_link, webhook_payload
 
@@ -36,6 +38,7 @@ class ServiceState:
     storage: Storage
     pool: JobRunner  # in-process WorkerPool, or CeleryDispatcher (ALPHACUT_BROKER_URL)
     webhooks: WebhookSender
+    access: AccessControl  # API keys and rate limits
     background: list[asyncio.Task[None]] = field(default_factory=list)
     started_at: float = field(default_factory=time.time)
     # Set when a job ends, so its webhook goes out now rather than at the next poll.
@@ -65,16 +68,24 @@ class ServiceState:
             pool = CeleryDispatcher(settings, store)
         else:
             pool = WorkerPool(settings, store, engine, storage)
-        state = cls(settings, engine, store, storage, pool, webhooks)
+        access = AccessControl(
+            settings,
+            KeyStore(store.engine, load_pepper(settings.key_pepper, settings.home)),
+            RateCounter(store.engine),
+        )
+        state = cls(settings, engine, store, storage, pool, webhooks, access)
         state.output_link = output_link(settings, storage)
         pool.add_finished_listener(lambda job: state.webhook_wakeup.set())
         return state
 
+    def authenticate(self, key: str) -> Principal:
+        """Check the API key (401 if refused): who is calling, and their limits. Runs database
+        queries (cached for a second): call it off the event loop."""
+        return self.access.authenticate(key)
+
     def owner_of(self, key: str) -> str:
         """Check the API key; jobs are owned by a hash of it (keys are never stored)."""
-        if self.settings.api_keys and key not in self.settings.api_keys:
-            raise Unauthorized("invalid or missing API key")
-        return hashlib.sha256(key.encode()).hexdigest()[:32] if key else ""
+        return self.access.authenticate(key).owner
 
     def eta_for(self, job_id: int) -> float:
         """Seconds until the job is done: mean job time x (jobs ahead / workers + itself).
@@ -138,8 +149,11 @@ class ServiceState:
         return self.settings.public_url or str(request.base_url).rstrip("/")
 
     async def start(self) -> None:
-        if not self.settings.api_keys:
-            log.warning("ALPHACUT_API_KEYS is not set: the API is open to anyone who can reach it")
+        if not await asyncio.to_thread(self.access.keys_required):
+            log.warning(
+                "no API keys (ALPHACUT_API_KEYS or `alphacut keys create`): the API is open to "
+                "anyone who can reach it"
+            )
         if self.settings.broker_url:
             # A cluster: the workers load the models and run jobs and webhooks, the beat
             # runs the cleanup.
