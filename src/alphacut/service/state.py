@@ -95,7 +95,8 @@ class ServiceState:
         """
         mean = self.store.mean_generation_time() or 3.0
         ahead = self.store.queue_position(job_id)
-        return mean * (ahead / max(1, self.settings.workers) + 1)
+        # At least 0.1 s: "processing" with an eta that rounds to 0.0 reads as "never".
+        return max(0.1, mean * (ahead / max(1, self.settings.workers) + 1))
 
     def retry_after(self, pending: int) -> int:
         """Whole seconds until a key with ``pending`` unfinished jobs has room again (>= 1)."""
