@@ -209,7 +209,7 @@ EOF
       >"$dir/weed.log" 2>&1 </dev/null &
     echo $! >"$dir/weed.pid"
     echo "${ports[6]}" >"$dir/port"
-    wait_for 90 s3_ready "http://127.0.0.1:${ports[6]}" "$key" "$secret" ||
+    wait_for 180 s3_ready "http://127.0.0.1:${ports[6]}" "$key" "$secret" ||
       die "SeaweedFS's S3 gateway did not answer: see $dir/weed.log"
     log "SeaweedFS S3 started on 127.0.0.1:${ports[6]}"
   fi

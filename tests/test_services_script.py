@@ -28,7 +28,7 @@ VARIABLES = {
 def run_script(command: str, state: Path) -> str:
     env = {**os.environ, "ALPHACUT_SERVICES_DIR": str(state)}
     done = subprocess.run(
-        ["bash", str(SCRIPT), command], env=env, capture_output=True, text=True, timeout=240
+        ["bash", str(SCRIPT), command], env=env, capture_output=True, text=True, timeout=420
     )
     assert done.returncode == 0, done.stderr
     return done.stdout
