@@ -15,7 +15,7 @@ setup:
 	$(BIN)/alphacut models pull medium
 	bash scripts/setup-browser.sh
 
-# Optional, not part of setup (~5 min on 2 cores): the int8 model `medium-int8` (docs/models.md).
+# Optional, not part of setup (1.5-5 min on 2 cores): the int8 model `medium-int8` (docs/models.md).
 int8:
 	$(BIN)/alphacut models quantize medium
 

@@ -1,7 +1,7 @@
 """Static int8 quantisation of a model: QDQ, per-channel int8 weights, calibrated on photos.
 
 ONNX Runtime runs a QDQ graph (QuantizeLinear/DequantizeLinear around each quantised node) with
-fused int8 convolution kernels: about twice as fast as fp32 here (docs/performance.md).
+fused int8 convolution kernels: 2-4x faster than fp32 here (docs/performance.md).
 Activation ranges come from running the fp32 model on the MIT-licensed photos shipped in
 ``calibration/`` (see its README). What each setting costs in quality is in docs/quality.md.
 """
