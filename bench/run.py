@@ -4,6 +4,7 @@
     .venv/bin/python bench/run.py --only library --quick
     .venv/bin/python bench/run.py --only http,memory
     .venv/bin/python bench/run.py --only cache,coldstart   # mask cache; process start to result
+    .venv/bin/python bench/run.py --only reliability       # bench/reliability.py, its defaults
 
 See bench/README.md for what each part measures and the figures it gave.
 """
@@ -36,7 +37,16 @@ from bench.common import (  # noqa: E402
     static_copy,
 )
 
-PARTS = ("library", "http", "memory", "matting", "inputsize", "cache", "coldstart")
+PARTS = (
+    "library",
+    "http",
+    "memory",
+    "matting",
+    "inputsize",
+    "cache",
+    "coldstart",
+    "reliability",
+)
 
 
 @dataclass
@@ -264,6 +274,10 @@ def main() -> None:
                 from bench.coldstart import run_coldstart
 
                 results["parts"][part] = run_coldstart(ctx)
+            elif part == "reliability":
+                from bench.reliability import main as run_reliability
+
+                results["parts"][part] = run_reliability([])
             elif part == "inputsize":
                 sizes = tuple(int(s) for s in args.sizes.split(","))
                 results["parts"][part] = run_inputsize(ctx, sizes)
