@@ -278,13 +278,16 @@ def load_bodies(tmp: Path) -> dict[str, bytes]:
 
 
 def start_server(tree: Path, tmp: Path) -> Server:
-    """``alphacut serve`` on loopback with the real model and the default limits."""
+    """``alphacut serve`` on loopback with the real model, the default limits, no mask cache."""
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     env = tree_environment(tree) | {
         "ALPHACUT_HOME": str(tmp / "load-home"),
         "ALPHACUT_MODEL_DIR": str(MODEL_DIR),
         "ALPHACUT_MODEL": "medium",
+        # Every request runs the model: the photos repeat, and the mask cache (keyed by the
+        # decoded pixels) would answer all but the first round without it.
+        "ALPHACUT_CACHE_BYTES": "0",
     }
     command = [
         str(Path(sys.executable).with_name("alphacut")),
@@ -499,7 +502,8 @@ def render(report: dict[str, Any]) -> str:
             "",
             f"{load['sent']} requests with {load['concurrency']} concurrent clients to a real "
             "`alphacut serve` on loopback with the real ISNet weights (`medium`, fp32) and the "
-            "default settings; "
+            "default settings but the mask cache off (`ALPHACUT_CACHE_BYTES=0`: the photos "
+            "repeat, and every request must run the model); "
             f"{cut}. Each round of ten: five photos with the default options (0.2-1.5 MP), two "
             "with `only_mask`, two with `alpha_matting`, and two 12 MP photos (girl-1.jpg "
             "upscaled to 4000x3000; one default, one `only_mask`), sent as multipart uploads. A "
