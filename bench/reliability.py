@@ -566,8 +566,9 @@ def render(report: dict[str, Any]) -> str:
             "### Bad inputs tried",
             "",
             "pytest on each suite with `bench/reliability_plugin.py`, which counts the HTTP "
-            "requests each test sent (httpx, Starlette's test client and requests, which "
-            "schemathesis uses; not the raw-socket slow-client tests), their status codes, and "
+            "requests each test sent to alphacut (through httpx, Starlette's test client or "
+            "requests, which schemathesis uses; not the raw-socket slow-client tests, nor the "
+            "server's own outbound fetches and webhooks) and alphacut's status codes, and "
             "the examples each Hypothesis test ran (the request-schema properties run the "
             "parsing and validation in process, no HTTP). The schemathesis run is the `make "
             "test` size (`ALPHACUT_FUZZ_EXAMPLES`, 12 per operation and mode unless set; `make "

@@ -3,8 +3,12 @@
 Loaded with ``-p bench.reliability_plugin`` and ``ALPHACUT_RELIABILITY_REPORT=<file>``; without
 that variable it does nothing. It counts, per test:
 
-* HTTP requests the test sent through httpx (sync and async clients, Starlette's TestClient
-  included) or requests (what schemathesis uses), with each answer's status code;
+* HTTP requests sent to alphacut through httpx (sync and async clients, Starlette's TestClient
+  included) or requests (what schemathesis uses), with each answer's status code. Only answers
+  of alphacut's app count: those of an in-process uvicorn server (the tests' ``LiveServer``; its
+  port is recorded when uvicorn's Config is made) or of Starlette's TestClient. The server's
+  own outbound fetches and webhooks, which run in the same process, and the answers of the
+  tests' plain HTTP servers (image hosts, webhook receivers) are left out;
 * Hypothesis examples run by a ``@given`` test (its inner test is wrapped with a counter);
 
 and records each test's outcome and the first line of its docstring. Requests written to raw
@@ -20,6 +24,7 @@ from collections import Counter
 from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -32,10 +37,17 @@ class RunCounts:
         self.statuses: dict[str, Counter[int]] = {}
         self.examples: Counter[str] = Counter()
         self.outcomes: dict[str, str] = {}
+        self.alphacut_ports: set[int] = set()
         self.descriptions: dict[str, str] = {}
 
-    def count_status(self, status_code: int) -> None:
-        self.statuses.setdefault(self.current_test, Counter())[status_code] += 1
+    def count_status(self, url: Any, status_code: int) -> None:
+        """Count an answer if it came from alphacut's app (see the module's docstring)."""
+        parsed = urlsplit(str(url))
+        from_alphacut = parsed.hostname == "testserver" or (
+            parsed.hostname in ("127.0.0.1", "localhost") and parsed.port in self.alphacut_ports
+        )
+        if from_alphacut:
+            self.statuses.setdefault(self.current_test, Counter())[status_code] += 1
 
     def as_json(self) -> dict[str, Any]:
         tests = {}
@@ -63,7 +75,7 @@ def _count_responses(cls: type, is_async: bool) -> None:
         @functools.wraps(original)
         async def send_async(self: Any, *args: Any, **kwargs: Any) -> Any:
             response = await original(self, *args, **kwargs)
-            COUNTS.count_status(response.status_code)
+            COUNTS.count_status(response.request.url, response.status_code)
             return response
 
         cls.send = send_async  # type: ignore[attr-defined]
@@ -72,7 +84,7 @@ def _count_responses(cls: type, is_async: bool) -> None:
         @functools.wraps(original)
         def send(self: Any, *args: Any, **kwargs: Any) -> Any:
             response = original(self, *args, **kwargs)
-            COUNTS.count_status(response.status_code)
+            COUNTS.count_status(response.request.url, response.status_code)
             return response
 
         cls.send = send  # type: ignore[attr-defined]
@@ -87,7 +99,16 @@ def pytest_configure(config: pytest.Config) -> None:
         return
     import httpx
     import requests
+    import uvicorn
 
+    original_config_init = uvicorn.Config.__init__
+
+    @functools.wraps(original_config_init)
+    def recording_config_init(self: Any, *args: Any, **kwargs: Any) -> None:
+        original_config_init(self, *args, **kwargs)
+        COUNTS.alphacut_ports.add(self.port)
+
+    uvicorn.Config.__init__ = recording_config_init  # type: ignore[method-assign]
     _count_responses(httpx.Client, is_async=False)
     _count_responses(httpx.AsyncClient, is_async=True)
     _count_responses(requests.Session, is_async=False)
