@@ -114,7 +114,10 @@ class _SharedEngine(Engine):
 
 @pytest.fixture(scope="module")
 def real_engine(tmp_path_factory):
-    engine = _SharedEngine(real_settings(tmp_path_factory.mktemp("engine-home")))
+    # No mask cache: these tests need jobs that take the model's time (queues, leases, drains);
+    # with it, every repeat of the subject image would finish at once.
+    settings = real_settings(tmp_path_factory.mktemp("engine-home"))
+    engine = _SharedEngine(settings.model_copy(update={"cache_bytes": 0}))
     engine.runner()
     yield engine
     Engine.close(engine)
