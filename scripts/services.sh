@@ -197,20 +197,26 @@ start_seaweedfs() {
   "credentials": [{"accessKey": "$key", "secretKey": "$secret"}],
   "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}
 EOF
-    # Every port explicit and free (the gRPC ones default to HTTP port + 10000).
-    read -r -a ports <<<"$(free_ports 9)"
-    nohup "$weed" server -dir="$dir/data" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
-      -master.port="${ports[0]}" -master.port.grpc="${ports[1]}" \
-      -volume.port="${ports[2]}" -volume.port.grpc="${ports[3]}" \
-      -filer -filer.port="${ports[4]}" -filer.port.grpc="${ports[5]}" \
-      -s3 -s3.port="${ports[6]}" -s3.port.grpc="${ports[7]}" -s3.config="$dir/s3.json" \
-      -s3.port.iceberg=0 -s3.port.lance=0 -metricsPort=0 \
-      -master.volumeSizeLimitMB=64 -volume.max=0 -master.telemetry=false \
-      >"$dir/weed.log" 2>&1 </dev/null &
-    echo $! >"$dir/weed.pid"
-    echo "${ports[6]}" >"$dir/port"
-    wait_for 180 s3_ready "http://127.0.0.1:${ports[6]}" "$key" "$secret" ||
-      die "SeaweedFS's S3 gateway did not answer: see $dir/weed.log"
+    local attempt
+    for attempt in 1 2 3; do
+      # Every port explicit and free (the gRPC ones default to HTTP port + 10000).
+      read -r -a ports <<<"$(free_ports 9)"
+      nohup "$weed" server -dir="$dir/data" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
+        -master.port="${ports[0]}" -master.port.grpc="${ports[1]}" \
+        -volume.port="${ports[2]}" -volume.port.grpc="${ports[3]}" \
+        -filer -filer.port="${ports[4]}" -filer.port.grpc="${ports[5]}" \
+        -s3 -s3.port="${ports[6]}" -s3.port.grpc="${ports[7]}" -s3.config="$dir/s3.json" \
+        -s3.port.iceberg=0 -s3.port.lance=0 -metricsPort=0 \
+        -master.volumeSizeLimitMB=64 -volume.max=0 -master.telemetry=false \
+        >"$dir/weed.log" 2>&1 </dev/null &
+      echo $! >"$dir/weed.pid"
+      echo "${ports[6]}" >"$dir/port"
+      # A free port can be taken by another process before weed binds it: then try anew.
+      wait_for 120 s3_ready "http://127.0.0.1:${ports[6]}" "$key" "$secret" && break
+      stop_pid "$dir/weed.pid"
+      cp "$dir/weed.log" "$dir/weed.failed-$attempt.log"
+      ((attempt < 3)) || die "SeaweedFS's S3 gateway did not answer: see $dir/weed.failed-*.log"
+    done
     log "SeaweedFS S3 started on 127.0.0.1:${ports[6]}"
   fi
   echo "export ALPHACUT_STORAGE_URL=s3://$BUCKET/outputs"
