@@ -82,6 +82,11 @@ class BrokerUnavailable(ShuttingDown):
     (HTTP 503 with ``retry_after``, like a draining server)."""
 
 
+class DatabaseUnavailable(ShuttingDown):
+    """The job database cannot be reached (a PostgreSQL restart, a network cut): no job can be
+    created or read, so the request is refused with 503 and ``retry_after``."""
+
+
 class StorageUnavailable(AlphacutError):
     """The output storage (an S3 bucket) could not be reached or refused an operation, after
     retries (HTTP 503)."""

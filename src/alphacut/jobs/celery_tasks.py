@@ -37,6 +37,7 @@ from alphacut.jobs.celery_app import (
     send_job,
 )
 from alphacut.jobs.cleanup import delete_expired
+from alphacut.jobs.database import database_unreachable
 from alphacut.jobs.store import SQLJobStore
 from alphacut.jobs.webhooks import WebhookSender, load_or_create_secret
 from alphacut.jobs.worker import LEASE_SECONDS, WorkerPool
@@ -46,6 +47,8 @@ log = logging.getLogger(__name__)
 # A job whose worker died this many times (e.g. the OOM killer, every time) fails instead of
 # taking down worker after worker.
 MAX_JOB_ATTEMPTS = 3
+# Seconds before a job task that found the job database unreachable runs again.
+DATABASE_RETRY_SECONDS = 2
 
 # The worker's settings, from the ALPHACUT_* environment (read once, before the pool forks).
 _settings: Settings | None = None
@@ -129,6 +132,22 @@ def _renew_until(rt: WorkerRuntime, job_id: int, stop: threading.Event) -> None:
 def run_job(task: Any, job_id: int) -> str:
     """Run one job; returns what happened (for the worker's log)."""
     rt = runtime()
+    try:
+        return _run_job(task, rt, job_id)
+    except Exception as exc:
+        if not database_unreachable(exc):
+            raise
+        # The job stays in the store as it was (queued, or running under this process's
+        # lease, which the retry's claim takes over): run it again once the database is back.
+        log.warning(
+            "job %s: the job database is unreachable; retrying in %s s",
+            job_id,
+            DATABASE_RETRY_SECONDS,
+        )
+        raise task.retry(countdown=DATABASE_RETRY_SECONDS, exc=exc) from exc
+
+
+def _run_job(task: Any, rt: WorkerRuntime, job_id: int) -> str:
     job = rt.store.claim_id(job_id, rt.pool.identity, LEASE_SECONDS)
     if job is None:
         current = rt.store.get(job_id)
@@ -145,7 +164,8 @@ def run_job(task: Any, job_id: int) -> str:
         renewer = threading.Thread(target=_renew_until, args=(rt, job_id, stop), daemon=True)
         renewer.start()
         try:
-            rt.pool.process(job)  # never raises: failures are recorded on the job
+            # Never raises, but when the database is unreachable: failures are on the job.
+            rt.pool.process(job)
         finally:
             stop.set()
     _announce_done(rt, job_id)

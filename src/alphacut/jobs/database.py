@@ -47,6 +47,15 @@ def display_url(url: str | URL) -> str:
     return parsed.render_as_string(hide_password=True)
 
 
+def database_unreachable(exc: BaseException) -> bool:
+    """True when ``exc`` says PostgreSQL could not be reached or dropped the connection (a
+    restart, a network cut): the operation may work if tried again, so it is no job's fault.
+    SQLite's errors (a locked file) are not among them."""
+    if not isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError):
+        return False
+    return type(exc.orig).__module__.startswith("psycopg")
+
+
 def create_database_engine(url: str) -> Engine:
     parsed = parse_database_url(url)
     if parsed.get_backend_name() == "sqlite":

@@ -249,7 +249,13 @@ class SQLJobStore:
             )
             if row is None or row["status"] not in (QUEUED, RUNNING):
                 return None
-            if row["status"] == RUNNING and (row["lease_until"] or 0) >= now:
+            # The job's own worker may take it back: a process runs one task at a time, so its
+            # earlier attempt has ended (say, on a database outage) without recording an end.
+            if (
+                row["status"] == RUNNING
+                and (row["lease_until"] or 0) >= now
+                and row["worker"] != worker
+            ):
                 name, _, pid = (row["worker"] or "").rpartition(":")
                 dead_here = name == socket.gethostname() and pid.isdigit()
                 if not (dead_here and not _pid_alive(int(pid))):

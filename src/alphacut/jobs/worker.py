@@ -16,6 +16,7 @@ from alphacut.engine import Engine
 from alphacut.errors import AlphacutError
 from alphacut.io.storage import Storage
 from alphacut.jobs.budget import PixelBudget
+from alphacut.jobs.database import database_unreachable
 from alphacut.jobs.store import FAILED, SUCCESS, Job, JobStore, worker_identity
 from alphacut.pipeline.decode import decode_image
 from alphacut.pipeline.encode import encode_image
@@ -242,7 +243,7 @@ class WorkerPool:
             self.store.fail(job.id, "internal error while processing the image", 500)
 
     def process(self, job: Job) -> None:
-        """Run one job to SUCCESS or FAILED; never raises."""
+        """Run one job to SUCCESS or FAILED; raises only when the job database is unreachable."""
         request = job.request
         started = time.perf_counter()
         input_path = request["input_path"]  # a storage reference: a path, or an S3 object
@@ -286,6 +287,10 @@ class WorkerPool:
                 time.time() + ttl if ttl > 0 else None,
             )
         except Exception as exc:
+            if database_unreachable(exc):
+                # Nothing can be recorded now, and the outage is not the job's fault: it stays
+                # RUNNING under this lease and runs again (the Celery task retries it).
+                raise
             self._record_failure(job, exc)
         finally:
             self.handoff.pop(input_path, None)

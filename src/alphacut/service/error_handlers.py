@@ -5,14 +5,19 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import sqlalchemy as sa
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from alphacut.errors import AlphacutError, ShuttingDown, TooManyJobs
+from alphacut.errors import AlphacutError, DatabaseUnavailable, ShuttingDown, TooManyJobs
 
 log = logging.getLogger(__name__)
+
+# Seconds a client is told to wait when the job database does not answer: a restart of
+# PostgreSQL takes a few.
+DATABASE_RETRY_AFTER = 5
 
 
 def error_response(
@@ -44,6 +49,17 @@ def install_error_handlers(app: FastAPI) -> None:
         # The body limits' errors close the connection: the rest of the body is never read.
         headers: dict[str, str] | None = getattr(exc, "headers", None)
         return error_response(request, exc.status_code, exc.message, headers=headers)
+
+    @app.exception_handler(sa.exc.OperationalError)
+    @app.exception_handler(sa.exc.InterfaceError)
+    async def _database_down(request: Request, exc: sa.exc.DBAPIError) -> JSONResponse:
+        # A database that is down is the client's cue to retry, not a bug: 503, no traceback.
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+        log.warning("job database unavailable on %s: %s", request.url.path, reason)
+        unavailable = DatabaseUnavailable(
+            "the job database is unavailable; retry shortly", DATABASE_RETRY_AFTER
+        )
+        return await _alphacut_error(request, unavailable)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
