@@ -73,6 +73,8 @@ class OwnPostgres:
         if not found:
             pytest.skip("OUTAGE TEST NOT RUN: no PostgreSQL binaries in /usr/lib/postgresql")
         self.bin = Path(found[-1]).parent
+        if os.geteuid() == 0 and not _user_exists("postgres"):
+            pytest.skip("OUTAGE TEST NOT RUN: as root, PostgreSQL needs a postgres user")
         # Not under pytest's tmp_path: the postgres user cannot enter root's private folder.
         self.folder = Path(tempfile.mkdtemp(prefix="alphacut-pg-"))
         self.as_user: list[str] = []
@@ -113,6 +115,16 @@ class OwnPostgres:
             timeout=60,
         )
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _user_exists(name: str) -> bool:
+    import pwd
+
+    try:
+        pwd.getpwnam(name)
+        return True
+    except KeyError:
+        return False
 
 
 def _answers(call: Callable[[], object]) -> bool:
