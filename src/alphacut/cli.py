@@ -322,10 +322,10 @@ def serve(
 
     settings = _settings()  # before the server starts: a bad setting fails here, clearly
     configure_logging(log_level)
-    if not settings.api_keys and not _is_loopback(host):
+    if not settings.api_keys and not _is_loopback(host) and not _managed_keys_exist(settings):
         logging.getLogger("alphacut.cli").warning(
-            "listening on %s with no API keys (ALPHACUT_API_KEYS): anyone who can reach this "
-            "address can use the server",
+            "listening on %s with no API keys (ALPHACUT_API_KEYS or `alphacut keys create`): "
+            "anyone who can reach this address can use the server",
             host,
         )
     # alphacut writes its own access log (no query strings, with request and job ids).
@@ -387,6 +387,13 @@ def worker(
         settings.home.mkdir(parents=True, exist_ok=True)
         argv += ["--beat", f"--schedule={settings.home / 'celerybeat-schedule'}"]
     celery_app.worker_main(argv)
+
+
+def _managed_keys_exist(settings: Settings) -> bool:
+    from alphacut.keys_cli import open_key_store
+
+    with open_key_store(settings, _fail) as keys:
+        return keys.any_issued()
 
 
 def _is_loopback(host: str) -> bool:

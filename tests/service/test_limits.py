@@ -444,3 +444,17 @@ def test_serve_warns_on_a_public_address_without_keys() -> None:
 
     assert _is_loopback("127.0.0.1") and _is_loopback("::1") and _is_loopback("localhost")
     assert not _is_loopback("0.0.0.0") and not _is_loopback("example.com")
+
+
+def test_managed_keys_count_as_keys_for_the_warning(tmp_path, monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    from alphacut.cli import _managed_keys_exist, app
+    from alphacut.config import load_settings
+
+    monkeypatch.setenv("ALPHACUT_HOME", str(tmp_path))
+    monkeypatch.delenv("ALPHACUT_DATABASE_URL", raising=False)
+    assert not _managed_keys_exist(load_settings())
+    created = CliRunner().invoke(app, ["keys", "create", "--name", "ops"])
+    assert created.exit_code == 0, created.output
+    assert _managed_keys_exist(load_settings())
