@@ -201,7 +201,10 @@ EOF
     for attempt in 1 2 3; do
       # Every port explicit and free (the gRPC ones default to HTTP port + 10000).
       read -r -a ports <<<"$(free_ports 9)"
-      nohup "$weed" server -dir="$dir/data" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
+      # Without the caller's AWS_* variables: weed would add them as a second identity with
+      # the same access key (a shell that already ran `eval "$(services.sh start)"` has them).
+      env -u AWS_ACCESS_KEY_ID -u AWS_SECRET_ACCESS_KEY -u AWS_SESSION_TOKEN \
+        nohup "$weed" server -dir="$dir/data" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
         -master.port="${ports[0]}" -master.port.grpc="${ports[1]}" \
         -volume.port="${ports[2]}" -volume.port.grpc="${ports[3]}" \
         -filer -filer.port="${ports[4]}" -filer.port.grpc="${ports[5]}" \
