@@ -7,6 +7,8 @@ import http.server
 import json
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -148,6 +150,21 @@ requires_real_model = pytest.mark.skipif(
     reason="REAL MODEL MISSING: run `make setup` (alphacut models pull medium); "
     "these tests check the real ISNet pipeline and always run in CI",
 )
+
+
+def run_python_with_tiny_model(
+    script: str, home: Path, model_dir: Path
+) -> subprocess.CompletedProcess[str]:
+    """``python -c script`` in a clean environment whose settings select the tiny model."""
+    env = {
+        "ALPHACUT_HOME": str(home),
+        "ALPHACUT_MODEL_DIR": str(model_dir),
+        "ALPHACUT_MODEL": "tiny",
+        "PATH": "/usr/bin:/bin",
+    }
+    return subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 def disc(size: int, radius: float) -> np.ndarray:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +10,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from alphacut.cli import app
-from tests.conftest import subject_image
+from tests.conftest import run_python_with_tiny_model, subject_image
 
 runner = CliRunner()
 
@@ -84,15 +82,7 @@ def test_remove_does_not_import_what_it_does_not_use(tmp_path: Path, tiny_model_
         "try:\n    main()\nexcept SystemExit:\n    pass\n"
         "print(sorted({name.split('.')[0] for name in sys.modules}))\n"
     )
-    env = {
-        "ALPHACUT_HOME": str(tmp_path / "home"),
-        "ALPHACUT_MODEL_DIR": str(tiny_model_dir),
-        "ALPHACUT_MODEL": "tiny",
-        "PATH": "/usr/bin:/bin",
-    }
-    proc = subprocess.run(
-        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
-    )
+    proc = run_python_with_tiny_model(script, tmp_path / "home", tiny_model_dir)
     assert proc.returncode == 0, proc.stderr
     loaded = proc.stdout.strip().splitlines()[-1]
     assert "'onnxruntime'" in loaded  # the check sees the command's imports

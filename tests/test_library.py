@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -19,7 +17,13 @@ from alphacut.engine import Engine
 from alphacut.pipeline.encode import encode_image
 from alphacut.service.parsing import validate
 from alphacut.service.schemas import RemoveBgRequest
-from tests.conftest import PHOTOS, real_settings, requires_real_model, subject_image
+from tests.conftest import (
+    PHOTOS,
+    real_settings,
+    requires_real_model,
+    run_python_with_tiny_model,
+    subject_image,
+)
 
 
 @pytest.fixture
@@ -117,15 +121,7 @@ def test_import_and_cli_work_without_the_server_extra(tmp_path, tiny_model_dir):
         main()
         """
     )
-    env = {
-        "ALPHACUT_HOME": str(tmp_path / "home"),
-        "ALPHACUT_MODEL_DIR": str(tiny_model_dir),
-        "ALPHACUT_MODEL": "tiny",
-        "PATH": "/usr/bin:/bin",
-    }
-    proc = subprocess.run(
-        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
-    )
+    proc = run_python_with_tiny_model(script, tmp_path / "home", tiny_model_dir)
     assert proc.returncode == 0, proc.stderr
     assert Image.open(tmp_path / "out.png").mode == "L"
 

@@ -104,6 +104,34 @@ def worker_identity() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def _gone_from_this_host(worker: str | None, own: str | None = None) -> bool:
+    """True if ``worker`` (a ``worker_identity()``) is a process of this host that no longer
+    runs, or is ``own`` (the caller's identity, reused by a restarted process)."""
+    name, _, pid = (worker or "").rpartition(":")
+    if name != socket.gethostname():
+        return False
+    return worker == own or (pid.isdigit() and not _pid_alive(int(pid)))
+
+
+def _take(
+    connection: sa.Connection, job_id: int, worker: str, now: float, lease_seconds: float
+) -> Job:
+    """Mark ``job_id`` RUNNING under ``worker``'s lease (one more attempt) and return it."""
+    claimed = (
+        jobs.update()
+        .where(jobs.c.id == job_id)
+        .values(
+            status=RUNNING,
+            worker=worker,
+            started_at=now,
+            lease_until=now + lease_seconds,
+            attempts=jobs.c.attempts + 1,
+        )
+        .returning(*jobs.c)
+    )
+    return _to_job(connection.execute(claimed).mappings().one())
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -218,19 +246,7 @@ class SQLJobStore:
             job_id = connection.execute(claimable).scalar()
             if job_id is None:
                 return None
-            claimed = (
-                jobs.update()
-                .where(jobs.c.id == job_id)
-                .values(
-                    status=RUNNING,
-                    worker=worker,
-                    started_at=now,
-                    lease_until=now + lease_seconds,
-                    attempts=jobs.c.attempts + 1,
-                )
-                .returning(*jobs.c)
-            )
-            return _to_job(connection.execute(claimed).mappings().one())
+            return _take(connection, job_id, worker, now, lease_seconds)
 
     def claim_id(self, job_id: int, worker: str, lease_seconds: float) -> Job | None:
         """Claim one given job (a Celery task names it): None if it is done, missing, or
@@ -256,23 +272,9 @@ class SQLJobStore:
                 and (row["lease_until"] or 0) >= now
                 and row["worker"] != worker
             ):
-                name, _, pid = (row["worker"] or "").rpartition(":")
-                dead_here = name == socket.gethostname() and pid.isdigit()
-                if not (dead_here and not _pid_alive(int(pid))):
+                if not _gone_from_this_host(row["worker"]):
                     return None
-            claimed = (
-                jobs.update()
-                .where(jobs.c.id == job_id)
-                .values(
-                    status=RUNNING,
-                    worker=worker,
-                    started_at=now,
-                    lease_until=now + lease_seconds,
-                    attempts=jobs.c.attempts + 1,
-                )
-                .returning(*jobs.c)
-            )
-            return _to_job(connection.execute(claimed).mappings().one())
+            return _take(connection, job_id, worker, now, lease_seconds)
 
     def claimable(self, now: float, limit: int = 1000) -> list[tuple[int, int]]:
         """(id, attempts) of the jobs a worker could claim now: queued, or running on an
@@ -306,12 +308,9 @@ class SQLJobStore:
         RUNNING jobs belong to an earlier process that had the same pid (in a container the
         server is often pid 1 after every restart, and a live pid would not look dead).
         """
-        host = socket.gethostname()
         requeued = 0
         for job in self.list_by_status(RUNNING):
-            name, _, pid = (job.worker or "").rpartition(":")
-            stale = job.worker == own or (pid.isdigit() and not _pid_alive(int(pid)))
-            if name == host and stale:
+            if _gone_from_this_host(job.worker, own):
                 with self._writing() as connection:
                     # Still that worker's: its lease may have run out and another node claimed it.
                     connection.execute(
