@@ -21,6 +21,9 @@ WARM_UP = 16
 # malloc arenas of the worker threads), the next ~100 MB at most, later ones nothing (+-40 MB);
 # a leak of one decoded photo per request (>= 10 MB each) would exceed it.
 RSS_GROWTH_LIMIT_MB = 150
+# A round may still grow past the limit once (a fresh malloc arena, the page cache of a
+# cleanup, seen in one CI run: +175 MB); a leak grows every round, so up to three are measured.
+MEASURED_ROUNDS = 3
 
 MIXED_FIELDS: tuple[dict[str, str], ...] = (
     {},
@@ -94,8 +97,12 @@ def test_concurrent_mixed_requests_give_no_error_and_bounded_memory(
 ) -> None:
     server = live_server(tiny_settings, api_keys=(KEY,), workers=2)
     assert send_concurrently(server.url, WARM_UP, CONCURRENCY) == []
-    rss_before = rss_mb()
-    errors = send_concurrently(server.url, REQUESTS, CONCURRENCY)
-    growth = rss_mb() - rss_before
-    assert errors == []
-    assert growth < RSS_GROWTH_LIMIT_MB, f"RSS grew by {growth:.0f} MB over {REQUESTS} requests"
+    growths: list[float] = []
+    for _ in range(MEASURED_ROUNDS):
+        rss_before = rss_mb()
+        assert send_concurrently(server.url, REQUESTS, CONCURRENCY) == []
+        growths.append(rss_mb() - rss_before)
+        if growths[-1] < RSS_GROWTH_LIMIT_MB:
+            return
+    rounds = ", ".join(f"{growth:.0f}" for growth in growths)
+    raise AssertionError(f"RSS grew in every round of {REQUESTS} requests: {rounds} MB")
