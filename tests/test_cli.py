@@ -76,11 +76,16 @@ def test_remove_does_not_import_what_it_does_not_use(tmp_path: Path, tiny_model_
     fetcher (httpx) nor scipy (matting only): ~0.2 s of imports on every call."""
     subject_image()[0].save(tmp_path / "photo.png")
     script = (
-        "import sys\n"
+        "import os, sys\n"
         "from alphacut.cli import main\n"
         f"sys.argv = ['alphacut', 'remove', {str(tmp_path / 'photo.png')!r}, '--only-mask']\n"
-        "try:\n    main()\nexcept SystemExit:\n    pass\n"
-        "print(sorted({name.split('.')[0] for name in sys.modules}))\n"
+        # main() leaves through os._exit (no teardown): list the modules on the way out.
+        "leave = os._exit\n"
+        "def listing_exit(code):\n"
+        "    print(sorted({name.split('.')[0] for name in sys.modules}), flush=True)\n"
+        "    leave(code)\n"
+        "os._exit = listing_exit\n"
+        "main()\n"
     )
     proc = run_python_with_tiny_model(script, tmp_path / "home", tiny_model_dir)
     assert proc.returncode == 0, proc.stderr
@@ -88,3 +93,32 @@ def test_remove_does_not_import_what_it_does_not_use(tmp_path: Path, tiny_model_
     assert "'onnxruntime'" in loaded  # the check sees the command's imports
     for unused in ("httpx", "scipy", "fastapi", "uvicorn"):
         assert f"'{unused}'" not in loaded, unused
+
+
+@pytest.mark.parametrize("valid", [True, False])
+def test_remove_exits_without_teardown_keeping_output_and_exit_code(
+    tmp_path: Path, tiny_model_dir: Path, valid: bool
+) -> None:
+    """`alphacut remove` ends with os._exit once its outputs are written (the session's
+    teardown is waste for a one-shot command): what it printed, wrote and its exit code stay."""
+    source = tmp_path / "photo.png"
+    if valid:
+        subject_image()[0].save(source)
+    else:
+        source.write_bytes(b"not an image")
+    script = (
+        "import sys\n"
+        "from alphacut.cli import main\n"
+        f"sys.argv = ['alphacut', 'remove', {str(source)!r}, '-o', {str(tmp_path / 'o.png')!r}]\n"
+        "main()\n"
+        "print('after main')\n"  # never reached: main() leaves the process
+    )
+    proc = run_python_with_tiny_model(script, tmp_path / "home", tiny_model_dir)
+    assert "after main" not in proc.stdout
+    if valid:
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.strip() == str(tmp_path / "o.png")
+        assert Image.open(tmp_path / "o.png").mode == "RGBA"
+    else:
+        assert proc.returncode == 1
+        assert "not a supported image" in proc.stderr
