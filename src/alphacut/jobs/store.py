@@ -113,23 +113,41 @@ def _gone_from_this_host(worker: str | None, own: str | None = None) -> bool:
     return worker == own or (pid.isdigit() and not _pid_alive(int(pid)))
 
 
-def _take(
-    connection: sa.Connection, job_id: int, worker: str, now: float, lease_seconds: float
-) -> Job:
-    """Mark ``job_id`` RUNNING under ``worker``'s lease (one more attempt) and return it."""
-    claimed = (
+def _take_statement(*conditions: sa.ColumnElement[bool]) -> sa.Update:
+    """UPDATE of the job ``:job_id`` to RUNNING under ``:taker``'s lease (one more attempt),
+    where ``conditions`` hold, RETURNING the job. Built once: building costs more than a run."""
+    return (
         jobs.update()
-        .where(jobs.c.id == job_id)
+        .where(jobs.c.id == sa.bindparam("job_id"), *conditions)
         .values(
             status=RUNNING,
-            worker=worker,
-            started_at=now,
-            lease_until=now + lease_seconds,
+            worker=sa.bindparam("taker"),
+            started_at=sa.bindparam("now"),
+            lease_until=sa.bindparam("lease_until"),
             attempts=jobs.c.attempts + 1,
         )
         .returning(*jobs.c)
     )
-    return _to_job(connection.execute(claimed).mappings().one())
+
+
+_TAKE = _take_statement()
+# A queued job is taken in one statement: the row lock makes it atomic among claimers.
+_TAKE_QUEUED = _take_statement(jobs.c.status == QUEUED)
+
+
+def _take(
+    connection: sa.Connection,
+    job_id: int,
+    worker: str,
+    now: float,
+    lease_seconds: float,
+    statement: sa.Update = _TAKE,
+) -> Job | None:
+    """Mark ``job_id`` RUNNING under ``worker``'s lease with ``statement``; the job, or None
+    if the statement's conditions did not hold."""
+    values = {"job_id": job_id, "taker": worker, "now": now, "lease_until": now + lease_seconds}
+    row = connection.execute(statement, values).mappings().first()
+    return None if row is None else _to_job(row)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -254,6 +272,10 @@ class SQLJobStore:
         host is gone is taken over at once, without waiting for its lease to run out."""
         now = time.time()
         with self._writing() as connection:
+            # The usual case, a queued job, in one round trip; the rest below.
+            taken = _take(connection, job_id, worker, now, lease_seconds, _TAKE_QUEUED)
+            if taken is not None:
+                return taken
             row = (
                 connection.execute(
                     sa.select(jobs.c.status, jobs.c.worker, jobs.c.lease_until)

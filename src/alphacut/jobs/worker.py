@@ -13,7 +13,7 @@ from PIL import Image
 
 from alphacut.config import Settings
 from alphacut.engine import Engine
-from alphacut.errors import AlphacutError
+from alphacut.errors import AlphacutError, InvalidRequest
 from alphacut.io.storage import Storage
 from alphacut.jobs.budget import PixelBudget
 from alphacut.jobs.database import database_unreachable
@@ -47,6 +47,14 @@ def background_path(request: dict[str, Any]) -> str | None:
     legacy = request.get("compose") or {}
     path: str | None = request.get("bg_image_path") or legacy.get("bg_image_path")
     return path
+
+
+def delete_inputs(storage: Storage, request: dict[str, Any]) -> None:
+    """Delete a finished job's stored input and bg_image."""
+    storage.delete_input(request["input_path"])
+    bg_path = background_path(request)
+    if bg_path:
+        storage.delete_input(bg_path)
 
 
 def load_background(
@@ -156,6 +164,12 @@ class WorkerPool:
     def check_accepting(self) -> None:
         """In-process workers can always take a job (the drain is checked by the state)."""
 
+    def check_model(self, model: str) -> None:
+        """422 unless ``model`` is installed here: this process runs it (blocking: stats
+        files)."""
+        if not self.engine.spec(model).is_installed(self.settings.model_dir):
+            raise InvalidRequest(f"model {model!r} is not installed on this server", 422)
+
     async def submit(self, job: Job) -> None:
         """A job was created in the store: wake an idle worker loop to claim it."""
         self.notify()
@@ -249,8 +263,10 @@ class WorkerPool:
         input_path = request["input_path"]  # a storage reference: a path, or an S3 object
         try:
             image = self.handoff.pop(input_path, None)
+            reading = 0.0  # the stored input read and decoded again: what a handoff saves
             if image is None:
                 image = decode_image(self.storage.read_input(input_path), self.settings.max_pixels)
+                reading = time.perf_counter() - started
             with self.budget.hold(image.width * image.height):
                 options = options_from_record(request)
                 result: RemoveResult = self.engine.remove(
@@ -267,6 +283,8 @@ class WorkerPool:
                     self.settings.png_compress_level,
                 )
                 result.timings["encode"] = time.perf_counter() - t
+                if reading:
+                    result.timings["input"] = reading
                 timings, foreground = result.timings, result.foreground
                 del result  # the encoded bytes are what is kept: free the arrays now
             relative = self.storage.write_output(
@@ -296,7 +314,4 @@ class WorkerPool:
             self.handoff.pop(input_path, None)
             job_after = self.store.get(job.id)
             if job_after is not None and job_after.status in (SUCCESS, FAILED):
-                self.storage.delete_input(input_path)
-                bg_path = background_path(request)
-                if bg_path:
-                    self.storage.delete_input(bg_path)
+                delete_inputs(self.storage, request)

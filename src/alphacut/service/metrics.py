@@ -66,8 +66,8 @@ class Metrics:
         )
         self.stage_latency = Histogram(
             "alphacut_stage_duration_seconds",
-            "Time spent per pipeline stage (fetch, decode, "
-            "inference, postprocess, matting, compose, encode)",
+            "Time spent per pipeline stage (fetch, decode, input: a worker reading and "
+            "decoding a stored image, inference, postprocess, matting, compose, encode)",
             ["stage"],
             buckets=STAGE_BUCKETS,
             registry=r,
