@@ -371,11 +371,12 @@ def worker(
     if queue not in ("cpu", "gpu"):
         _fail(f"--queue must be cpu or gpu, not {queue!r}")
     try:
-        from alphacut.jobs.celery_tasks import celery_app
+        from alphacut.jobs.celery_tasks import celery_app, serve_queue
     except ImportError as exc:
         _fail(
             f"the worker needs the distributed extra: pip install 'alphacut[distributed]' ({exc})"
         )
+    serve_queue(queue)  # announced with the worker's models (docs/scaling.md)
     argv = [
         "worker",
         f"--queues={queue},ops",  # ops: webhook deliveries and the beat's passes

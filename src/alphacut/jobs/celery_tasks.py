@@ -12,11 +12,14 @@ output under the name the API node chose when it created the job.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
+from celery.signals import worker_ready, worker_shutdown
 from redis import Redis
 
 from alphacut.config import Settings, load_settings
@@ -38,9 +41,11 @@ from alphacut.jobs.celery_app import (
 )
 from alphacut.jobs.cleanup import delete_expired
 from alphacut.jobs.database import database_unreachable
+from alphacut.jobs.results import OutputLink, output_link, webhook_payload
 from alphacut.jobs.store import SQLJobStore
 from alphacut.jobs.webhooks import WebhookSender, load_or_create_secret
-from alphacut.jobs.worker import LEASE_SECONDS, WorkerPool
+from alphacut.jobs.worker import LEASE_SECONDS, WorkerPool, delete_inputs
+from alphacut.jobs.worker_models import WorkerHeartbeat, missing_on_worker
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +74,8 @@ class WorkerRuntime:
     webhooks: WebhookSender
     broker: Redis
     channel: str
+    # The links the API nodes hand out (/outputs/ on them, or presigned), for webhooks.
+    link: OutputLink
 
     @classmethod
     def create(cls, settings: Settings) -> WorkerRuntime:
@@ -86,7 +93,8 @@ class WorkerRuntime:
             parallel=1,
         )
         broker = connect_broker(settings)
-        return cls(settings, store, pool, webhooks, broker, done_channel(settings))
+        link = output_link(settings, storage)
+        return cls(settings, store, pool, webhooks, broker, done_channel(settings), link)
 
 
 _runtime: WorkerRuntime | None = None
@@ -102,6 +110,38 @@ def runtime() -> WorkerRuntime:
 
 
 celery_app = create_celery(worker_settings())
+
+# The queue this `alphacut worker` takes images from (set by the CLI before Celery starts),
+# and the announcement of its models on the broker (docs/scaling.md).
+_serving_queue: str | None = None
+_heartbeat: WorkerHeartbeat | None = None
+
+
+def serve_queue(queue: str) -> None:
+    global _serving_queue
+    _serving_queue = queue
+
+
+def serving_queue() -> str:
+    return _serving_queue or worker_settings().default_queue
+
+
+@worker_ready.connect  # type: ignore[untyped-decorator]
+def _start_heartbeat(sender: Any = None, **_: Any) -> None:
+    """In the worker's main process, before it reports ready: announce its models."""
+    global _heartbeat
+    settings = worker_settings()
+    name = getattr(sender, "hostname", None) or f"alphacut-{os.getpid()}@{socket.gethostname()}"
+    _heartbeat = WorkerHeartbeat(
+        connect_broker(settings), settings.broker_prefix, name, serving_queue(), settings.model_dir
+    )
+    _heartbeat.start()
+
+
+@worker_shutdown.connect  # type: ignore[untyped-decorator]
+def _stop_heartbeat(**_: Any) -> None:
+    if _heartbeat is not None:
+        _heartbeat.stop()
 
 
 def _announce_done(rt: WorkerRuntime, job_id: int) -> None:
@@ -157,8 +197,16 @@ def _run_job(task: Any, rt: WorkerRuntime, job_id: int) -> str:
         # Another worker holds a live lease: look again once it could have run out (if that
         # worker died, its lease does; if not, the job is done by then and this ends).
         raise task.retry(countdown=LEASE_SECONDS)
+    model = job.request.get("model") or rt.settings.model
+    missing = missing_on_worker(model, rt.settings.model_dir, serving_queue())
     if job.attempts > MAX_JOB_ATTEMPTS:
         rt.store.fail(job_id, "the job stopped its worker process repeatedly; not retried", 500)
+    elif missing is not None:
+        # Failed, not retried: another worker of this queue could lack it too (API nodes
+        # accept only models a live worker announces, but one may have gone since).
+        log.warning("job %s: %s", job_id, missing)
+        rt.store.fail(job_id, missing, 503)
+        delete_inputs(rt.pool.storage, job.request)
     else:
         stop = threading.Event()
         renewer = threading.Thread(target=_renew_until, args=(rt, job_id, stop), daemon=True)
@@ -178,13 +226,11 @@ def _run_job(task: Any, rt: WorkerRuntime, job_id: int) -> str:
 def deliver_webhook(job_id: int) -> None:
     """One delivery attempt of the job's webhook, if it is due and no one else is on it; a
     failed attempt schedules the next one on the sender's backoff."""
-    from alphacut.service.responses import webhook_payload
-
     rt = runtime()
     job = rt.store.take_webhook(job_id, time.time(), rt.webhooks.timeout + 30.0)
     if job is None:
         return
-    rt.webhooks.attempt(job, webhook_payload(job))
+    rt.webhooks.attempt(job, webhook_payload(job, rt.link))
     after = rt.store.get(job_id)
     if after is not None and after.webhook_status == "pending" and after.webhook_next_at:
         countdown = max(0.0, after.webhook_next_at - time.time())

@@ -15,7 +15,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 from PIL import Image
 from redis import Redis
@@ -32,6 +31,7 @@ from alphacut.jobs.celery_app import (
     send_job,
 )
 from alphacut.jobs.store import Job, JobStore
+from alphacut.jobs.worker_models import ClusterModels, live_workers
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,9 @@ class CeleryDispatcher:
         self.celery = create_celery(settings)
         self.broker: Redis = connect_broker(settings)
         self.channel = done_channel(settings)
+        self.models = ClusterModels(
+            self.broker, settings.broker_prefix, settings.default_queue, settings.model_dir
+        )
         self.running = 0  # an API node runs no job itself
         self.broker_error: str | None = None  # the last failure, while the broker is down
         self._finished_listeners: list[Callable[[Job], None]] = []
@@ -79,6 +82,11 @@ class CeleryDispatcher:
                 f"the job queue is unavailable ({self.broker_error}); retry shortly",
                 BROKER_RETRY_AFTER,
             )
+
+    def check_model(self, model: str) -> None:
+        """422 unless ``model`` is installed here or on a live worker of this node's queue
+        (with no live worker there, any model the registry knows: the job waits)."""
+        self.models.check(model)
 
     async def submit(self, job: Job) -> None:
         """Send the job's task; if the broker refuses, the job fails at once (it was never
@@ -169,10 +177,9 @@ class CeleryDispatcher:
             )
         return depths
 
-    def live_workers(self, timeout: float = 0.5) -> int:
-        """Worker nodes that answer a ping within ``timeout`` seconds (blocking)."""
-        replies: list[dict[str, Any]] = self.celery.control.ping(timeout=timeout) or []
-        return len(replies)
+    def live_workers(self) -> int:
+        """Worker nodes whose announcement is live, all queues (blocking)."""
+        return len(live_workers(self.broker, self.settings.broker_prefix))
 
     # --- internals ----------------------------------------------------------------------
 

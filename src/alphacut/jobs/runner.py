@@ -20,6 +20,10 @@ class JobRunner(Protocol):
     def check_accepting(self) -> None:
         """Raise an ``AlphacutError`` (503) if a new job could not be run now."""
 
+    def check_model(self, model: str) -> None:
+        """Raise an ``AlphacutError`` (422) if no job for ``model`` could run: it is not
+        installed where jobs run (may block: off the loop)."""
+
     async def submit(self, job: Job) -> None:
         """Hand over a job just created in the store."""
 

@@ -1,39 +1,13 @@
-"""Output links and downloads: /outputs/ served from the storage, or presigned S3 URLs."""
+"""Output downloads: /outputs/ served from the storage (the links to them, or presigned S3 URLs
+instead, are built by ``alphacut.jobs.results``)."""
 
 from __future__ import annotations
 
 import asyncio
-import time
 
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 
-from alphacut.config import Settings
 from alphacut.io.storage import Storage, media_type
-from alphacut.jobs.store import Job
-from alphacut.service.responses import OutputLink, proxy_link
-
-
-def output_link(settings: Settings, storage: Storage) -> OutputLink:
-    """How responses link to outputs: through /outputs/ on the API node, or presigned."""
-    if settings.output_urls != "presigned":
-        return proxy_link
-    from alphacut.io.s3 import S3Storage
-
-    if not isinstance(storage, S3Storage):  # Settings refuses presigned without s3://
-        raise TypeError("presigned output URLs need S3 storage")
-    s3 = storage
-
-    def presigned_link(job: Job, relative: str) -> str:
-        # Valid while the output is kept: until the job expires (a finished job knows when),
-        # else for its TTL from now; "kept for ever" gets S3's maximum, 7 days.
-        if job.expires_at is not None:
-            lifetime = job.expires_at - time.time()
-        else:
-            ttl = settings.temp_ttl if job.request["temp"] else settings.output_ttl
-            lifetime = ttl if ttl > 0 else float("inf")
-        return s3.presigned_url(relative, lifetime)
-
-    return presigned_link
 
 
 def _not_found() -> Response:

@@ -1,14 +1,12 @@
-"""Response bodies, shaped exactly like the hosted API's."""
+"""Response bodies, shaped exactly like the hosted API's (a job's result, its output links and
+the webhook payload are built in ``alphacut.jobs.results``, which the workers use too)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
+from alphacut.jobs.results import OutputLink, output_urls, proxy_link, success_body
 from alphacut.jobs.store import FAILED, SUCCESS, Job
-
-# The URL of one of a job's outputs, from its path relative to the outputs.
-OutputLink = Callable[[Job, str], str]
 
 PROCESSING_MESSAGE = (
     "Request processing in background, you can fetch the result using fetch_result."
@@ -19,34 +17,11 @@ PROCESSING_TIP = (
 )
 
 
-def proxy_link(job: Job, relative: str) -> str:
-    """The output served by the API node at /outputs/ (the default)."""
-    return f"{job.request['base_url']}/outputs/{relative}"
-
-
-def output_urls(job: Job, relatives: list[str], link: OutputLink = proxy_link) -> list[str]:
-    return [link(job, relative) for relative in relatives]
-
-
 def future_links(job: Job, link: OutputLink = proxy_link) -> list[str]:
     name = job.request["file_name"]
     if job.request["base64"]:
         name = name.rsplit(".", 1)[0] + ".base64"
     return output_urls(job, [f"temp/{name}" if job.request["temp"] else name], link)
-
-
-def success_body(job: Job, link: OutputLink = proxy_link) -> dict[str, Any]:
-    assert job.result is not None
-    body: dict[str, Any] = {
-        "status": "success",
-        "generationTime": float(job.generation_time or 0.0),
-        "id": job.id,
-        "output": output_urls(job, job.result["outputs"], link),
-        "meta": job.request["meta"],
-    }
-    if "foreground" in job.result:  # known only once the mask exists; null: no subject found
-        body["meta"] = {**body["meta"], "foreground": job.result["foreground"]}
-    return body
 
 
 def processing_body(
@@ -86,26 +61,6 @@ def fetch_body(job: Job, eta: float, link: OutputLink = proxy_link) -> dict[str,
     if job.request.get("webhook"):
         body["webhook_status"] = job.webhook_status or "waiting"
     return body
-
-
-def webhook_payload(job: Job, link: OutputLink = proxy_link) -> dict[str, Any]:
-    track_id = job.request.get("track_id")
-    if job.status == SUCCESS:
-        body = success_body(job, link)
-        return {
-            "status": "success",
-            "id": job.id,
-            "output": body["output"],
-            "generationTime": body["generationTime"],
-            "track_id": track_id,
-            "meta": body["meta"],
-        }
-    return {
-        "status": "failed",
-        "id": job.id,
-        "message": job.error or "processing failed",
-        "track_id": track_id,
-    }
 
 
 NOT_FOUND_BODY: dict[str, Any] = {

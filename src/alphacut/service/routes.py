@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse, Response
 from alphacut.errors import AlphacutError, InvalidRequest, TooManyJobs
 from alphacut.io.fetch import check_url
 from alphacut.io.sources import fetch_policy, read_image_source
+from alphacut.jobs.results import success_body
 from alphacut.pipeline.decode import decode_image
 from alphacut.pipeline.encode import FORMATS
 from alphacut.service.examples import (
@@ -34,7 +35,6 @@ from alphacut.service.responses import (
     NOT_FOUND_BODY,
     fetch_body,
     processing_body,
-    success_body,
 )
 from alphacut.service.schemas import (
     ErrorResponse,
@@ -170,9 +170,8 @@ async def _removebg_mask(request: Request, response: Response, state: StateDep) 
     # Refused early (nothing counted) when the key's minute is already used up.
     await asyncio.to_thread(state.access.check_rate, principal)
     model = req.model or settings.model
-    spec = state.engine.spec(model)
-    if not spec.is_installed(settings.model_dir):
-        raise InvalidRequest(f"model {model!r} is not installed on this server", 422)
+    # Here, or on the cluster's live workers (an API node needs no model file).
+    await asyncio.to_thread(state.pool.check_model, model)
     if req.webhook:
         await asyncio.to_thread(check_url, req.webhook, fetch_policy(settings), label="webhook")
     pending = await asyncio.to_thread(state.store.pending_for_owner, owner)

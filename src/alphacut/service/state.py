@@ -19,13 +19,12 @@ from alphacut.io.storage import Storage, open_storage
 from alphacut.jobs.cleanup import delete_expired
 from alphacut.jobs.keys import KeyStore, load_pepper
 from alphacut.jobs.ratelimits import RateCounter
+from alphacut.jobs.results import OutputLink, output_link, proxy_link, webhook_payload
 from alphacut.jobs.runner import JobRunner
 from alphacut.jobs.store import JobStore, SQLJobStore
 from alphacut.jobs.webhooks import WebhookSender, load_or_create_secret
 from alphacut.jobs.worker import WorkerPool
 from alphacut.service.access import AccessControl, Principal
-from alphacut.service.outputs import output_link
-from alphacut.service.responses import OutputLink, proxy_link, webhook_payload
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,214 @@
+"""Which models the live workers of a cluster have: workers announce them on the broker, API
+nodes check a request's model against them.
+
+Each ``alphacut worker`` writes ``{prefix}alphacut:worker:<name>`` (JSON: its queue and the
+models installed in its model folder) with a ``ANNOUNCE_TTL`` expiry, refreshed every
+``ANNOUNCE_INTERVAL`` seconds by a heartbeat thread, and adds its name to the set
+``{prefix}alphacut:workers``. A worker that dies stops refreshing and its key expires: Redis
+itself decides who is alive, so the machines' clocks do not matter. Readers drop the names
+whose key is gone from the set.
+
+An API node of a cluster loads no model: it accepts a model that is installed on it or that a
+live worker of its queue announces. When no live worker takes its queue, it accepts any model
+its registry knows, and the job waits in the queue for a worker (which fails it, saying so, if
+it lacks the model).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from redis import Redis
+
+from alphacut.errors import InvalidRequest
+from alphacut.models.registry import known_models, resolve_model
+
+log = logging.getLogger(__name__)
+
+# Seconds between a worker's announcements, and how long one lives without being refreshed.
+ANNOUNCE_INTERVAL = 10.0
+ANNOUNCE_TTL = 30
+# How long an API node reuses what it read of the announcements.
+CHECK_CACHE_SECONDS = 5.0
+
+
+def workers_key(prefix: str) -> str:
+    return f"{prefix}alphacut:workers"
+
+
+def worker_key(prefix: str, name: str) -> str:
+    return f"{prefix}alphacut:worker:{name}"
+
+
+def installed_models(model_dir: Path) -> list[str]:
+    """The models this machine can run: known to the registry, with their file present."""
+    return sorted(
+        name for name, spec in known_models(model_dir).items() if spec.is_installed(model_dir)
+    )
+
+
+@dataclass(frozen=True)
+class WorkerAnnouncement:
+    name: str  # the Celery node name, alphacut-<queue>-<pid>@<host>
+    queue: str  # the queue it takes images from: cpu or gpu
+    models: tuple[str, ...]
+
+    def to_json(self) -> str:
+        return json.dumps({"name": self.name, "queue": self.queue, "models": list(self.models)})
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> WorkerAnnouncement:
+        data = json.loads(raw)
+        return cls(str(data["name"]), str(data["queue"]), tuple(map(str, data["models"])))
+
+
+def announce(
+    broker: Redis, prefix: str, worker: WorkerAnnouncement, ttl: int = ANNOUNCE_TTL
+) -> None:
+    with broker.pipeline() as pipe:
+        pipe.set(worker_key(prefix, worker.name), worker.to_json(), ex=ttl)
+        pipe.sadd(workers_key(prefix), worker.name)
+        pipe.expire(workers_key(prefix), ttl)  # the set goes too when every worker is gone
+        pipe.execute()
+
+
+def withdraw(broker: Redis, prefix: str, name: str) -> None:
+    with broker.pipeline() as pipe:
+        pipe.delete(worker_key(prefix, name))
+        pipe.srem(workers_key(prefix), name)
+        pipe.execute()
+
+
+def live_workers(broker: Redis, prefix: str) -> list[WorkerAnnouncement]:
+    """The workers whose announcement has not expired (blocking: two round trips)."""
+    members = broker.smembers(workers_key(prefix))
+    names = sorted(name.decode() if isinstance(name, bytes) else str(name) for name in members)
+    if not names:
+        return []
+    values = broker.mget([worker_key(prefix, name) for name in names])
+    alive = []
+    for name, raw in zip(names, values, strict=True):
+        if raw is None:
+            broker.srem(workers_key(prefix), name)  # expired: that worker is gone
+            continue
+        try:
+            alive.append(WorkerAnnouncement.from_json(raw))
+        except (ValueError, KeyError, TypeError):
+            log.warning("ignoring a malformed worker announcement %r", name)
+    return alive
+
+
+class WorkerHeartbeat:
+    """A worker's announcement, refreshed by a daemon thread until ``stop``. The models are
+    listed again at each beat, so one pulled while the worker runs is announced."""
+
+    def __init__(
+        self,
+        broker: Redis,
+        prefix: str,
+        name: str,
+        queue: str,
+        model_dir: Path,
+        interval: float = ANNOUNCE_INTERVAL,
+    ) -> None:
+        self.broker = broker
+        self.prefix = prefix
+        self.name = name
+        self.queue = queue
+        self.model_dir = model_dir
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="alphacut-heartbeat", daemon=True)
+
+    def beat(self) -> None:
+        models = tuple(installed_models(self.model_dir))
+        announce(self.broker, self.prefix, WorkerAnnouncement(self.name, self.queue, models))
+
+    def start(self) -> None:
+        """Announce now (so the worker is known once it reports ready), then keep it alive."""
+        self._beat_logged()
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+        try:
+            withdraw(self.broker, self.prefix, self.name)
+        except Exception:  # the key expires by itself
+            log.warning("could not withdraw the announcement of %s", self.name, exc_info=True)
+
+    def _beat_logged(self) -> None:
+        try:
+            self.beat()
+        except Exception:  # the broker is down: the next beat tries again
+            log.warning("could not announce this worker's models", exc_info=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._beat_logged()
+
+
+class ClusterModels:
+    """An API node's check of a request's model against its own folder and the live workers
+    of the queue its jobs go to (the announcements read at most every few seconds)."""
+
+    def __init__(self, broker: Redis, prefix: str, queue: str, model_dir: Path) -> None:
+        self.broker = broker
+        self.prefix = prefix
+        self.queue = queue
+        self.model_dir = model_dir
+        self._lock = threading.Lock()
+        self._read_at = -float("inf")
+        self._workers: list[WorkerAnnouncement] = []
+
+    def workers(self) -> list[WorkerAnnouncement]:
+        """Every live worker, all queues (cached; blocking: call it off the event loop)."""
+        with self._lock:
+            if time.monotonic() - self._read_at >= CHECK_CACHE_SECONDS:
+                try:
+                    self._workers = live_workers(self.broker, self.prefix)
+                except Exception as exc:  # the broker is down: sending the job will say so
+                    log.warning("could not read the workers' announcements: %s", exc)
+                    self._workers = []
+                self._read_at = time.monotonic()
+            return self._workers
+
+    def check(self, model: str) -> None:
+        """Raise ``InvalidRequest`` (422) unless a job for ``model`` can run in this cluster:
+        installed here or on a live worker of the queue; with no live worker on the queue,
+        any model the registry knows (the job waits for a worker)."""
+        serving = [worker for worker in self.workers() if worker.queue == self.queue]
+        if any(model in worker.models for worker in serving):
+            return
+        local = known_models(self.model_dir)
+        spec = local.get(model)
+        if spec is not None and spec.is_installed(self.model_dir):
+            return
+        if not serving:
+            resolve_model(model, self.model_dir)  # "unknown model ..." if not even known
+            return
+        announced = sorted({name for worker in serving for name in worker.models})
+        if spec is None:
+            known = ", ".join(sorted(set(local) | set(announced)))
+            raise InvalidRequest(f"unknown model {model!r}; known models: {known}")
+        raise InvalidRequest(
+            f"model {model!r} is not installed on any live worker of the {self.queue!r} queue "
+            f"(installed there: {', '.join(announced) or 'none'})"
+        )
+
+
+def missing_on_worker(model: str, model_dir: Path, queue: str) -> str | None:
+    """Why a worker cannot run a job for ``model`` (its file is not here), or None."""
+    spec = known_models(model_dir).get(model)
+    if spec is not None and spec.is_installed(model_dir):
+        return None
+    return (
+        f"model {model!r} is not installed on the worker that took this job (queue {queue!r}); "
+        "every worker of a queue needs the models its API nodes accept"
+    )
