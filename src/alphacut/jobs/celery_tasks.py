@@ -217,6 +217,7 @@ def _run_job(task: Any, rt: WorkerRuntime, job_id: int) -> str:
         finally:
             stop.set()
     _announce_done(rt, job_id)
+    rt.pool.discard_inputs(rt.store.get(job_id))
     if job.request.get("webhook"):
         celery_app.send_task(DELIVER_WEBHOOK, args=[job_id])
     return "ran"

@@ -234,6 +234,7 @@ class WorkerPool:
                 self._running_ids.discard(job.id)
             self._wake_waiters(job.id)
             finished = await asyncio.to_thread(self.store.get, job.id)
+            await asyncio.to_thread(self.discard_inputs, finished)
             if finished is not None:
                 for listener in self.finished_listeners:
                     listener(finished)
@@ -312,6 +313,9 @@ class WorkerPool:
             self._record_failure(job, exc)
         finally:
             self.handoff.pop(input_path, None)
-            job_after = self.store.get(job.id)
-            if job_after is not None and job_after.status in (SUCCESS, FAILED):
-                delete_inputs(self.storage, request)
+
+    def discard_inputs(self, job: Job | None) -> None:
+        """Delete the stored inputs of ``job`` (as read after ``process``) if it ended. Called
+        after its waiters were told: a storage round trip need not delay the answer."""
+        if job is not None and job.status in (SUCCESS, FAILED):
+            delete_inputs(self.storage, job.request)
