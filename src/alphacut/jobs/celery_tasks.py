@@ -44,7 +44,7 @@ from alphacut.jobs.database import database_unreachable
 from alphacut.jobs.results import OutputLink, output_link, webhook_payload
 from alphacut.jobs.store import SQLJobStore
 from alphacut.jobs.webhooks import WebhookSender, load_or_create_secret
-from alphacut.jobs.worker import LEASE_SECONDS, WorkerPool, delete_inputs
+from alphacut.jobs.worker import LEASE_SECONDS, WorkerPool
 from alphacut.jobs.worker_models import WorkerHeartbeat, missing_on_worker
 
 log = logging.getLogger(__name__)
@@ -206,7 +206,6 @@ def _run_job(task: Any, rt: WorkerRuntime, job_id: int) -> str:
         # accept only models a live worker announces, but one may have gone since).
         log.warning("job %s: %s", job_id, missing)
         rt.store.fail(job_id, missing, 503)
-        delete_inputs(rt.pool.storage, job.request)
     else:
         stop = threading.Event()
         renewer = threading.Thread(target=_renew_until, args=(rt, job_id, stop), daemon=True)
