@@ -1,10 +1,11 @@
 """A real cluster for the distributed-mode tests: PostgreSQL and Redis (from
-``scripts/services.sh`` or the machine's own), ``alphacut worker`` processes, API servers.
+``scripts/services.sh`` or the machine's own), the S3 store (SeaweedFS, from the script),
+``alphacut worker`` processes, API servers.
 
-Each cluster gets a scratch PostgreSQL database and a broker key prefix of its own
-(``ALPHACUT_BROKER_PREFIX``), so test sessions run side by side on one Redis without taking
-each other's jobs. Skipped, loudly,
-with the reason, when PostgreSQL or Redis cannot be reached.
+Each cluster gets a scratch PostgreSQL database, a broker key prefix (``ALPHACUT_BROKER_PREFIX``)
+and a bucket prefix of its own, so test sessions run side by side on one Redis and one bucket
+without taking each other's jobs. Inputs and outputs go through the bucket, as in production.
+Skipped, loudly, with the reason, when PostgreSQL, Redis or the S3 store cannot be reached.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +26,7 @@ import pytest
 from alphacut.config import Settings
 from tests.conftest import write_tiny_model
 from tests.jobhelpers import SECRET
+from tests.s3helpers import S3Service
 from tests.services import EXPORTED, find_postgres, scratch_postgres_database
 
 _REDIS_CANDIDATES = [
@@ -114,8 +117,10 @@ class Cluster:
     def start_workers(self, count: int, **options: object) -> list[WorkerProcess]:
         started = [
             WorkerProcess(
-                self.settings, self.folder / f"worker{len(self.workers) + i}.log", **options
-            )  # type: ignore[arg-type]
+                self.settings,
+                self.folder / f"worker{len(self.workers) + i}.log",
+                **options,  # type: ignore[arg-type]
+            )
             for i in range(count)
         ]
         for worker in started:
@@ -148,6 +153,24 @@ def cluster_services() -> Iterator[tuple[str, str]]:
         yield url, f"{redis_server}/0"
 
 
+@contextmanager
+def cluster_bucket(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
+    """The settings that put a cluster's inputs and outputs under a prefix of its own in the
+    real S3 bucket; the prefix is emptied afterwards. Skips, loudly, without an S3 gateway."""
+    try:
+        service: S3Service = request.getfixturevalue("s3_service")
+    except pytest.skip.Exception as exc:
+        pytest.skip(f"DISTRIBUTED MODE NOT TESTED: {exc.msg}")
+    prefix = f"test-cluster-{secrets.token_hex(4)}"
+    try:
+        yield {
+            "storage_url": f"s3://{service.bucket}/{prefix}/outputs",
+            "s3_endpoint_url": service.endpoint,
+        }
+    finally:
+        service.delete_prefix(prefix + "/")
+
+
 def cluster_settings(folder: Path, database_url: str, broker_url: str, **extra: object) -> Settings:
     """Tiny-model settings (``extra`` overrides them) for every node of a test cluster sharing
     ``folder``."""
@@ -170,33 +193,46 @@ def cluster_settings(folder: Path, database_url: str, broker_url: str, **extra: 
 
 @pytest.fixture(scope="session")
 def shared_cluster(
-    cluster_services: tuple[str, str], tmp_path_factory: pytest.TempPathFactory
+    cluster_services: tuple[str, str],
+    tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest,
 ) -> Iterator[Cluster]:
-    """Two tiny-model workers (one with the beat) for the whole session; API servers are
-    started per test with ``cluster.settings``."""
+    """Two tiny-model workers (one with the beat) for the whole session, with S3 storage;
+    API servers are started per test with ``cluster.settings``."""
     folder = tmp_path_factory.mktemp("cluster")
-    cluster = Cluster(cluster_settings(folder, *cluster_services), folder)
-    cluster.start_workers(1, beat=True)
-    cluster.start_workers(1)
-    yield cluster
-    cluster.stop_workers()
+    with cluster_bucket(request) as storage:
+        cluster = Cluster(cluster_settings(folder, *cluster_services, **storage), folder)
+        try:
+            cluster.start_workers(1, beat=True)
+            cluster.start_workers(1)
+            yield cluster
+        finally:
+            cluster.stop_workers()
 
 
-@pytest.fixture(params=["embedded", "distributed"])
+# The modes the HTTP contract tests run in: in-process workers, and an API node of a cluster.
+MODES = ["embedded", "distributed"]
+
+
+@pytest.fixture(params=MODES)
 def mode_settings(request: pytest.FixtureRequest, tiny_settings: Settings) -> Settings:
-    """The tiny-model settings of one server, in each mode: in-process workers, or an API
-    node of the session's cluster."""
+    """The tiny-model settings of one server, in each mode: in-process workers (local storage),
+    or an API node of the session's cluster (PostgreSQL, Celery on Redis, S3 storage)."""
     if request.param == "embedded":
         return tiny_settings
     cluster: Cluster = request.getfixturevalue("shared_cluster")
-    # A fresh job table, as an embedded server's own database would be (the queue-time
-    # estimate, for one, starts from no history); the workers are idle between tests.
+    # Fresh tables, as an embedded server's own database would be: no jobs (the queue-time
+    # estimate, for one, starts from no history), no API keys (one left by a keys test would
+    # close the API to the next test), no rate counters, ids from 1. The workers are idle
+    # between tests.
     import sqlalchemy as sa
 
     from alphacut.jobs.database import create_database_engine
+    from alphacut.jobs.schema import metadata
 
+    tables = ", ".join(table.name for table in metadata.sorted_tables)
     engine = create_database_engine(cluster.settings.database_url)
     with engine.begin() as connection:
-        connection.execute(sa.text("DELETE FROM jobs"))
+        connection.execute(sa.text(f"TRUNCATE {tables} RESTART IDENTITY"))
     engine.dispose()
     return cluster.settings

@@ -23,8 +23,9 @@ import tests.services  # noqa: F401  (first: takes the services' variables out o
 from alphacut.config import Settings, load_settings
 from alphacut.models.registry import BUILTIN_MODELS
 
-# The distributed-mode fixtures (a Celery cluster on the real services), for any test module.
-pytest_plugins = ["tests.cluster"]
+# The distributed-mode fixtures (a Celery cluster on the real services) and the S3 store's, for
+# any test module.
+pytest_plugins = ["tests.s3helpers", "tests.cluster"]
 
 # Small MIT-licensed sample photos kept in the repository (see tests/data/README.md).
 PHOTOS = Path(__file__).resolve().parent / "data"
@@ -115,16 +116,21 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return model_dir
 
 
-@pytest.fixture
-def tiny_settings(tmp_path: Path, tiny_model_dir: Path) -> Settings:
+def make_tiny_settings(home: Path, model_dir: Path) -> Settings:
+    """Embedded-mode settings on the tiny model, with their state in ``home``."""
     return Settings(
-        home=tmp_path / "home",
-        model_dir=tiny_model_dir,
+        home=home,
+        model_dir=model_dir,
         model="tiny",
         url_allowlist=("127.0.0.1",),
         sync_wait=120.0,
         workers=2,
     )
+
+
+@pytest.fixture
+def tiny_settings(tmp_path: Path, tiny_model_dir: Path) -> Settings:
+    return make_tiny_settings(tmp_path / "home", tiny_model_dir)
 
 
 def real_settings(home: Path) -> Settings:

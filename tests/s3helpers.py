@@ -64,8 +64,9 @@ class S3Service:
 
     def delete_prefix(self, prefix: str) -> None:
         client = self.client()
-        for key in self.keys(prefix):
-            client.delete_object(Bucket=self.bucket, Key=key)
+        while keys := self.keys(prefix):  # a listing holds at most 1000 keys
+            for key in keys:
+                client.delete_object(Bucket=self.bucket, Key=key)
 
 
 def _weed_missing() -> str | None:

@@ -1,8 +1,9 @@
 """A cluster of real processes: 2 API nodes (`alphacut serve`) and 3 workers (`alphacut
-worker`), on PostgreSQL and Redis; then a worker process killed with SIGKILL mid-job.
+worker`), on PostgreSQL, Redis and the S3 bucket; then a worker process killed with SIGKILL
+mid-job.
 
-These tests get a database and a broker key prefix of their own, so the session's shared
-cluster (tests/cluster.py) never sees their jobs.
+These tests get a database, a broker key prefix and a bucket prefix of their own, so the
+session's shared cluster (tests/cluster.py) never sees their jobs.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import signal
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -21,24 +21,25 @@ import pytest
 from PIL import Image
 
 from alphacut.config import load_settings
+from alphacut.io.storage import open_storage
 from alphacut.jobs.store import RUNNING, SUCCESS, SQLJobStore
-from tests.cluster import Cluster, cluster_settings, settings_environment
+from tests.cluster import Cluster, cluster_bucket, cluster_settings, settings_environment
 from tests.conftest import free_port, requires_real_model, subject_image
 from tests.jobhelpers import ServerProcess, WebhookReceiver, fetch, post, wait_done, wait_until
 from tests.services import scratch_postgres_database
 
 
 @pytest.fixture
-def own_cluster(cluster_services, tmp_path) -> Iterator[Cluster]:
+def own_cluster(cluster_services, tmp_path, request) -> Iterator[Cluster]:
     database_server, broker = cluster_services
     from alphacut.jobs.database import create_database_engine
     from alphacut.jobs.migrate import upgrade_database
 
-    with scratch_postgres_database(database_server) as url:
+    with cluster_bucket(request) as storage, scratch_postgres_database(database_server) as url:
         engine = create_database_engine(url)
         upgrade_database(engine)
         engine.dispose()
-        cluster = Cluster(cluster_settings(tmp_path, url, broker), tmp_path)
+        cluster = Cluster(cluster_settings(tmp_path, url, broker, **storage), tmp_path)
         try:
             yield cluster
         finally:
@@ -126,7 +127,7 @@ def test_a_worker_killed_mid_job_loses_nothing(own_cluster, file_server):
             assert done["status"] == "success", done
             job = store.get(job_id)
             assert job.attempts == 2 and int(job.worker.rsplit(":", 1)[1]) != victim
-            assert Path(own_cluster.settings.output_dir, job.result["outputs"][0]).is_file()
+            assert open_storage(own_cluster.settings).exists(job.result["outputs"][0])
             wait_until(lambda: len(receiver.calls) >= 1, timeout=60, what="the webhook")
             time.sleep(2)  # a second delivery, if any, would come now
             calls = receiver.calls

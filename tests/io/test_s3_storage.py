@@ -18,13 +18,8 @@ from alphacut.io.s3 import (
     parse_storage_url,
 )
 from alphacut.io.storage import LocalStorage, open_storage
-from tests import s3helpers
 from tests.conftest import free_port
 from tests.s3helpers import FaultyS3Proxy, s3_settings
-
-# The S3 fixtures: pytest finds fixtures among a test module's attributes.
-s3_service = s3helpers.s3_service
-s3_prefix = s3helpers.s3_prefix
 
 
 @pytest.fixture

@@ -1,5 +1,7 @@
 """Managed API keys and per-key rate limits over real HTTP: the CLI's keys take effect on a
-running server without a restart, limits hold across two server processes on one database."""
+running server without a restart, limits hold across two server processes on one database.
+The HTTP tests run in both modes (``mode_settings``): embedded, and an API node of the session's
+cluster (tests/cluster.py)."""
 
 from __future__ import annotations
 
@@ -64,17 +66,17 @@ def fresh_minute() -> None:
         time.sleep(left + 0.1)
 
 
-def test_cli_keys_take_effect_without_restart(live_server, tiny_settings):
-    server = live_server(tiny_settings)
+def test_cli_keys_take_effect_without_restart(live_server, mode_settings):
+    server = live_server(mode_settings)
     assert remove(server.url, "").status_code == 200  # no keys anywhere: open, as before
-    key = keys_cli(tiny_settings, "create", "--name", "ci", "--queue-limit", "4").strip()
+    key = keys_cli(mode_settings, "create", "--name", "ci", "--queue-limit", "4").strip()
     eventually(lambda: remove(server.url, "").status_code == 401)
     assert remove(server.url, "made-up").status_code == 401
     answer = remove(server.url, key)
     assert answer.status_code == 200 and answer.json()["status"] == "success"
     assert "X-RateLimit-Limit" not in answer.headers  # no rate limit: no headers
 
-    listed = keys_cli(tiny_settings, "list")
+    listed = keys_cli(mode_settings, "list")
     assert key not in listed
     header, row = listed.splitlines()
     assert header.split() == ["id", "name", "queue", "req/min", "MP/min", "created"] + [
@@ -85,7 +87,7 @@ def test_cli_keys_take_effect_without_restart(live_server, tiny_settings):
     assert row.split()[:5] == ["1", "ci", "4", "default", "default"]
     assert "UTC" in row and row.rstrip().endswith("-")  # used, not revoked
 
-    assert keys_cli(tiny_settings, "revoke", "1").strip() == "key 1 revoked"
+    assert keys_cli(mode_settings, "revoke", "1").strip() == "key 1 revoked"
     eventually(lambda: remove(server.url, key).status_code == 401)
     assert remove(server.url, key).json() == {
         "status": "error",
@@ -93,7 +95,7 @@ def test_cli_keys_take_effect_without_restart(live_server, tiny_settings):
     }
     # Revoking the last key does not open the server again.
     assert remove(server.url, "").status_code == 401
-    assert keys_cli(tiny_settings, "list").splitlines()[1].split()[-2:] != ["-"]
+    assert keys_cli(mode_settings, "list").splitlines()[1].split()[-2:] != ["-"]
 
 
 def test_revoke_of_an_unknown_id_fails(tiny_settings):
@@ -102,9 +104,9 @@ def test_revoke_of_an_unknown_id_fails(tiny_settings):
     assert result.exit_code == 1 and "no key with id 7" in result.output
 
 
-def test_bootstrap_keys_work_beside_managed_ones(live_server, tiny_settings):
-    server = live_server(tiny_settings, api_keys=("boot",))
-    managed = keys_cli(tiny_settings, "create").strip()
+def test_bootstrap_keys_work_beside_managed_ones(live_server, mode_settings):
+    server = live_server(mode_settings, api_keys=("boot",))
+    managed = keys_cli(mode_settings, "create").strip()
     assert remove(server.url, "boot").status_code == 200
     eventually(lambda: remove(server.url, managed).status_code == 200)
     assert remove(server.url, "").status_code == 401
@@ -139,9 +141,9 @@ def test_jobs_from_before_the_upgrade_stay_fetchable(live_server, tiny_settings)
     assert hidden["message"] != "from before"  # another key's job is "not found"
 
 
-def test_request_rate_limit_and_headers(live_server, tiny_settings):
-    server = live_server(tiny_settings)
-    key = keys_cli(tiny_settings, "create", "--rate", "2").strip()
+def test_request_rate_limit_and_headers(live_server, mode_settings):
+    server = live_server(mode_settings)
+    key = keys_cli(mode_settings, "create", "--rate", "2").strip()
     fresh_minute()
     first, second = remove(server.url, key), remove(server.url, key)
     assert first.status_code == second.status_code == 200
@@ -165,8 +167,8 @@ def test_request_rate_limit_and_headers(live_server, tiny_settings):
     assert access.counter.usage(access.authenticate(key).owner).requests == 2
 
 
-def test_megapixel_limit_counts_decoded_pixels(live_server, tiny_settings):
-    server = live_server(tiny_settings, megapixel_limit=0.1)  # the default for every key
+def test_megapixel_limit_counts_decoded_pixels(live_server, mode_settings):
+    server = live_server(mode_settings, megapixel_limit=0.1)  # the default for every key
     fresh_minute()
     image = png(200, 150)  # 30,000 pixels
     assert [remove(server.url, "", image).status_code for _ in range(3)] == [200, 200, 200]
@@ -179,10 +181,10 @@ def test_megapixel_limit_counts_decoded_pixels(live_server, tiny_settings):
     assert too_big.status_code == 413 and "megapixels" in too_big.json()["message"]
 
 
-def test_no_limits_set_writes_no_counters(live_server, tiny_settings):
-    server = live_server(tiny_settings)
+def test_no_limits_set_writes_no_counters(live_server, mode_settings):
+    server = live_server(mode_settings)
     assert remove(server.url, "").status_code == 200
-    engine = create_database_engine(tiny_settings.database_url)
+    engine = create_database_engine(mode_settings.database_url)
     with engine.connect() as connection:
         assert connection.execute(sa.text("SELECT count(*) FROM rate_windows")).scalar() == 0
     engine.dispose()

@@ -1,16 +1,20 @@
-"""The removebg_mask contract over real HTTP, with the tiny test model."""
+"""The removebg_mask contract over real HTTP, with the tiny test model, in each mode: embedded
+(in-process workers, SQLite, local folders) and distributed (an API node of the session's
+cluster: PostgreSQL, Celery workers on Redis, S3 storage; see tests/cluster.py)."""
 
 from __future__ import annotations
 
 import base64
 import io
+from collections.abc import Iterator
 
 import httpx
 import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import subject_image
+from tests.cluster import MODES
+from tests.conftest import LiveServer, make_tiny_settings, subject_image
 
 SEED_BODY = {
     "key": "",
@@ -47,6 +51,19 @@ def server(live_server, tiny_settings):
 def mode_server(live_server, mode_settings):
     """A server in each mode: in-process workers, and an API node of a Celery cluster."""
     return live_server(mode_settings)
+
+
+@pytest.fixture(scope="module", params=MODES)
+def shared_mode_server(request, tmp_path_factory, tiny_model_dir) -> Iterator[LiveServer]:
+    """One server per mode for the whole module, for the tests whose requests cannot disturb
+    each other (bad requests, plain successes): a cluster's API node takes ~2 s to start and
+    stop, which the 16 bad inputs would pay each."""
+    if request.param == "embedded":
+        settings = make_tiny_settings(tmp_path_factory.mktemp("routes") / "home", tiny_model_dir)
+    else:
+        settings = request.getfixturevalue("shared_cluster").settings
+    with LiveServer(settings) as server:
+        yield server
 
 
 def post(server, body, path="/api/v5/removebg_mask", **kwargs) -> httpx.Response:
@@ -101,7 +118,8 @@ def test_seed_body_gives_seed_shape(mode_server, served_subject):
     assert np.abs(np.asarray(out)[..., :3][mask].mean(0) - (235, 220, 210)).max() < 3
 
 
-def test_ids_increase(server, served_subject):
+def test_ids_increase(mode_server, served_subject):
+    server = mode_server
     url = served_subject[0]
     ids = [post(server, {"image": url}).json()["id"] for _ in range(3)]
     assert ids == sorted(ids) and len(set(ids)) == 3
@@ -128,11 +146,13 @@ def test_only_mask_and_inverse(mode_server, served_subject):
         "/api/v1/enterprise/image_editing/removebg_mask",
     ],
 )
-def test_all_paths(server, served_subject, path):
+def test_all_paths(shared_mode_server, served_subject, path):
+    server = shared_mode_server
     assert post(server, {"image": served_subject[0]}, path=path).json()["status"] == "success"
 
 
-def test_data_uri_form_and_multipart(server, served_subject):
+def test_data_uri_form_and_multipart(mode_server, served_subject):
+    server = mode_server
     _, image, _ = served_subject
     uri = "data:image/png;base64," + base64.b64encode(png_bytes(image)).decode()
     body = post(server, {"image": uri, "track_id": 7, "seed": None}).json()
@@ -175,7 +195,8 @@ def test_data_uri_form_and_multipart(server, served_subject):
         ({"image": "URL_404"}, 422, "HTTP 404"),
     ],
 )
-def test_bad_input(server, served_subject, body, status, words):
+def test_bad_input(shared_mode_server, served_subject, body, status, words):
+    server = shared_mode_server
     url = served_subject[0]
     body = {
         k: (url if v == "URL" else url.replace("subject", "missing") if v == "URL_404" else v)
@@ -188,7 +209,8 @@ def test_bad_input(server, served_subject, body, status, words):
     assert "Traceback" not in response.text
 
 
-def test_malformed_bodies(server):
+def test_malformed_bodies(shared_mode_server):
+    server = shared_mode_server
     for content, ctype, status in [
         (b"{not json", "application/json", 400),
         (b"[1, 2]", "application/json", 400),
@@ -202,14 +224,16 @@ def test_malformed_bodies(server):
         assert response.json()["status"] == "error"
 
 
-def test_not_an_image_url(server, file_server):
+def test_not_an_image_url(shared_mode_server, file_server):
+    server = shared_mode_server
     base, root = file_server
     (root / "page.html").write_text("<html>hello</html>")
     response = post(server, {"image": f"{base}/page.html"})
     assert response.status_code == 415 and response.json()["status"] == "error"
 
 
-def test_truncated_image(server, file_server):
+def test_truncated_image(shared_mode_server, file_server):
+    server = shared_mode_server
     base, root = file_server
     data = png_bytes(subject_image(400, 300)[0])
     (root / "cut.png").write_bytes(data[: len(data) // 2])
@@ -217,38 +241,40 @@ def test_truncated_image(server, file_server):
     assert response.status_code == 415 and "truncated" in response.json()["message"]
 
 
-def test_image_too_large(live_server, tiny_settings, served_subject):
-    server = live_server(tiny_settings, max_pixels=1000)
+def test_image_too_large(live_server, mode_settings, served_subject):
+    server = live_server(mode_settings, max_pixels=1000)
     response = post(server, {"image": served_subject[0]})
     assert response.status_code == 413 and response.json()["status"] == "error"
 
 
-def test_download_size_limit(live_server, tiny_settings, served_subject):
-    server = live_server(tiny_settings, max_download_bytes=100)
+def test_download_size_limit(live_server, mode_settings, served_subject):
+    server = live_server(mode_settings, max_download_bytes=100)
     response = post(server, {"image": served_subject[0]})
     assert response.status_code == 413
 
 
-def test_api_keys(live_server, tiny_settings, served_subject):
-    server = live_server(tiny_settings, api_keys=("k1", "k2"))
+def test_api_keys(live_server, mode_settings, served_subject):
+    server = live_server(mode_settings, api_keys=("k1", "k2"))
     assert post(server, {"image": served_subject[0]}).status_code == 401
     assert post(server, {"key": "nope", "image": served_subject[0]}).status_code == 401
     assert post(server, {"key": "k2", "image": served_subject[0]}).json()["status"] == "success"
 
 
-def test_errors_http_200(live_server, tiny_settings):
-    server = live_server(tiny_settings, errors_http_200=True)
+def test_errors_http_200(live_server, mode_settings):
+    server = live_server(mode_settings, errors_http_200=True)
     response = post(server, {})
     assert response.status_code == 200 and response.json()["status"] == "error"
 
 
-def test_unknown_route_is_json(server):
+def test_unknown_route_is_json(mode_server):
+    server = mode_server
     response = httpx.get(server.url + "/api/v5/nothing")
     assert response.status_code == 404 and response.json()["status"] == "error"
     assert httpx.get(server.url + "/outputs/../../etc/passwd").status_code == 404
 
 
-def test_health(server):
+def test_health(mode_server):
+    server = mode_server
     assert httpx.get(server.url + "/healthz").json()["status"] == "ok"
     assert httpx.get(server.url + "/readyz").json()["status"] == "ok"
 

@@ -2,8 +2,9 @@
 SeaweedFS gateway of scripts/services.sh), served through /outputs/ or as presigned URLs.
 
 The HTTP contract tests of test_routes.py and test_worker.py that touch outputs run here again
-with S3 storage (the local runs are theirs): this module's ``tiny_settings`` points them at a
-fresh prefix of the bucket.
+with S3 storage on an embedded server (their own embedded runs use local folders, their
+distributed runs the cluster's bucket): this module's ``tiny_settings`` points them at a fresh
+prefix of the bucket.
 """
 
 from __future__ import annotations
@@ -23,14 +24,10 @@ import tests.jobs.test_worker as worker_tests
 import tests.service.test_routes as routes_tests
 from alphacut.config import Settings
 from alphacut.jobs import worker as worker_module
-from tests import s3helpers
 from tests.conftest import PHOTOS, free_port, real_settings, requires_real_model, subject_image
 from tests.jobhelpers import NOT_FOUND, fetch, post, submit_and_wait, wait_done, wait_until
 from tests.s3helpers import STORAGES, FaultyS3Proxy, S3Service, s3_settings, with_storage
 
-# The S3 fixtures: pytest finds fixtures among a test module's attributes.
-s3_service = s3helpers.s3_service
-s3_prefix = s3helpers.s3_prefix
 # --- the existing contract tests, with S3 storage ---------------------------------------------
 
 _REUSED = {
