@@ -11,6 +11,7 @@ few seconds as a safety net for an announcement lost in a reconnect.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -154,6 +155,9 @@ class CeleryDispatcher:
     async def stop(self, grace: float) -> None:
         self._stop.set()
         if self._subscriber is not None:  # it reads the connection closed below
+            # Wake it from its one-second read now (listeners skip a message that is no id).
+            with contextlib.suppress(RedisError, OSError):
+                await asyncio.to_thread(self.broker.publish, self.channel, "stop")
             await asyncio.to_thread(self._subscriber.join, 5.0)
         if self._health is not None:
             self._health.cancel()
