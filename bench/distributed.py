@@ -126,15 +126,25 @@ def start_worker(env: dict[str, str], log: Path) -> Node:
 
 def remove(client: httpx.Client, url: str, body: dict[str, Any]) -> bytes:
     """One synchronous request, until the output is downloaded."""
+    return traced_remove(client, url, body)[0]
+
+
+def traced_remove(
+    client: httpx.Client, url: str, body: dict[str, Any]
+) -> tuple[bytes, dict[str, float]]:
+    """``remove``, and its job id and client-side times (epoch seconds): sent, answered, done."""
+    sent = time.time()
     answer = client.post(url + "/api/v5/removebg_mask", json=body).json()
     while answer.get("status") == "processing":
         time.sleep(0.05)
         answer = client.post(f"{url}/api/v5/fetch/{answer['id']}", json={"key": ""}).json()
     if answer.get("status") != "success":
         raise RuntimeError(f"request failed: {answer}")
+    answered = time.time()
     output = client.get(answer["output"][0])
     output.raise_for_status()
-    return output.content
+    trace = {"id": float(answer["id"]), "sent": sent, "answered": answered, "done": time.time()}
+    return output.content, trace
 
 
 def timed(call: Callable[..., object], *args: object) -> float:
@@ -151,22 +161,61 @@ def summary(samples: list[float]) -> dict[str, float]:
     }
 
 
-def overhead(urls: dict[str, str], body: dict[str, Any], count: int) -> dict[str, dict[str, float]]:
-    """Alternating sequential requests to each mode; the order swaps every round."""
+def overhead(
+    urls: dict[str, str], body: dict[str, Any], count: int, stores: dict[str, str]
+) -> dict[str, dict[str, float]]:
+    """Alternating sequential requests to each mode; the order swaps every round. With each
+    mode's job store (``stores``), the split of the medians into stages."""
     samples: dict[str, list[float]] = {mode: [] for mode in urls}
+    traces: dict[str, list[dict[str, float]]] = {mode: [] for mode in urls}
     with httpx.Client(timeout=600) as client:
         for url in urls.values():  # warm-up: model load, connections
             remove(client, url, body)
         for index in range(count):
             modes = list(urls) if index % 2 == 0 else list(reversed(urls))
             for mode in modes:
-                samples[mode].append(timed(remove, client, urls[mode], body))
+                _, trace = traced_remove(client, urls[mode], body)
+                samples[mode].append(trace["done"] - trace["sent"])
+                traces[mode].append(trace)
     result = {mode: summary(values) for mode, values in samples.items()}
     result["difference"] = {
         "median_ms": result["distributed"]["median_ms"] - result["embedded"]["median_ms"],
         "p95_ms": result["distributed"]["p95_ms"] - result["embedded"]["p95_ms"],
     }
+    for mode, store in stores.items():
+        result[f"stages_{mode}"] = stage_split(store, traces[mode])
     return result
+
+
+# Where a request's time goes, from the client's clocks and the job's own timestamps (one
+# machine, one clock): accept = sent -> created (parse, decode, store the input, INSERT,
+# dispatch), queue = created -> claimed, run = claimed -> finished (read the input, the
+# pipeline, write the output), answer = finished -> the client has the JSON, download = the
+# output GET. "input" (read and decode the stored image) is part of run, from the job.
+STAGES = ("accept", "queue", "run", "input", "answer", "download")
+
+
+def stage_split(database_url: str, traces: list[dict[str, float]]) -> dict[str, float]:
+    """Median milliseconds of each of ``STAGES`` over the traced requests."""
+    import sqlalchemy as sa
+
+    from alphacut.jobs.database import create_database_engine
+
+    engine = create_database_engine(database_url)
+    parts: dict[str, list[float]] = {stage: [] for stage in STAGES}
+    query = sa.text("SELECT created_at, started_at, finished_at, result FROM jobs WHERE id = :id")
+    with engine.connect() as connection:
+        for trace in traces:
+            row = connection.execute(query, {"id": int(trace["id"])}).one()
+            created, started, finished = (float(value) for value in row[:3])
+            parts["accept"].append(created - trace["sent"])
+            parts["queue"].append(started - created)
+            parts["run"].append(finished - started)
+            parts["input"].append(float(json.loads(row[3])["timings"].get("input", 0.0)))
+            parts["answer"].append(trace["answered"] - finished)
+            parts["download"].append(trace["done"] - trace["answered"])
+    engine.dispose()
+    return {stage: median(values) * 1000 for stage, values in parts.items()}
 
 
 def cpu_seconds(pid: int) -> float:
@@ -328,8 +377,12 @@ def main() -> None:
             worker = start_worker(node_env, folder / f"{label}-worker0.log")
             nodes.append(worker)
             print(f"overhead, {label} model: {count} requests per mode ...", flush=True)
+            stores = {
+                "embedded": f"sqlite:///{folder / f'{label}-embedded' / 'jobs.sqlite3'}",
+                "distributed": database_url_text,
+            }
             results[f"overhead_{label}"] = overhead(
-                {"embedded": embedded_url, "distributed": api_url}, body, count
+                {"embedded": embedded_url, "distributed": api_url}, body, count, stores
             )
             embedded.stop()
             if label == "tiny":
@@ -379,6 +432,18 @@ def report(results: dict[str, Any]) -> None:
         ]
         print(f"\nOverhead per synchronous request, {label} model (ms)")
         print(fmt_table(["mode", "median", "p95"], rows))
+        embedded, distributed = data["stages_embedded"], data["stages_distributed"]
+        rows = [
+            [
+                stage,
+                f"{embedded[stage]:.1f}",
+                f"{distributed[stage]:.1f}",
+                f"{distributed[stage] - embedded[stage]:+.1f}",
+            ]
+            for stage in STAGES
+        ]
+        print(f"\nStages, {label} model (medians, ms)")
+        print(fmt_table(["stage", "embedded", "distributed", "difference"], rows))
     levels = results.get("throughput_tiny", {})
     if levels:
         rows = [
