@@ -42,6 +42,8 @@ MODE_FIELDS = {
     "post_process_mask": {"post_process_mask": "true"},
 }
 REMBG_FIELDS = {"default": {}, "only_mask": {"om": "true"}, "post_process_mask": {"ppm": "true"}}
+# rembg's POST /api/remove reads these from the query string, the others from the form.
+REMBG_QUERY_FIELDS = {"bgc", "extras"}
 
 
 def _free_port() -> int:
@@ -158,11 +160,18 @@ def start_rembg(ctx: Any) -> Server:
     )
 
     def send(client: httpx.Client, data: bytes, mode: str) -> bytes:
+        fields = REMBG_FIELDS[mode]
         answer = client.post(
             f"{url}/api/remove",
-            params={"extras": extras},
+            params={
+                "extras": extras,
+                **{k: v for k, v in fields.items() if k in REMBG_QUERY_FIELDS},
+            },
             files={"file": ("image.jpg", data, "image/jpeg")},
-            data={"model": "dis_custom", **REMBG_FIELDS[mode]},
+            data={
+                "model": "dis_custom",
+                **{k: v for k, v in fields.items() if k not in REMBG_QUERY_FIELDS},
+            },
         )
         if answer.status_code != 200 or not answer.content.startswith(b"\x89PNG"):
             raise RuntimeError(f"rembg answered {answer.status_code}: {answer.text[:200]}")

@@ -4,6 +4,7 @@
     .venv/bin/python bench/run.py --only library --quick
     .venv/bin/python bench/run.py --only http,memory
     .venv/bin/python bench/run.py --only cache,coldstart   # mask cache; process start to result
+    .venv/bin/python bench/run.py --only cache,int8,coldstart   # + int8/fp32 inference: one table
     .venv/bin/python bench/run.py --only reliability       # bench/reliability.py, its defaults
 
 See bench/README.md for what each part measures and the figures it gave.
@@ -44,6 +45,7 @@ PARTS = (
     "matting",
     "inputsize",
     "cache",
+    "int8",
     "coldstart",
     "reliability",
 )
@@ -62,6 +64,7 @@ class Context:
     soak_requests: int
     soak_concurrency: int
     eval_sample: int
+    int8_reps: int = 10
     server_env: dict[str, str] = field(default_factory=dict)
     lines: list[str] = field(default_factory=list)
 
@@ -159,6 +162,50 @@ def run_inputsize(ctx: Context, sizes: tuple[int, ...]) -> dict[str, Any]:
     return out
 
 
+def summary(parts: dict[str, Any]) -> dict[str, Any]:
+    """One table from the cache, int8 and coldstart parts of one run: alphacut against rembg,
+    medians (the ratio is the ratio of the two medians)."""
+    cache, int8, cold = parts["cache"], parts["int8"]["samples"], parts["coldstart"]
+    rembg_fp32 = int8["rembg fp32"]
+    a_cmd, r_cmd = "alphacut remove (cache off)", "rembg i"
+    rows: list[dict[str, Any]] = [
+        {
+            "measure": "cold request (HTTP, default options), s",
+            "alphacut": cache["alphacut"]["cold_median_s"],
+            "rembg": cache["rembg"]["cold_median_s"],
+            "samples": f"{cache['alphacut']['cold_n']} + {cache['rembg']['cold_n']}",
+        },
+        {
+            "measure": "repeat request (HTTP; alphacut: cache hit, rembg: full run), s",
+            "alphacut": cache["alphacut"]["repeat_median_s"],
+            "rembg": cache["rembg"]["repeat_median_s"],
+            "samples": f"{cache['alphacut']['repeat_n']} + {cache['rembg']['repeat_n']}",
+        },
+    ]
+    for label, a in (("fp32", int8["fp32"]), ("int8 (rembg: its fp32)", int8["int8"])):
+        for kind, unit in (("wall", "s"), ("cpu", "CPU s")):
+            rows.append(
+                {
+                    "measure": f"inference {label}, session.run, {unit}",
+                    "alphacut": median(a[kind]),
+                    "rembg": median(rembg_fp32[kind]),
+                    "samples": f"{len(a[kind])} + {len(rembg_fp32[kind])}",
+                }
+            )
+    for key, unit in (("times", "s"), ("cpu_times", "CPU s")):
+        rows.append(
+            {
+                "measure": f"cold start (`alphacut remove` vs `rembg i`, process), {unit}",
+                "alphacut": median(cold[key][a_cmd]),
+                "rembg": median(cold[key][r_cmd]),
+                "samples": f"{len(cold[key][a_cmd])} + {len(cold[key][r_cmd])}",
+            }
+        )
+    for row in rows:
+        row["alphacut/rembg"] = row["alphacut"] / row["rembg"]
+    return {"rows": rows}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -193,6 +240,12 @@ def main() -> None:
     parser.add_argument("--soak-requests", type=int, default=200)
     parser.add_argument("--soak-concurrency", type=int, default=4)
     parser.add_argument(
+        "--int8-reps",
+        type=int,
+        default=10,
+        help="alternated rounds of the int8 part (each runs every session once)",
+    )
+    parser.add_argument(
         "--eval-sample",
         type=int,
         default=8,
@@ -205,6 +258,12 @@ def main() -> None:
         default=[],
         metavar="KEY=VALUE",
         help="extra environment for `alphacut serve` (to try settings)",
+    )
+    parser.add_argument(
+        "--head",
+        action="store_true",
+        help="run alphacut from a `git archive HEAD` snapshot (PYTHONPATH), not the working "
+        "tree: uncommitted edits of others then do not enter the measurement",
     )
     parser.add_argument("--out", type=Path, default=BENCH / "results")
     args = parser.parse_args()
@@ -227,9 +286,20 @@ def main() -> None:
             soak_requests=args.soak_requests,
             soak_concurrency=args.soak_concurrency,
             eval_sample=args.eval_sample,
+            int8_reps=args.int8_reps,
             server_env=dict(kv.split("=", 1) for kv in args.server_env),
         )
-        if {"library", "http", "matting", "coldstart"} & set(parts):
+        if args.head:
+            from bench.reliability import snapshot_of_head
+
+            src = snapshot_of_head(ctx.tmp) / "src"
+            os.environ["PYTHONPATH"] = str(src)  # every alphacut process started from here
+            sys.path.insert(0, str(src))  # and this one (the int8 part imports alphacut)
+            commit = subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"], cwd=BENCH, capture_output=True, text=True
+            ).stdout.strip()
+            ctx.log(f"alphacut from a snapshot of HEAD ({commit})")
+        if {"library", "http", "matting", "coldstart", "cache", "int8"} & set(parts):
             ctx.rembg_python = ensure_rembg_venv(ctx.log)
             ctx.weights_rembg = static_copy(ctx.weights_rembg, ctx.tmp)
         results: dict[str, Any] = {
@@ -270,6 +340,10 @@ def main() -> None:
                 from bench.cache import run_cache
 
                 results["parts"][part] = run_cache(ctx)
+            elif part == "int8":
+                from bench.int8_speed import run_int8
+
+                results["parts"][part] = run_int8(ctx)
             elif part == "coldstart":
                 from bench.coldstart import run_coldstart
 
@@ -283,6 +357,22 @@ def main() -> None:
                 results["parts"][part] = run_inputsize(ctx, sizes)
             results["parts"][part]["seconds"] = time.time() - part_started
             results["parts"][part]["loadavg_end"] = os.getloadavg()
+        if {"cache", "int8", "coldstart"} <= set(results["parts"]):
+            results["summary"] = summary(results["parts"])
+            ctx.log(
+                "\none table (medians; samples: alphacut + rembg; load average "
+                f"{results['machine']['loadavg_start'][0]:.2f} at the start, "
+                f"{os.getloadavg()[0]:.2f} now):"
+            )
+            ctx.log(
+                fmt_table(
+                    ["measure", "alphacut", "rembg", "alphacut/rembg", "samples"],
+                    [
+                        [r["measure"], r["alphacut"], r["rembg"], r["alphacut/rembg"], r["samples"]]
+                        for r in results["summary"]["rows"]
+                    ],
+                )
+            )
         results["seconds"] = time.time() - started
         results["machine"]["loadavg_end"] = os.getloadavg()
         results["log"] = ctx.lines
