@@ -376,6 +376,12 @@ def worker(
         _fail(
             f"the worker needs the distributed extra: pip install 'alphacut[distributed]' ({exc})"
         )
+    from alphacut.service.logs import QUIET_LIBRARY_LOGGERS
+
+    # As serve does: httpx logs full URLs at info, and webhook query strings carry tokens.
+    level = logging.getLevelNamesMapping().get(log_level.upper(), logging.INFO)
+    for name in QUIET_LIBRARY_LOGGERS:
+        logging.getLogger(name).setLevel(max(logging.WARNING, level))
     serve_queue(queue)  # announced with the worker's models (docs/scaling.md)
     argv = [
         "worker",
