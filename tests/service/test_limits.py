@@ -1,5 +1,6 @@
 """Issue 12's findings over real HTTP: every hostile request gets a 4xx JSON answer, no
-traceback, and bounded memory; slow clients are cut off."""
+traceback, and bounded memory; slow clients are cut off. The HTTP tests run in both modes:
+embedded, and an API node of the session's cluster (tests/cluster.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -20,14 +22,26 @@ from PIL import Image
 
 from alphacut.service.limits import max_body_bytes
 from alphacut.service.logs import QUIET_LIBRARY_LOGGERS, configure_logging
-from tests.conftest import subject_image
+from tests.cluster import MODES
+from tests.conftest import LiveServer, make_tiny_settings, subject_image
+from tests.jobhelpers import WebhookReceiver, fetch, wait_until
 
 KEY = "right-key"
 
 
-@pytest.fixture
-def server(live_server, tiny_settings):
-    return live_server(tiny_settings, api_keys=(KEY,))
+@pytest.fixture(scope="module", params=MODES)
+def server(request, tmp_path_factory, tiny_model_dir) -> Iterator[LiveServer]:
+    """One server per mode for the module's tests that need no settings of their own: their
+    requests cannot disturb each other, and a cluster's API node takes a second to start."""
+    if request.param == "embedded":
+        home = tmp_path_factory.mktemp("limits") / "home"
+        settings = make_tiny_settings(home, tiny_model_dir).model_copy(
+            update={"webhook_backoff": 0.2}  # the cluster's workers retry after 0.5 s
+        )
+    else:
+        settings = request.getfixturevalue("shared_cluster").settings
+    with LiveServer(settings.model_copy(update={"api_keys": (KEY,)})) as server:
+        yield server
 
 
 @pytest.fixture
@@ -100,10 +114,10 @@ def test_declared_oversized_body_is_refused_before_it_is_read(server, tracebacks
 
 
 def test_chunked_oversized_body_with_a_wrong_key_stops_at_the_cap(
-    live_server, tiny_settings, tracebacks
+    live_server, mode_settings, tracebacks
 ):
     cap = 1024 * 1024
-    server = live_server(tiny_settings, api_keys=(KEY,), max_body_bytes=cap)
+    server = live_server(mode_settings, api_keys=(KEY,), max_body_bytes=cap)
     chunk = b"x" * 65536
     framed = f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n"
     head = (
@@ -129,8 +143,8 @@ def test_compressed_bodies_are_refused(server, tracebacks):
     assert not tracebacks
 
 
-def test_body_that_arrives_too_slowly_gets_408(live_server, tiny_settings, tracebacks):
-    server = live_server(tiny_settings, body_timeout=0.5)
+def test_body_that_arrives_too_slowly_gets_408(live_server, mode_settings, tracebacks):
+    server = live_server(mode_settings, body_timeout=0.5)
 
     def drip() -> Iterator[bytes]:
         yield b'{"key": "'
@@ -149,8 +163,8 @@ def test_body_that_arrives_too_slowly_gets_408(live_server, tiny_settings, trace
 # 2 and 12. One image limit however it arrives; big data URIs fit in form fields.
 
 
-def test_multipart_upload_has_the_image_size_limit(live_server, tiny_settings, tracebacks):
-    server = live_server(tiny_settings, max_download_bytes=100_000)
+def test_multipart_upload_has_the_image_size_limit(live_server, mode_settings, tracebacks):
+    server = live_server(mode_settings, max_download_bytes=100_000)
     response = httpx.post(
         server.url + "/api/v5/removebg_mask",
         data={"key": ""},
@@ -337,31 +351,42 @@ def test_client_disconnect_mid_body_is_a_499_without_traceback(server, traceback
 # 8. No query strings (signatures, tokens) in the logs.
 
 
-def test_fetch_and_webhook_urls_do_not_reach_the_logs(server, file_server, caplog):
+def test_fetch_and_webhook_urls_do_not_reach_the_logs(request, server, file_server, caplog):
     base, root = file_server
     image, _ = subject_image(40, 30)
     image.save(root / "secret-test.png")
     root_logger = logging.getLogger()
     saved = root_logger.handlers[:], root_logger.level
     levels = {name: logging.getLogger(name).level for name in QUIET_LIBRARY_LOGGERS}
-    try:
-        configure_logging("info")
-        root_logger.addHandler(caplog.handler)
-        body = {
-            "key": KEY,
-            "image": f"{base}/secret-test.png?X-Amz-Signature=SECRET1",
-            "webhook": f"{base}/hook?token=SECRET2",
-        }
-        response = httpx.post(server.url + "/api/v5/removebg_mask", json=body, timeout=60)
-        assert response.status_code == 200, response.text
-        time.sleep(0.5)  # the webhook attempt
-    finally:
-        root_logger.handlers[:], _ = saved
-        root_logger.setLevel(saved[1])
-        for name, level in levels.items():
-            logging.getLogger(name).setLevel(level)
+    # A failed attempt, then a delivered one: no retry outlives the test.
+    with WebhookReceiver(fail_first=1) as receiver:
+        try:
+            configure_logging("info")
+            root_logger.addHandler(caplog.handler)
+            body = {
+                "key": KEY,
+                "image": f"{base}/secret-test.png?X-Amz-Signature=SECRET1",
+                "webhook": f"{receiver.url}?token=SECRET2",
+            }
+            response = httpx.post(server.url + "/api/v5/removebg_mask", json=body, timeout=60)
+            assert response.status_code == 200, response.text
+            wait_until(lambda: len(receiver.calls) == 2, what="a retried webhook delivery")
+            job_id = response.json()["id"]
+            wait_until(
+                lambda: fetch(server.url, job_id, key=KEY).get("webhook_status") == "delivered",
+                what="the delivery recorded",
+            )
+        finally:
+            root_logger.handlers[:], _ = saved
+            root_logger.setLevel(saved[1])
+            for name, level in levels.items():
+                logging.getLogger(name).setLevel(level)
     assert "SECRET" not in caplog.text
     assert any(r.name == "alphacut.access" for r in caplog.records)
+    if server.settings.broker_url:  # the webhook went from a worker: its log, not this process's
+        logs: list[Path] = [w.log for w in request.getfixturevalue("shared_cluster").workers]
+        text = "".join(log.read_text(errors="replace") for log in logs)
+        assert "SECRET1" not in text and "SECRET2" not in text
 
 
 # 9. Metric labels come from a known set.
@@ -397,8 +422,8 @@ def test_security_headers(server, tracebacks):
 # 11. Slow clients cannot hold connections.
 
 
-def test_connections_that_never_finish_their_headers_are_closed(live_server, tiny_settings):
-    server = live_server(tiny_settings, header_timeout=1.0)
+def test_connections_that_never_finish_their_headers_are_closed(live_server, mode_settings):
+    server = live_server(mode_settings, header_timeout=1.0)
     host, port = server.url.removeprefix("http://").split(":")
     sockets = [socket.create_connection((host, int(port))) for _ in range(20)]
     started = time.monotonic()
@@ -420,9 +445,9 @@ def test_connections_that_never_finish_their_headers_are_closed(live_server, tin
 
 
 def test_a_keep_alive_connection_gets_a_header_deadline_for_each_request(
-    live_server, tiny_settings
+    live_server, mode_settings
 ):
-    server = live_server(tiny_settings, header_timeout=1.0, keep_alive_timeout=30)
+    server = live_server(mode_settings, header_timeout=1.0, keep_alive_timeout=30)
     host, port = server.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=10) as sock:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\n")

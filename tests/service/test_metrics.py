@@ -1,4 +1,6 @@
-"""Operations surface: /metrics (Prometheus), the access log, and the OpenAPI examples."""
+"""Operations surface: /metrics (Prometheus), the access log, and the OpenAPI examples. The
+HTTP tests run in both modes (``mode_settings``): embedded, and an API node of the session's
+cluster (tests/cluster.py), whose jobs run in worker processes that serve no /metrics."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from alphacut.service.examples import PROCESSING_EXAMPLE, SUCCESS_EXAMPLE
 from alphacut.service.logs import JsonFormatter
 from tests.conftest import subject_image
+from tests.jobhelpers import fetch, wait_until
 
 
 @pytest.fixture
@@ -61,22 +64,22 @@ def value(samples, name, **labels) -> float:
 
 
 def test_metrics_count_requests_stages_jobs_and_webhooks(
-    live_server, tiny_settings, tmp_path, served_subject, webhook_receiver
+    request, live_server, mode_settings, tmp_path, served_subject, webhook_receiver
 ):
     hook, received = webhook_receiver
-    server = live_server(tiny_settings, webhook_backoff=0.2)
+    server = live_server(mode_settings, webhook_backoff=0.2)
+    distributed = bool(mode_settings.broker_url)
     # A second app in the same process (its own store): the registries must not clash.
-    live_server(tiny_settings, home=tmp_path / "other-home")
+    live_server(mode_settings, home=tmp_path / "other-home")
     api = server.url + "/api/v5/removebg_mask"
-    assert (
-        httpx.post(
-            api, json={"image": served_subject, "webhook": hook, "alpha_matting": True}, timeout=150
-        ).status_code
-        == 200
+    first = httpx.post(
+        api, json={"image": served_subject, "webhook": hook, "alpha_matting": True}, timeout=150
     )
+    assert first.status_code == 200
     assert httpx.post(api, json={"image": served_subject, "bg_color": "nope"}).status_code == 422
     queued = httpx.post(api, json={"image": served_subject, "instant_response": True}).json()
-    for _ in range(100):
+    deadline = time.time() + 30
+    while time.time() < deadline:
         if httpx.post(queued["fetch_result"], json={}).json()["status"] == "success":
             break
         time.sleep(0.05)
@@ -113,16 +116,61 @@ def test_metrics_count_requests_stages_jobs_and_webhooks(
     for stage in ("fetch", "decode", "inference", "matting", "compose", "encode"):
         assert value(samples, "alphacut_stage_duration_seconds_count", stage=stage) >= 1, stage
     assert value(samples, "alphacut_stage_duration_seconds_count", stage="matting") == 1
+    # Job counts come from the store: cluster-wide in the distributed mode.
     assert value(samples, "alphacut_jobs", state="success") == 2
     assert value(samples, "alphacut_queue_depth") == 0
-    assert value(samples, "alphacut_jobs_finished_total", status="success") == 2
-    assert value(samples, "alphacut_webhook_deliveries_total", outcome="delivered") == 1
     assert value(samples, "alphacut_http_request_duration_seconds_count", route=route) == 3
     assert ("alphacut_models_loaded", ()) in samples
+    if not distributed:
+        assert value(samples, "alphacut_jobs_finished_total", status="success") == 2
+        assert value(samples, "alphacut_webhook_deliveries_total", outcome="delivered") == 1
+        return
+    # Only the process that runs a job counts it and its webhook: an API node counts the jobs
+    # its requests waited for (the worker stages above come from that job's timings), and the
+    # workers deliver webhooks, which the store records. The instant job was only fetched.
+    assert value(samples, "alphacut_jobs_finished_total", status="success") == 1
+    assert value(samples, "alphacut_webhook_deliveries_total", outcome="delivered") == 0
+    assert value(samples, "alphacut_models_loaded") == 0  # an API node loads no model
+    wait_until(
+        lambda: fetch(server.url, first.json()["id"]).get("webhook_status") == "delivered",
+        what="the worker's delivery in the store",
+    )
+    # What the distributed mode adds: the broker's queues (idle now) and the live workers.
+    for queue in ("cpu", "gpu", "ops"):
+        assert ("alphacut_broker_queue_depth", (("queue", queue),)) in samples, queue
+    assert value(samples, "alphacut_broker_queue_depth", queue="cpu") == 0
+    assert value(samples, "alphacut_broker_queue_depth", queue="gpu") == 0
+    workers = request.getfixturevalue("shared_cluster").workers
+    assert value(samples, "alphacut_live_workers") == len(workers) == 2
 
 
-def test_access_log_has_ids_and_no_secrets(live_server, tiny_settings, served_subject, caplog):
-    server = live_server(tiny_settings, api_keys=("s3cret-key",))
+@pytest.mark.parametrize("mode_settings", ["distributed"], indirect=True)
+def test_broker_queue_depth_counts_a_job_no_worker_takes(
+    live_server, mode_settings, served_subject
+):
+    """The distributed mode's gauges with a job waiting: the shared cluster has no gpu worker."""
+    server = live_server(mode_settings, default_queue="gpu")
+    api = server.url + "/api/v5/removebg_mask"
+    queued = httpx.post(api, json={"image": served_subject, "instant_response": True})
+    assert queued.status_code == 200 and queued.json()["status"] == "processing"
+    dispatcher = server.state.pool
+    try:
+        samples = scrape(server)
+        assert value(samples, "alphacut_broker_queue_depth", queue="gpu") == 1
+        assert value(samples, "alphacut_broker_queue_depth", queue="cpu") == 0
+        assert value(samples, "alphacut_queue_depth") == 1  # the store agrees
+        assert value(samples, "alphacut_jobs", state="queued") == 1
+        assert value(samples, "alphacut_live_workers") == 2  # the cpu ones, still counted
+    finally:  # no gpu worker will ever take it: leave the cluster as it was
+        dispatcher.broker.delete(mode_settings.broker_prefix + "gpu")
+        server.state.store.fail(queued.json()["id"], "removed by the test", 500)
+    samples = scrape(server)
+    assert value(samples, "alphacut_broker_queue_depth", queue="gpu") == 0
+    assert value(samples, "alphacut_queue_depth") == 0
+
+
+def test_access_log_has_ids_and_no_secrets(live_server, mode_settings, served_subject, caplog):
+    server = live_server(mode_settings, api_keys=("s3cret-key",))
     caplog.set_level(logging.INFO, logger="alphacut.access")
     uri = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8"
     httpx.post(
@@ -147,8 +195,8 @@ def test_access_log_has_ids_and_no_secrets(live_server, tiny_settings, served_su
     assert "s3cret" not in text and "iVBOR" not in text
 
 
-def test_openapi_has_examples_for_every_shape(live_server, tiny_settings, served_subject):
-    server = live_server(tiny_settings)
+def test_openapi_has_examples_for_every_shape(live_server, mode_settings, served_subject):
+    server = live_server(mode_settings)
     # The documented shapes are the real ones: same keys as live answers.
     api = server.url + "/api/v5/removebg_mask"
     success = httpx.post(api, json={"image": served_subject}, timeout=150).json()
@@ -177,13 +225,23 @@ def test_openapi_has_examples_for_every_shape(live_server, tiny_settings, served
     assert "/metrics" in spec["paths"] and "/healthz" in spec["paths"]
 
 
-def test_metrics_show_mask_cache_hits_misses_and_bytes(live_server, tiny_settings, served_subject):
-    server = live_server(tiny_settings)
+def test_metrics_show_mask_cache_hits_misses_and_bytes(live_server, mode_settings, served_subject):
+    server = live_server(mode_settings)
     api = server.url + "/api/v5/removebg_mask"
     for fields in ({}, {"only_mask": True}):  # the same picture with other options: one run
         response = httpx.post(api, json={"image": served_subject, **fields}, timeout=150)
         assert response.status_code == 200
+        assert response.json()["status"] == "success"
     samples = scrape(server)
+    if mode_settings.broker_url:
+        # Hits and misses are counted by the process that runs the model: a worker, which
+        # serves no /metrics. The API node ran none; it shows the cache folder it shares with
+        # the test cluster's workers (entries from this session's earlier jobs too).
+        assert value(samples, "alphacut_mask_cache_misses_total") == 0
+        assert value(samples, "alphacut_mask_cache_hits_total") == 0
+        assert value(samples, "alphacut_mask_cache_entries") >= 1
+        assert value(samples, "alphacut_mask_cache_bytes") > 0
+        return
     assert value(samples, "alphacut_mask_cache_misses_total") == 1
     assert value(samples, "alphacut_mask_cache_hits_total") == 1
     assert value(samples, "alphacut_mask_cache_entries") == 1
