@@ -186,8 +186,10 @@ class Settings(BaseSettings):
     max_connections: int = Field(
         default=1000,
         ge=1,
-        description="Connections and requests in progress at once; beyond it new requests are "
-        "answered 503 at once.",
+        description="Connections and requests in progress at once: a new request is answered "
+        "503 at once (JSON with `retry_after`, a `Retry-After` header, and the connection "
+        "closed) when this many connections are open, its own included, or this many other "
+        "requests are in progress.",
     )
     errors_http_200: bool = Field(
         default=False,

@@ -19,7 +19,7 @@ from alphacut.config import Settings
 from alphacut.engine import Engine
 from alphacut.service.error_handlers import install_error_handlers
 from alphacut.service.examples import restore_null_examples
-from alphacut.service.limits import RequestLimits
+from alphacut.service.limits import ConnectionLimit, RequestLimits
 from alphacut.service.logs import request_id_var
 from alphacut.service.metrics import Metrics
 from alphacut.service.metrics import router as metrics_router
@@ -67,6 +67,9 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app.include_router(metrics_router)
     # Inside the request-id middleware, so its refusals are logged and counted too.
     app.add_middleware(RequestLimits, settings=settings)
+    # Outside the body limits (a request over ALPHACUT_MAX_CONNECTIONS is refused first), and
+    # also inside the request-id middleware, so its JSON 503s are logged and counted.
+    app.add_middleware(ConnectionLimit, settings=settings)
 
     @app.middleware("http")
     async def request_id(

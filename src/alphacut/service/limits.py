@@ -3,7 +3,8 @@ connections.
 
 ``RequestLimits`` (ASGI middleware) counts the body as it arrives, before anything parses it
 or checks the key, and gives it a deadline; ``uvicorn_options`` bounds what happens before
-the application sees a request (header time, header size, idle and total connections).
+the application sees a request (header time, header size, idle connections) and counts the
+connections and requests in progress, whose excess ``ConnectionLimit`` answers in JSON.
 """
 
 from __future__ import annotations
@@ -26,6 +27,11 @@ MAX_HEADER_BYTES = 16 * 1024
 
 
 _CLOSE = {"Connection": "close"}
+# Set (True) in the scope of a request that arrived over ALPHACUT_MAX_CONNECTIONS.
+OVER_CONNECTION_LIMIT = "alphacut.over_connection_limit"
+# Seconds a client over the connection limit is told to wait: requests in progress turn over
+# quickly, and idle keep-alive connections close within ALPHACUT_KEEP_ALIVE_TIMEOUT.
+CONNECTION_LIMIT_RETRY_AFTER = 1
 
 
 class BodyTooLarge(AlphacutError):
@@ -48,6 +54,15 @@ class ClientDisconnected(AlphacutError):
 
     status_code = 499
     headers = _CLOSE
+
+
+class TooManyConnections(AlphacutError):
+    """ALPHACUT_MAX_CONNECTIONS reached: 503 with ``retry_after``, and the connection closes
+    (as uvicorn's own limit did), which frees one."""
+
+    status_code = 503
+    retry_after = CONNECTION_LIMIT_RETRY_AFTER
+    headers = {**_CLOSE, "Retry-After": str(CONNECTION_LIMIT_RETRY_AFTER)}
 
 
 def max_body_bytes(settings: Settings) -> int:
@@ -74,7 +89,8 @@ class RequestLimits:
         encoding = headers.get("content-encoding", "").strip().lower()
         if encoding not in ("", "identity"):
             # A decoded size cap would have to inflate as it streams; nobody needs to send it.
-            await self._refuse(
+            await refuse(
+                self.settings,
                 scope,
                 receive,
                 send,
@@ -85,7 +101,7 @@ class RequestLimits:
             return
         declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > self.limit:
-            await self._refuse(scope, receive, send, self._too_large())
+            await refuse(self.settings, scope, receive, send, self._too_large())
             return
         await self.app(scope, self._counting(receive), send)
 
@@ -118,28 +134,56 @@ class RequestLimits:
 
         return limited_receive
 
-    async def _refuse(
-        self, scope: Scope, receive: Receive, send: Send, error: AlphacutError
-    ) -> None:
-        status = 200 if self.settings.errors_http_200 else error.status_code
-        # Connection: close, since the unread body would otherwise be taken as the next request.
-        response = JSONResponse(
-            {"status": "error", "message": error.message},
-            status_code=status,
-            headers=_CLOSE,
-        )
-        await response(scope, receive, send)
+
+async def refuse(
+    settings: Settings, scope: Scope, receive: Receive, send: Send, error: AlphacutError
+) -> None:
+    """Answer ``error`` as the API's JSON error, before the application has read the body."""
+    status = 200 if settings.errors_http_200 else error.status_code
+    body: dict[str, Any] = {"status": "error", "message": error.message}
+    retry_after: int | None = getattr(error, "retry_after", None)
+    if retry_after is not None:
+        body["retry_after"] = retry_after
+    # Connection: close, since the unread body would otherwise be taken as the next request.
+    headers = {**_CLOSE, **getattr(error, "headers", {})}
+    await JSONResponse(body, status_code=status, headers=headers)(scope, receive, send)
 
 
-class _HeaderDeadlineProtocol(H11Protocol):
-    """uvicorn's h11 protocol with a deadline for each request's headers.
+class ConnectionLimit:
+    """Answers a request that arrived over ALPHACUT_MAX_CONNECTIONS (marked by the protocol
+    from ``uvicorn_options``) with the API's JSON 503 instead of uvicorn's plain-text one."""
+
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        self.app = app
+        self.settings = settings
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope.get(OVER_CONNECTION_LIMIT):
+            limit = self.settings.max_connections
+            error = TooManyConnections(
+                f"the server is at its limit of {limit} connections or requests in progress "
+                f"(ALPHACUT_MAX_CONNECTIONS); retry in {CONNECTION_LIMIT_RETRY_AFTER} s"
+            )
+            await refuse(self.settings, scope, receive, send, error)
+            return
+        await self.app(scope, receive, send)
+
+
+class _LimitedProtocol(H11Protocol):
+    """uvicorn's h11 protocol with a deadline for each request's headers, and the count of
+    connections and requests in progress for ALPHACUT_MAX_CONNECTIONS.
 
     uvicorn itself waits forever for the first request's headers, and its keep-alive timer
     restarts on every byte, so a client dripping a byte at a time could hold a connection
     indefinitely. The deadline starts when the connection opens and after each response.
+
+    The connection limit is uvicorn's ``limit_concurrency`` check, made at the same moment
+    (when a request's headers are parsed, its task just created), but instead of answering
+    in plain text it marks the request, which ``ConnectionLimit`` answers in JSON.
     """
 
     header_timeout = 10.0
+    max_connections = 1000
     _header_deadline: asyncio.TimerHandle | None = None
     _waiting_cycle: object = None
 
@@ -149,13 +193,13 @@ class _HeaderDeadlineProtocol(H11Protocol):
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
-        self._disarm_if_headers_arrived()
+        self._check_new_request()
 
     def on_response_complete(self) -> None:
         # Armed first: handling a pipelined request inside may start the next cycle at once.
         self._arm_header_deadline()
         super().on_response_complete()
-        self._disarm_if_headers_arrived()
+        self._check_new_request()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -166,9 +210,21 @@ class _HeaderDeadlineProtocol(H11Protocol):
         self._waiting_cycle = self.cycle
         self._header_deadline = self.loop.call_later(self.header_timeout, self._headers_too_slow)
 
-    def _disarm_if_headers_arrived(self) -> None:
-        if self.cycle is not self._waiting_cycle:  # a new request's headers were parsed
-            self._disarm()
+    def _check_new_request(self) -> None:
+        # Each event handling parses at most one request's headers on a connection (h11
+        # pauses the next pipelined one until this one's answer is complete).
+        if self.cycle is self._waiting_cycle:
+            return
+        self._waiting_cycle = self.cycle  # a new request's headers were parsed
+        self._disarm()
+        # uvicorn's own test (h11_impl.handle_events) made just before the request's task was
+        # added: this connection counts, the request's own task does not.
+        if (
+            len(self.connections) >= self.max_connections
+            or len(self.tasks) - 1 >= self.max_connections
+        ):
+            self.cycle.scope[OVER_CONNECTION_LIMIT] = True  # type: ignore[literal-required]
+            self.logger.warning("Exceeded ALPHACUT_MAX_CONNECTIONS (%d).", self.max_connections)
 
     def _disarm(self) -> None:
         if self._header_deadline is not None:
@@ -184,13 +240,15 @@ class _HeaderDeadlineProtocol(H11Protocol):
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
     """Keyword arguments for ``uvicorn.run``/``uvicorn.Config`` bounding slow clients."""
     protocol = type(
-        "HeaderDeadlineProtocol",
-        (_HeaderDeadlineProtocol,),
-        {"header_timeout": settings.header_timeout},
+        "LimitedProtocol",
+        (_LimitedProtocol,),
+        {"header_timeout": settings.header_timeout, "max_connections": settings.max_connections},
     )
     return {
         "http": protocol,
         "timeout_keep_alive": settings.keep_alive_timeout,
-        "limit_concurrency": settings.max_connections,
+        # Off: the protocol above makes uvicorn's check itself, so that ConnectionLimit can
+        # answer in JSON; uvicorn's would refuse the same requests first, in plain text.
+        "limit_concurrency": None,
         "h11_max_incomplete_event_size": MAX_HEADER_BYTES,
     }
