@@ -291,3 +291,14 @@ def fmt_table(headers: list[str], rows: list[list[Any]]) -> str:
         "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in text
     ]
     return "\n".join(lines)
+
+
+def rembg_worker(ctx: Any) -> Worker:
+    """A ``Worker`` running rembg (its venv) on ``ctx.weights_rembg`` in a home of its own."""
+    home = rembg_home(ctx.tmp, ctx.weights_rembg)
+    return Worker(
+        str(ctx.rembg_python),
+        "rembg",
+        home / "models" / "dis_custom" / ctx.weights_rembg.name,
+        env={"REMBG_HOME": str(home), "U2NET_HOME": ""},
+    )

@@ -108,19 +108,13 @@ def ensure_int8(log: Callable[[str], None] = print) -> Path:
 def run_int8(ctx: Any) -> dict[str, Any]:
     """alphacut fp32, int8 and the original fp16 file, and rembg's own session on the same fp32
     weights as alphacut (its default SessionOptions, its preprocessing), alternated run by run."""
-    from bench.common import Worker, fmt_table, median, rembg_home
+    from bench.common import fmt_table, median, rembg_worker
 
     ensure_int8(ctx.log)
     reps = 2 if ctx.quick else ctx.int8_reps
     photo = PHOTOS / PHOTO
     runs = alphacut_runs(model_paths(fp16=True), photo)
-    home = rembg_home(ctx.tmp, ctx.weights_rembg)
-    worker = Worker(
-        str(ctx.rembg_python),
-        "rembg",
-        home / "models" / "dis_custom" / ctx.weights_rembg.name,
-        env={"REMBG_HOME": str(home), "U2NET_HOME": ""},
-    )
+    worker = rembg_worker(ctx)
 
     def rembg_run() -> tuple[float, float]:
         reply = worker.call(op="infer", path=str(photo))

@@ -19,7 +19,7 @@ from bench.common import (
     make_big_image,
     median,
     ratio,
-    rembg_home,
+    rembg_worker,
 )
 
 MODES = ("default", "only_mask", "post_process_mask")
@@ -27,13 +27,7 @@ MODES = ("default", "only_mask", "post_process_mask")
 
 def start_workers(ctx: Any) -> tuple[Worker, Worker]:
     alphacut = Worker(sys.executable, "alphacut", ctx.weights_alphacut)
-    home = rembg_home(ctx.tmp, ctx.weights_rembg)
-    rembg = Worker(
-        str(ctx.rembg_python),
-        "rembg",
-        home / "models" / "dis_custom" / ctx.weights_rembg.name,
-        env={"REMBG_HOME": str(home), "U2NET_HOME": ""},
-    )
+    rembg = rembg_worker(ctx)
     ctx.log(
         f"workers ready: alphacut load {alphacut.ready['load_seconds']:.1f}s, "
         f"rembg load {rembg.ready['load_seconds']:.1f}s"
