@@ -434,3 +434,40 @@ def test_has_transparency() -> None:
         p = palette_image()
         p.info["transparency"] = index
         assert has_transparency(p) is expected
+
+
+def test_damaged_tiffs_are_refused_without_a_word_on_stderr() -> None:
+    """libtiff prints the details of a damaged TIFF to stderr, and Pillow's TIFF plugin warns
+    ("Truncated File Read"): a server's log would get lines no request owns. decode_image
+    refuses such data with its own error and nothing else. A fresh process: libtiff writes to
+    file descriptor 2, and pytest would catch the warnings."""
+    import subprocess
+
+    script = """
+import io
+import numpy as np
+from PIL import Image
+from alphacut.errors import InvalidImage
+from alphacut.pipeline.decode import decode_image
+
+photo = Image.fromarray((np.random.default_rng(0).random((200, 300, 3)) * 255).astype("uint8"))
+refused = 0
+for compression in ("tiff_lzw", "tiff_deflate", "jpeg", "packbits"):
+    out = io.BytesIO()
+    photo.save(out, format="TIFF", compression=compression)
+    data = out.getvalue()
+    damaged = bytearray(data)
+    damaged[len(data) // 3 : len(data) // 3 + 200] = b"\\xff" * 200
+    for sample in (data[: len(data) // 2], data[:-50], bytes(damaged)):
+        try:
+            decode_image(sample, 10**8)
+        except InvalidImage:
+            refused += 1
+print(refused)
+"""
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert int(proc.stdout) >= 8  # most of the 12 are refused (some damage still decodes)
+    assert proc.stderr == ""

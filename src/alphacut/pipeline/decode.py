@@ -7,9 +7,11 @@ exception, warning or half-decoded image may leak out.
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import io
 import warnings
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -60,17 +62,54 @@ def _allowed_formats() -> tuple[str, ...]:
     except Exception:  # an optional plugin must never break core formats
         pass
     Image.init()
+    _quiet_libtiff()
     return tuple(f for f in _WANTED_FORMATS if f in Image.OPEN)
 
 
-def _silence_bomb_warning() -> None:
-    # Pillow warns (between 1x and 2x its global MAX_IMAGE_PIXELS) inside Image.open, before
-    # we can apply our own limit; that warning is pure noise since we check the size
-    # ourselves. ``warnings.catch_warnings`` is not thread-safe, so install a process-wide
-    # filter instead, re-inserting it only if something (e.g. pytest) pushed it off the top.
-    first = warnings.filters[0] if warnings.filters else None
-    if not (first and first[0] == "ignore" and first[2] is Image.DecompressionBombWarning):
-        warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+# Warnings Pillow raises while it reads client bytes: the decompression-bomb warning (between
+# 1x and 2x its global MAX_IMAGE_PIXELS, inside Image.open, before our own limit applies) and
+# its plugins' notes on damaged data ("Truncated File Read", "Corrupt EXIF data"), which
+# decode_image turns into its own error anyway.
+_DECODER_WARNINGS = ((Image.DecompressionBombWarning, ""), (UserWarning, r"PIL\."))
+
+
+def _silence_decoder_warnings() -> None:
+    # ``warnings.catch_warnings`` is not thread-safe, so install process-wide filters instead,
+    # re-inserting them only if something (e.g. pytest) pushed them off the top.
+    top = warnings.filters[: 2 * len(_DECODER_WARNINGS)]
+    for category, module in _DECODER_WARNINGS:
+        if not any(
+            entry[0] == "ignore"
+            and entry[2] is category
+            and getattr(entry[3], "pattern", entry[3] or "") == module
+            for entry in top
+        ):
+            warnings.filterwarnings("ignore", category=category, module=module)
+
+
+def _quiet_libtiff() -> None:
+    """Take away libtiff's default error and warning handlers, which print the details of a
+    damaged TIFF straight to stderr ("ZIPDecode: Decoding error ...") outside any log; Pillow
+    still gets libtiff's failures and decode_image answers them as corrupt data."""
+    try:
+        maps = Path("/proc/self/maps").read_text()  # Linux: the libtiff Pillow has loaded
+    except OSError:
+        return
+    libraries = {
+        fields[5]
+        for fields in (line.split(maxsplit=5) for line in maps.splitlines())
+        if len(fields) == 6 and "libtiff" in fields[5].rsplit("/", 1)[-1]
+    }
+    for path in libraries:
+        try:
+            library = ctypes.CDLL(path)  # the copy already loaded, not a second one
+            for name in ("TIFFSetErrorHandler", "TIFFSetWarningHandler"):
+                set_handler = getattr(library, name)
+                set_handler.restype = ctypes.c_void_p
+                set_handler.argtypes = [ctypes.c_void_p]
+                set_handler(None)
+        except (OSError, AttributeError):
+            continue
 
 
 def _too_large(width: int, height: int, max_pixels: int) -> ImageTooLarge:
@@ -93,7 +132,7 @@ def decode_image(data: bytes, max_pixels: int = 50_000_000) -> Image.Image:
     if not data:
         raise InvalidImage("the image data is empty")
     formats = _allowed_formats()
-    _silence_bomb_warning()
+    _silence_decoder_warnings()
     try:
         with Image.open(io.BytesIO(data), formats=formats) as img:
             width, height = img.size
