@@ -307,7 +307,9 @@ class Settings(BaseSettings):
         description="Disk space for the mask cache, in bytes (default 512 MiB, about 400 "
         "photos at input size 1024); 0 turns it off. The model's output for each picture is "
         "kept in `cache/masks` inside the home folder, so a repeat request for the same "
-        "picture with other options skips the model; least recently used entries go first.",
+        "picture with other options skips the model; least recently used entries go first. "
+        "With S3 storage the cache is in the bucket (`PREFIX/_cache/masks/`), shared by the "
+        "cluster, and the oldest entries go first.",
     )
     cleanup_interval: float = Field(
         default=300.0,

@@ -235,8 +235,8 @@ def test_metrics_show_mask_cache_hits_misses_and_bytes(live_server, mode_setting
     samples = scrape(server)
     if mode_settings.broker_url:
         # Hits and misses are counted by the process that runs the model: a worker, which
-        # serves no /metrics. The API node ran none; it shows the cache folder it shares with
-        # the test cluster's workers (entries from this session's earlier jobs too).
+        # serves no /metrics. The API node ran none; it shows the cache in the bucket it shares
+        # with the test cluster's workers (entries from this session's earlier jobs too).
         assert value(samples, "alphacut_mask_cache_misses_total") == 0
         assert value(samples, "alphacut_mask_cache_hits_total") == 0
         assert value(samples, "alphacut_mask_cache_entries") >= 1

@@ -23,7 +23,9 @@ from PIL import Image
 import tests.jobs.test_worker as worker_tests
 import tests.service.test_routes as routes_tests
 from alphacut.config import Settings
+from alphacut.engine import Engine
 from alphacut.jobs import worker as worker_module
+from alphacut.pipeline.options import make_options
 from tests.conftest import PHOTOS, free_port, real_settings, requires_real_model, subject_image
 from tests.jobhelpers import NOT_FOUND, fetch, post, submit_and_wait, wait_done, wait_until
 from tests.s3helpers import STORAGES, FaultyS3Proxy, S3Service, s3_settings, with_storage
@@ -95,6 +97,11 @@ def any_storage(request: pytest.FixtureRequest, local_tiny_settings: Settings) -
 
 def relative_of(url: str) -> str:
     return url.split("/outputs/", 1)[1]
+
+
+def outputs_and_inputs(service: S3Service, prefix: str) -> list[str]:
+    """The objects under ``prefix`` but the mask cache's (``_cache/``)."""
+    return [key for key in service.keys(prefix) if not key.startswith(f"{prefix}/_cache/")]
 
 
 def test_outputs_are_served_with_type_and_security_headers(live_server, any_storage, subject):
@@ -221,7 +228,7 @@ def test_unreachable_s3_fails_the_job_clearly_and_serves_nothing(
     assert "output storage" in message and "unreachable" in message
     assert "after 4 attempts" in message and "write the output" in message
     assert httpx.get(answer["future_links"][0]).status_code == 404
-    assert s3_service.keys(s3_prefix) == []  # no output, and the input is gone
+    assert outputs_and_inputs(s3_service, s3_prefix) == []  # no output, and the input is gone
     job = server.state.store.get(answer["id"])
     assert job.error_status == 503 and job.result is None
 
@@ -259,7 +266,7 @@ def test_real_model_photo_with_s3_storage(live_server, tmp_path, s3_service, s3_
     ).json()
     assert body["status"] == "success", body
     key = f"{s3_prefix}/{relative_of(body['output'][0])}"
-    assert s3_service.keys(s3_prefix) == [key]  # the output, and no leftover input
+    assert outputs_and_inputs(s3_service, s3_prefix) == [key]  # the output, no leftover input
     cutout = Image.open(io.BytesIO(httpx.get(body["output"][0], timeout=60).content))
     original = Image.open(io.BytesIO(photo))
     assert cutout.mode == "RGBA" and cutout.size == original.size
@@ -267,3 +274,41 @@ def test_real_model_photo_with_s3_storage(live_server, tmp_path, s3_service, s3_
     # A real subject: some of the picture kept, some removed, edges in between.
     assert 0.05 < (alpha > 127).mean() < 0.95
     assert time.time() - started < 300
+
+
+@pytest.mark.real_model
+@requires_real_model
+def test_real_model_repeat_request_hits_the_cache_in_the_bucket(
+    live_server, tmp_path, s3_service, s3_prefix
+):
+    """With S3 storage the maps are kept in the bucket: a repeat request for the photo with
+    another option skips the model and gives the mask an uncached run gives."""
+    settings = s3_settings(real_settings(tmp_path / "home"), s3_service, s3_prefix)
+    server = live_server(settings)
+    photo = (PHOTOS / "animal-1.jpg").read_bytes()
+
+    def ask(**fields: object) -> bytes:
+        body = httpx.post(
+            server.url + "/api/v5/removebg_mask",
+            data={name: str(value).lower() for name, value in fields.items()},
+            files={"image": ("animal-1.jpg", photo, "image/jpeg")},
+            timeout=300,
+        ).json()
+        assert body["status"] == "success", body
+        return httpx.get(body["output"][0], timeout=60).content
+
+    ask()
+    assert len(s3_service.keys(f"{s3_prefix}/_cache/masks/")) == 1
+    mask = np.asarray(Image.open(io.BytesIO(ask(only_mask=True))))
+    engine = server.state.engine
+    assert engine.mask_cache is not None and engine.mask_cache.stats().hits == 1
+    assert engine.runner().items_run == 1  # the model ran for the first request only
+    assert not (settings.home / "cache" / "masks").exists()
+
+    uncached = Engine(settings.model_copy(update={"cache_bytes": 0}), warm_up=False)
+    try:
+        assert uncached.mask_cache is None
+        plain = uncached.remove(photo, make_options(only_mask=True)).output
+    finally:
+        uncached.close()
+    assert mask.tobytes() == np.asarray(plain).tobytes()

@@ -24,6 +24,7 @@ from redis import Redis
 
 from alphacut.config import Settings, load_settings
 from alphacut.engine import Engine
+from alphacut.io.s3_mask_cache import storage_mask_cache
 from alphacut.io.sources import fetch_policy
 from alphacut.io.storage import open_storage
 from alphacut.jobs.celery_app import (
@@ -83,7 +84,9 @@ class WorkerRuntime:
         storage = open_storage(settings)  # local folders, or the cluster's S3 bucket
         # One job at a time per process (Celery's concurrency is the process count), so the
         # in-process pool is only used for its "run one job" code.
-        pool = WorkerPool(settings, store, Engine(settings, warm_up=False), storage)
+        # The mask cache follows the storage: with S3, one cache in the bucket for the cluster.
+        engine = Engine(settings, warm_up=False, mask_cache=storage_mask_cache(settings, storage))
+        pool = WorkerPool(settings, store, engine, storage)
         webhooks = WebhookSender(
             store,
             load_or_create_secret(settings.webhook_secret, settings.home),

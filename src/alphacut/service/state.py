@@ -14,6 +14,7 @@ from fastapi import Request
 from alphacut.config import Settings
 from alphacut.engine import Engine
 from alphacut.errors import ShuttingDown
+from alphacut.io.s3_mask_cache import storage_mask_cache
 from alphacut.io.sources import fetch_policy
 from alphacut.io.storage import Storage, open_storage
 from alphacut.jobs.cleanup import delete_expired
@@ -49,9 +50,11 @@ class ServiceState:
 
     @classmethod
     def create(cls, settings: Settings, engine: Engine | None = None) -> ServiceState:
-        engine = engine or Engine(settings)
-        store = SQLJobStore(settings.database_url)
         storage = open_storage(settings)
+        # The mask cache follows the storage: with S3, one cache in the bucket for the cluster
+        # (an API node's engine runs no model, but its /metrics show the shared cache's size).
+        engine = engine or Engine(settings, mask_cache=storage_mask_cache(settings, storage))
+        store = SQLJobStore(settings.database_url)
         webhooks = WebhookSender(
             store,
             load_or_create_secret(settings.webhook_secret, settings.home),
