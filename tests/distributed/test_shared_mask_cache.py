@@ -13,7 +13,7 @@ from PIL import Image
 from alphacut.io.s3_mask_cache import CACHE_DIR
 from alphacut.models.mask_cache import decode_entry, encode_entry
 from tests.conftest import subject_image
-from tests.jobhelpers import submit_and_wait
+from tests.jobhelpers import submit_and_wait, wait_until
 
 
 def test_a_map_computed_by_one_worker_is_found_by_the_others(
@@ -33,7 +33,9 @@ def test_a_map_computed_by_one_worker_is_found_by_the_others(
 
     first = submit_and_wait(server.url, {"image": url})
     assert first["status"] == "success", first
-    [entry] = set(s3_service.keys(cached)) - before  # the first job kept its map in the bucket
+    # The first job keeps its map in the bucket (written behind the answer, so soon after it).
+    wait_until(lambda: set(s3_service.keys(cached)) - before, what="the map in the bucket")
+    [entry] = set(s3_service.keys(cached)) - before
     key = entry.rsplit("/", 1)[1].removesuffix(".mask")
     client = s3_service.client()
     try:

@@ -16,7 +16,7 @@ from alphacut.engine import Engine
 from alphacut.io.s3 import S3Storage
 from alphacut.io.s3_mask_cache import CACHE_DIR, S3MaskCache, storage_mask_cache
 from alphacut.io.storage import open_storage
-from alphacut.models.mask_cache import DiskMaskCache, encode_entry
+from alphacut.models.mask_cache import DiskMaskCache, WriteBehindCache, encode_entry
 from alphacut.pipeline.options import make_options
 from tests.conftest import free_port, subject_image
 from tests.models.test_mask_cache import _entry_size, _key, _map
@@ -162,9 +162,12 @@ def test_an_unreachable_store_is_a_miss_and_a_put_is_a_no_op(
 
 def test_the_cache_follows_the_storage(s3_service, s3_prefix, tmp_path, tiny_settings) -> None:
     local = Settings(home=tmp_path)
-    assert isinstance(storage_mask_cache(local, open_storage(local)), DiskMaskCache)
+    on_disk = storage_mask_cache(local, open_storage(local))
+    # Servers and workers write behind their requests, into the cache that goes with the storage.
+    assert isinstance(on_disk, WriteBehindCache) and isinstance(on_disk.cache, DiskMaskCache)
     remote = s3_settings(local, s3_service, s3_prefix)
-    assert isinstance(storage_mask_cache(remote, open_storage(remote)), S3MaskCache)
+    in_bucket = storage_mask_cache(remote, open_storage(remote))
+    assert isinstance(in_bucket, WriteBehindCache) and isinstance(in_bucket.cache, S3MaskCache)
     off = remote.model_copy(update={"cache_bytes": 0})
     assert storage_mask_cache(off, open_storage(off)) is None
 
@@ -176,6 +179,8 @@ def test_the_cache_follows_the_storage(s3_service, s3_prefix, tmp_path, tiny_set
     try:
         image = subject_image()[0]
         first = engine.remove(image, make_options(only_mask=True)).output
+        assert isinstance(engine.mask_cache, WriteBehindCache)
+        engine.mask_cache.flush()
         assert len(_cached(s3_service, s3_prefix)) == 1
         again = Engine(
             settings, warm_up=False, mask_cache=storage_mask_cache(settings, open_storage(settings))

@@ -16,8 +16,10 @@ from PIL import Image
 from alphacut.config import Settings
 from alphacut.engine import Engine
 from alphacut.models.mask_cache import (
+    CacheStats,
     CorruptEntry,
     DiskMaskCache,
+    WriteBehindCache,
     decode_entry,
     encode_entry,
     mask_cache_key,
@@ -280,3 +282,40 @@ def test_cached_results_are_bit_identical_on_the_real_model(tmp_path: Path) -> N
         assert engine.runner().items_run == 2  # only the uncached comparison ran the model
     finally:
         engine.close()
+
+
+class _SlowCache:
+    """A ``MaskCache`` whose writes take a while, recording what was written."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, np.ndarray] = {}
+        self.release = threading.Event()
+
+    def get(self, key: str) -> np.ndarray | None:
+        return self.entries.get(key)
+
+    def put(self, key: str, probability: np.ndarray) -> None:
+        self.release.wait(10)
+        self.entries[key] = probability
+
+    def stats(self) -> CacheStats:
+        return CacheStats(0, 0, sum(p.nbytes for p in self.entries.values()), len(self.entries))
+
+
+def test_write_behind_serves_a_waiting_map_and_bounds_what_waits() -> None:
+    inner = _SlowCache()
+    cache = WriteBehindCache(inner, max_pending=2)
+    first, second, third = _map(1), _map(2), _map(3)
+    cache.put("a", first)
+    first[0, 0] = 0.123  # the caller goes on with its map: the cache kept a copy
+    assert inner.entries == {}  # not written yet: the request did not wait for it
+    waiting = cache.get("a")
+    assert waiting is not None and waiting[0, 0] != np.float32(0.123)
+    cache.put("b", second)
+    cache.put("c", third)  # two maps wait already: this one is dropped, never wrong
+    inner.release.set()
+    cache.flush()
+    assert set(inner.entries) == {"a", "b"}
+    assert cache.get("c") is None
+    stats = cache.stats()
+    assert stats.hits == 1 and stats.entries == 2

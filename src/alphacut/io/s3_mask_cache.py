@@ -33,6 +33,7 @@ from alphacut.models.mask_cache import (
     CacheStats,
     CorruptEntry,
     MaskCache,
+    WriteBehindCache,
     decode_entry,
     encode_entry,
     open_mask_cache,
@@ -212,6 +213,10 @@ def storage_mask_cache(settings: Settings, storage: Storage) -> MaskCache | None
 
     if settings.cache_bytes <= 0:
         return None
+    cache: MaskCache | None
     if isinstance(storage, S3Storage):
-        return S3MaskCache(storage, settings.cache_bytes)
-    return open_mask_cache(settings.home / "cache" / "masks", settings.cache_bytes)
+        cache = S3MaskCache(storage, settings.cache_bytes)
+    else:
+        cache = open_mask_cache(settings.home / "cache" / "masks", settings.cache_bytes)
+    # A server's or worker's requests do not wait for the entry to be written.
+    return WriteBehindCache(cache) if cache is not None else None
