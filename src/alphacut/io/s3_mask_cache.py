@@ -32,6 +32,7 @@ import numpy as np
 from alphacut.models.mask_cache import (
     CacheStats,
     CorruptEntry,
+    LookupCounter,
     MaskCache,
     WriteBehindCache,
     decode_entry,
@@ -69,8 +70,7 @@ class S3MaskCache:
         self._storage = storage
         self._lock = threading.Lock()
         self._trim_lock = threading.Lock()
-        self._hits = 0
-        self._misses = 0
+        self.lookups = LookupCounter()
         # From the last listing (None: not listed yet), and this process's puts since.
         self._listed_bytes: int | None = None
         self._listed_entries = 0
@@ -103,12 +103,7 @@ class S3MaskCache:
         except Exception as exc:
             if not self._is_missing(exc):
                 log.warning("cannot read the mask cache entry %s: %s", name, exc)
-        with self._lock:
-            if probability is None:
-                self._misses += 1
-            else:
-                self._hits += 1
-        return probability
+        return self.lookups.count(probability)
 
     def put(self, key: str, probability: np.ndarray) -> None:
         name = self._object(key)
@@ -138,7 +133,10 @@ class S3MaskCache:
             self._list_and_trim(trim=False)
         with self._lock:
             return CacheStats(
-                self._hits, self._misses, self._listed_bytes or 0, self._listed_entries
+                self.lookups.hits,
+                self.lookups.misses,
+                self._listed_bytes or 0,
+                self._listed_entries,
             )
 
     def trim(self) -> None:

@@ -78,6 +78,24 @@ class MaskCache(Protocol):
     def stats(self) -> CacheStats: ...
 
 
+class LookupCounter:
+    """The hits and misses of one cache object's lookups (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def count(self, probability: np.ndarray | None) -> np.ndarray | None:
+        """Count a lookup's result (None is a miss) and return it."""
+        with self._lock:
+            if probability is None:
+                self.misses += 1
+            else:
+                self.hits += 1
+        return probability
+
+
 class CorruptEntry(ValueError):
     """An entry that is truncated, damaged or not for the key asked."""
 
@@ -167,9 +185,7 @@ class DiskMaskCache:
     def __init__(self, folder: Path, max_bytes: int) -> None:
         self.folder = folder
         self.max_bytes = max_bytes
-        self._lock = threading.Lock()
-        self._hits = 0
-        self._misses = 0
+        self.lookups = LookupCounter()
         self._write_failed = False
 
     def _path(self, key: str) -> Path:
@@ -198,12 +214,7 @@ class DiskMaskCache:
                 os.utime(path)  # now the most recently used
             except OSError:
                 pass  # evicted meanwhile: the map read is still whole and right
-        with self._lock:
-            if probability is None:
-                self._misses += 1
-            else:
-                self._hits += 1
-        return probability
+        return self.lookups.count(probability)
 
     def put(self, key: str, probability: np.ndarray) -> None:
         path = self._path(key)
@@ -229,8 +240,7 @@ class DiskMaskCache:
 
     def stats(self) -> CacheStats:
         entries = self._scan()
-        with self._lock:
-            hits, misses = self._hits, self._misses
+        hits, misses = self.lookups.hits, self.lookups.misses
         return CacheStats(hits, misses, sum(size for _, size, _ in entries), len(entries))
 
     def _scan(self) -> list[tuple[int, int, Path]]:
