@@ -69,23 +69,87 @@ def test_gpu_asked_but_session_on_cpu_is_logged(caplog):
     assert "runs on" in caplog.text and "CUDA" in caplog.text
 
 
-def test_optimised_graph_cache_is_written_once_and_reused(tmp_path, caplog):
-    model = tmp_path / "tiny.onnx"
-    build_tiny_onnx(model)
-    cache = tmp_path / "cache"
+def _conv_model(path: Path) -> None:
+    """A 3x3 convolution (432 weights: large enough to go to the side file), then a sigmoid."""
+    weights = np.random.default_rng(1).normal(0, 0.1, (16, 3, 3, 3)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["input", "w"], ["conv"], pads=[1, 1, 1, 1]),
+            helper.make_node("ReduceMean", ["conv"], ["mean"], axes=[1], keepdims=1),
+            helper.make_node("Sigmoid", ["mean"], ["output"]),
+        ],
+        "conv",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, TINY_SIZE, TINY_SIZE])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 1, TINY_SIZE, TINY_SIZE])],
+        [numpy_helper.from_array(weights, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+
+
+def _run(session: ort.InferenceSession) -> np.ndarray:
     x = np.random.default_rng(0).uniform(-1, 1, (1, 3, TINY_SIZE, TINY_SIZE)).astype(np.float32)
+    return session.run(None, {"input": x})[0]
+
+
+def test_optimised_graph_cache_is_written_once_and_reused(tmp_path, caplog):
+    model = tmp_path / "conv.onnx"
+    _conv_model(model)
+    cache = tmp_path / "cache"
     first = create_session(model, ("cpu",), cache_dir=cache, input_size=TINY_SIZE)
     cached = cache_path(cache, model, TINY_SIZE, 1)
-    assert cached.is_file()
-    assert [p.name for p in cache.iterdir()] == [cached.name]  # no temporary files left
+    # The graph and, beside it, its weights; no temporary files left.
+    weights = [p for p in cache.iterdir() if p != cached]
+    assert cached.is_file() and len(weights) == 1 and weights[0].suffix == ".data"
+    assert weights[0].name.startswith(cached.name) and cached.stat().st_size < 1024
     with caplog.at_level(logging.INFO, logger="alphacut.models.session"):
         second = create_session(model, ("cpu",), cache_dir=cache, input_size=TINY_SIZE)
     assert "cached graph" in caplog.text
-    np.testing.assert_array_equal(
-        first.run(None, {"input": x})[0], second.run(None, {"input": x})[0]
-    )
+    np.testing.assert_array_equal(_run(first), _run(second))
     # Different pinned dims are a different graph, so a different cache file.
     assert cache_path(cache, model, TINY_SIZE, 4) != cached
+
+
+def test_a_new_save_replaces_the_weights_and_the_older_format(tmp_path):
+    model = tmp_path / "conv.onnx"
+    _conv_model(model)
+    cache = tmp_path / "cache"
+    create_session(model, ("cpu",), cache_dir=cache, input_size=TINY_SIZE)
+    cached = cache_path(cache, model, TINY_SIZE, 1)
+    legacy = cached.with_name(cached.name.replace(".opt2.", ".opt."))
+    legacy.write_bytes(b"a graph saved with its weights inline, by an earlier version")
+    (old_weights,) = cache.glob("*.data")
+    _conv_model(model)  # a newer model file: the saved graph is out of date
+    reference = _run(create_session(model, ("cpu",)))
+    np.testing.assert_array_equal(
+        _run(create_session(model, ("cpu",), cache_dir=cache, input_size=TINY_SIZE)), reference
+    )
+    (new_weights,) = cache.glob("*.data")
+    assert new_weights != old_weights and not legacy.exists()
+    assert sorted(p.name for p in cache.iterdir()) == sorted([cached.name, new_weights.name])
+
+
+@pytest.mark.parametrize("damage", ["weights removed", "graph truncated"])
+def test_a_damaged_saved_graph_is_optimised_again(tmp_path, caplog, damage):
+    model = tmp_path / "conv.onnx"
+    _conv_model(model)
+    cache = tmp_path / "cache"
+    reference = _run(create_session(model, ("cpu",), cache_dir=cache, input_size=TINY_SIZE))
+    cached = cache_path(cache, model, TINY_SIZE, 1)
+    if damage == "weights removed":
+        next(cache.glob("*.data")).unlink()
+    else:
+        cached.write_bytes(cached.read_bytes()[:100])
+    with caplog.at_level(logging.WARNING, logger="alphacut.models.session"):
+        session = create_session(model, ("cpu",), cache_dir=cache, input_size=TINY_SIZE)
+    assert "did not load" in caplog.text
+    np.testing.assert_array_equal(_run(session), reference)
+    # Saved again, whole: the next start loads it.
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="alphacut.models.session"):
+        create_session(model, ("cpu",), cache_dir=cache, input_size=TINY_SIZE)
+    assert "cached graph" in caplog.text and "did not load" not in caplog.text
 
 
 def test_unwritable_cache_still_loads(tmp_path):
