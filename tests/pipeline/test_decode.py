@@ -3,10 +3,12 @@ from __future__ import annotations
 import io
 import random
 import struct
+import subprocess
 import sys
 import time
 import warnings
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -299,6 +301,44 @@ def test_heif_when_plugin_installed() -> None:
         pytest.skip(f"no HEIF encoder: {e}")
     out = decode_image(data)
     assert out.size == (64, 64) and close(px(out, (32, 32)), (30, 60, 220), tol=14)
+
+
+_FRESH_DECODE = """
+import sys
+from pathlib import Path
+from alphacut.pipeline.decode import decode_image
+decode_image(Path(sys.argv[1]).read_bytes())
+loaded = sorted(m for m in sys.modules if m.startswith("PIL.") and m.endswith("Plugin"))
+print("pillow_heif" in sys.modules, " ".join(loaded))
+if len(sys.argv) > 2:
+    print(decode_image(Path(sys.argv[2]).read_bytes()).size)
+"""
+
+
+def test_a_fresh_process_loads_only_the_wanted_decoders(tmp_path: Path) -> None:
+    """A JPEG loads neither pillow-heif nor Pillow's other plugins (PDF, EPS, ...: slow to
+    import and never offered client bytes); a HEIF file still decodes in the same process."""
+    jpeg = tmp_path / "a.jpg"
+    jpeg.write_bytes(encode(Image.new("RGB", (8, 8)), "JPEG"))
+    heif = tmp_path / "a.heic"
+    pillow_heif = pytest.importorskip("pillow_heif")
+    pillow_heif.register_heif_opener()
+    try:
+        heif.write_bytes(encode(Image.new("RGB", (64, 48), (30, 60, 220)), "HEIF", quality=90))
+    except (OSError, KeyError, ValueError):
+        heif = None  # no HEIF encoder here: check the JPEG only
+    args = [str(jpeg)] + ([str(heif)] if heif else [])
+    done = subprocess.run(
+        [sys.executable, "-c", _FRESH_DECODE, *args], capture_output=True, text=True, check=True
+    )
+    lines = done.stdout.splitlines()
+    heif_loaded, plugins = lines[0].split(" ", 1)
+    assert heif_loaded == "False"
+    names = set(plugins.split())
+    assert "PIL.JpegImagePlugin" in names and "PIL.TiffImagePlugin" in names
+    assert not names & {"PIL.PdfImagePlugin", "PIL.EpsImagePlugin", "PIL.PsdImagePlugin"}
+    if heif:
+        assert lines[1] == "(64, 48)"
 
 
 def test_works_without_pillow_heif(monkeypatch: pytest.MonkeyPatch) -> None:
