@@ -61,6 +61,16 @@ def test_remove_reports_bad_files(tiny_env):
     assert result.exit_code == 1 and "no such file" in result.output
     result = runner.invoke(app, ["remove", str(bad), "--af", "300"])
     assert result.exit_code != 0
+    # In a folder a bad file is skipped with a line, the others are written, the exit code is 1.
+    folder = tiny_env / "mixed"
+    folder.mkdir()
+    subject_image()[0].save(folder / "good.png")
+    (folder / "bad.png").write_bytes(b"not a png")
+    result = runner.invoke(app, ["remove", str(folder), "-o", str(tiny_env / "mixed-out")])
+    assert result.exit_code == 1
+    assert "skipped" in result.output and "bad.png" in result.output
+    assert "1 of 2 images written" in result.output
+    assert (tiny_env / "mixed-out" / "good.png").is_file()
 
 
 def test_models_list(tiny_env):
@@ -72,8 +82,9 @@ def test_models_list(tiny_env):
 
 
 def test_remove_does_not_import_what_it_does_not_use(tmp_path: Path, tiny_model_dir: Path) -> None:
-    """Cold start: a one-shot `alphacut remove` without a URL or matting loads neither the URL
-    fetcher (httpx) nor scipy (matting only): ~0.2 s of imports on every call."""
+    """Cold start: a one-shot `alphacut remove` of one PNG without a URL or matting loads
+    neither the URL fetcher (httpx), scipy (matting only), the progress bar (folders only) nor
+    pillow-heif (HEIF input only): ~0.25 s of imports on every call."""
     subject_image()[0].save(tmp_path / "photo.png")
     script = (
         "import os, sys\n"
@@ -91,7 +102,7 @@ def test_remove_does_not_import_what_it_does_not_use(tmp_path: Path, tiny_model_
     assert proc.returncode == 0, proc.stderr
     loaded = proc.stdout.strip().splitlines()[-1]
     assert "'onnxruntime'" in loaded  # the check sees the command's imports
-    for unused in ("httpx", "scipy", "fastapi", "uvicorn"):
+    for unused in ("httpx", "scipy", "fastapi", "uvicorn", "tqdm", "pillow_heif"):
         assert f"'{unused}'" not in loaded, unused
 
 
