@@ -4,6 +4,7 @@ dynamic-dims conversion (on small graphs built here)."""
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -99,8 +100,8 @@ def test_optimised_graph_cache_is_written_once_and_reused(tmp_path, caplog):
     cache = tmp_path / "cache"
     first = create_session(model, ("cpu",), cache_dir=cache, input_size=TINY_SIZE)
     cached = cache_path(cache, model, TINY_SIZE, 1)
-    # The graph and, beside it, its weights; no temporary files left.
-    weights = [p for p in cache.iterdir() if p != cached]
+    # The graph and, beside it, its weights (and the savers' lock); no temporary files left.
+    weights = [p for p in cache.iterdir() if p != cached and p.suffix != ".lock"]
     assert cached.is_file() and len(weights) == 1 and weights[0].suffix == ".data"
     assert weights[0].name.startswith(cached.name) and cached.stat().st_size < 1024
     with caplog.at_level(logging.INFO, logger="alphacut.models.session"):
@@ -127,7 +128,36 @@ def test_a_new_save_replaces_the_weights_and_the_older_format(tmp_path):
     )
     (new_weights,) = cache.glob("*.data")
     assert new_weights != old_weights and not legacy.exists()
-    assert sorted(p.name for p in cache.iterdir()) == sorted([cached.name, new_weights.name])
+    left = sorted(p.name for p in cache.iterdir() if p.suffix != ".lock")
+    assert left == sorted([cached.name, new_weights.name])
+
+
+def test_sessions_created_at_once_leave_one_whole_cache(tmp_path, caplog):
+    """Servers, workers and threads may start together on an empty cache: each optimises and
+    saves under its own names, the last rename wins, and the next start loads that one."""
+    model = tmp_path / "conv.onnx"
+    _conv_model(model)
+    cache = tmp_path / "cache"
+    with ThreadPoolExecutor(4) as pool:
+        sessions = list(
+            pool.map(
+                lambda _: create_session(model, ("cpu",), cache_dir=cache, input_size=TINY_SIZE),
+                range(4),
+            )
+        )
+    outputs = [_run(session) for session in sessions]
+    for output in outputs[1:]:
+        np.testing.assert_array_equal(output, outputs[0])
+    cached = cache_path(cache, model, TINY_SIZE, 1)
+    names = sorted(p.name for p in cache.iterdir() if p.suffix != ".lock")
+    assert len(names) == 2 and cached.name in names and not [n for n in names if n[0] == "."]
+    caplog.clear()  # a start that read a graph while another replaced it optimised again: fine
+    with caplog.at_level(logging.INFO, logger="alphacut.models.session"):
+        np.testing.assert_array_equal(
+            _run(create_session(model, ("cpu",), cache_dir=cache, input_size=TINY_SIZE)),
+            outputs[0],
+        )
+    assert "cached graph" in caplog.text and "did not load" not in caplog.text
 
 
 @pytest.mark.parametrize("damage", ["weights removed", "graph truncated"])

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import platform
-import time
+import secrets
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -212,8 +214,9 @@ def _optimise_and_save(
     are written under names no other process uses, so a process starting at the same moment
     never loads a half-written file.
     """
-    written = cached.with_name(f".{cached.name}.{os.getpid()}.tmp")
-    weights = cached.with_name(f"{cached.name}.{os.getpid()}-{time.time_ns()}.data")
+    token = f"{os.getpid()}-{secrets.token_hex(4)}"  # unique across processes and threads
+    written = cached.with_name(f".{cached.name}.{token}.tmp")
+    weights = cached.with_name(f"{cached.name}.{token}.data")
     try:
         cached.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -231,17 +234,37 @@ def _optimise_and_save(
         _remove(written, weights)
         raise
     if written.is_file():
-        try:
-            os.replace(written, cached)
-        except OSError as exc:
-            log.warning("cannot write the optimised-model cache %s: %s", cached, exc)
-            _remove(written, weights)
-        else:
-            # Weights of earlier saves of this graph (a process that maps one keeps its pages)
-            # and the file of the format before side files.
-            stale = [p for p in cached.parent.glob(f"{cached.name}.*.data") if p != weights]
-            _remove(cached.with_name(cached.name.replace(".opt2.", ".opt.")), *stale)
+        # One saver at a time renames and cleans up, so the graph left in place always has its
+        # weights: saves that ran at once each remove the others' files, the last one's stay.
+        with _save_lock(cached):
+            try:
+                os.replace(written, cached)
+            except OSError as exc:
+                log.warning("cannot write the optimised-model cache %s: %s", cached, exc)
+                _remove(written, weights)
+            else:
+                # Weights of earlier saves of this graph (a process that maps one keeps its
+                # pages) and the file of the format before side files.
+                stale = [p for p in cached.parent.glob(f"{cached.name}.*.data") if p != weights]
+                _remove(cached.with_name(cached.name.replace(".opt2.", ".opt.")), *stale)
     return session
+
+
+@contextlib.contextmanager
+def _save_lock(cached: Path) -> Iterator[None]:
+    """An exclusive lock on ``cached``.lock (flock: between processes and between threads);
+    without fcntl (Windows), no lock."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    with open(cached.with_name(cached.name + ".lock"), "a+b") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _remove(*paths: Path) -> None:
