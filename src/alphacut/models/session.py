@@ -8,6 +8,7 @@ import logging
 import os
 import platform
 import secrets
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -217,8 +218,10 @@ def _optimise_and_save(
     token = f"{os.getpid()}-{secrets.token_hex(4)}"  # unique across processes and threads
     written = cached.with_name(f".{cached.name}.{token}.tmp")
     weights = cached.with_name(f"{cached.name}.{token}.data")
+    saving = _saving_marker(weights)
     try:
         cached.parent.mkdir(parents=True, exist_ok=True)
+        saving.touch()  # other saves leave these weights alone until the rename below
     except OSError as exc:
         log.warning("cannot write the optimised-model cache in %s: %s", cached.parent, exc)
     else:
@@ -231,23 +234,45 @@ def _optimise_and_save(
     try:
         session = ort.InferenceSession(str(model_path), sess_options=options, providers=providers)
     except BaseException:
-        _remove(written, weights)
+        _remove(written, weights, saving)
         raise
-    if written.is_file():
-        # One saver at a time renames and cleans up, so the graph left in place always has its
-        # weights: saves that ran at once each remove the others' files, the last one's stay.
-        with _save_lock(cached):
-            try:
-                os.replace(written, cached)
-            except OSError as exc:
-                log.warning("cannot write the optimised-model cache %s: %s", cached, exc)
-                _remove(written, weights)
-            else:
-                # Weights of earlier saves of this graph (a process that maps one keeps its
-                # pages) and the file of the format before side files.
-                stale = [p for p in cached.parent.glob(f"{cached.name}.*.data") if p != weights]
-                _remove(cached.with_name(cached.name.replace(".opt2.", ".opt.")), *stale)
+    if not written.is_file():
+        _remove(weights, saving)
+        return session
+    # One saver at a time renames and cleans up, so the graph left in place always has its
+    # weights: of saves that ran at once, the last to rename keeps its files.
+    with _save_lock(cached):
+        try:
+            os.replace(written, cached)
+        except OSError as exc:
+            log.warning("cannot write the optimised-model cache %s: %s", cached, exc)
+            _remove(written, weights)
+        else:
+            # The format before side files, and the weights of earlier saves of this graph
+            # (a process that maps one keeps its pages).
+            _remove(cached.with_name(cached.name.replace(".opt2.", ".opt.")))
+            _remove(*_stale_weights(cached, weights))
+        _remove(saving)
     return session
+
+
+def _saving_marker(weights: Path) -> Path:
+    return weights.with_name(weights.name + ".saving")
+
+
+def _stale_weights(cached: Path, keep: Path) -> list[Path]:
+    """Weights files of this graph other than ``keep``, except those of saves still running
+    (their marker younger than an hour; an older one was left by a save that died)."""
+    stale = []
+    for path in cached.parent.glob(f"{cached.name}.*.data"):
+        marker = _saving_marker(path)
+        try:
+            running = time.time() - marker.stat().st_mtime < 3600
+        except OSError:
+            running = False
+        if path != keep and not running:
+            stale += [path, marker]
+    return stale
 
 
 @contextlib.contextmanager
