@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
@@ -17,6 +16,8 @@ from alphacut.errors import AlphacutError, SettingsError
 from alphacut.models.registry import DEFAULT_MODEL
 
 if TYPE_CHECKING:
+    from tqdm import tqdm
+
     from alphacut.pipeline.options import RemoveOptions
 
 app = typer.Typer(
@@ -279,20 +280,20 @@ def remove(
     engine = Engine(settings, warm_up=False)
     many = len(files) > 1
     failures = 0
-    items: Iterable[tuple[Path, Path | None]] = files
+    bar: tqdm[tuple[Path, Path | None]] | None = None
     if many:
         from tqdm import tqdm  # 25-40 ms of imports that one photo does not need
 
-        items = tqdm(files, unit="img", file=sys.stderr)
-    for src, root in items:
+        bar = tqdm(files, unit="img", file=sys.stderr)
+    for src, root in files if bar is None else bar:
         dest = _output_path(src, root, output, many, FORMATS[options.format][0])
         try:
             result = engine.remove(src.read_bytes(), options, model=model, background=background)
         except AlphacutError as exc:
-            if not many:
+            if bar is None:
                 _fail(exc.message)
             failures += 1
-            tqdm.write(f"skipped {src}: {exc.message}", file=sys.stderr)
+            bar.write(f"skipped {src}: {exc.message}", file=sys.stderr)
             continue
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.write_bytes(

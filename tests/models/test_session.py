@@ -4,6 +4,8 @@ dynamic-dims conversion (on small graphs built here)."""
 from __future__ import annotations
 
 import logging
+import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -122,6 +124,8 @@ def test_a_new_save_replaces_the_weights_and_the_older_format(tmp_path):
     legacy.write_bytes(b"a graph saved with its weights inline, by an earlier version")
     (old_weights,) = cache.glob("*.data")
     _conv_model(model)  # a newer model file: the saved graph is out of date
+    later = cached.stat().st_mtime + 10  # whatever the file system's clock resolution
+    os.utime(model, (later, later))
     reference = _run(create_session(model, ("cpu",)))
     np.testing.assert_array_equal(
         _run(create_session(model, ("cpu",), cache_dir=cache, input_size=TINY_SIZE)), reference
@@ -158,6 +162,61 @@ def test_sessions_created_at_once_leave_one_whole_cache(tmp_path, caplog):
             outputs[0],
         )
     assert "cached graph" in caplog.text and "did not load" not in caplog.text
+
+
+def test_a_cache_that_cannot_be_written_still_loads_the_model(tmp_path, monkeypatch, caplog):
+    """A save that fails inside ONNX Runtime (a full disk, the folder removed) or a lock that
+    cannot be taken (NFS without locks) costs the cache, never the session."""
+    model = tmp_path / "conv.onnx"
+    _conv_model(model)
+    reference = _run(create_session(model, ("cpu",)))
+    real_session = ort.InferenceSession
+
+    def failing_save(path, sess_options=None, **kwargs):
+        if sess_options is not None and sess_options.optimized_model_filepath:
+            raise RuntimeError("No space left on device")
+        return real_session(path, sess_options=sess_options, **kwargs)
+
+    cache = tmp_path / "cache"
+    with monkeypatch.context() as patch, caplog.at_level(logging.WARNING):
+        patch.setattr(ort, "InferenceSession", failing_save)
+        np.testing.assert_array_equal(
+            _run(create_session(model, ("cpu",), cache_dir=cache, input_size=TINY_SIZE)),
+            reference,
+        )
+    assert "No space left on device" in caplog.text
+    assert [p.name for p in cache.iterdir()] == []  # nothing half-written left behind
+
+    def no_locks(*args):
+        raise OSError(37, "No locks available")
+
+    monkeypatch.setattr("fcntl.flock", no_locks)
+    np.testing.assert_array_equal(
+        _run(create_session(model, ("cpu",), cache_dir=cache, input_size=TINY_SIZE)), reference
+    )
+    assert cache_path(cache, model, TINY_SIZE, 1).is_file()
+
+
+def test_a_dead_saves_leftovers_are_removed_by_the_next_save(tmp_path):
+    model = tmp_path / "conv.onnx"
+    _conv_model(model)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    cached = cache_path(cache, model, TINY_SIZE, 1)
+    hour_ago = time.time() - 3700
+    dead = [
+        cache / f".{cached.name}.1-dead.tmp",
+        cache / f"{cached.name}.1-dead.data",
+        cache / f"{cached.name}.1-dead.data.saving",
+    ]
+    running = [cache / f"{cached.name}.2-busy.data", cache / f"{cached.name}.2-busy.data.saving"]
+    for path in dead + running:
+        path.write_bytes(b"x")
+    for path in dead:
+        os.utime(path, (hour_ago, hour_ago))
+    create_session(model, ("cpu",), cache_dir=cache, input_size=TINY_SIZE)
+    assert not any(p.exists() for p in dead)
+    assert all(p.exists() for p in running)  # another save, still writing
 
 
 @pytest.mark.parametrize("damage", ["weights removed", "graph truncated"])

@@ -345,8 +345,12 @@ def test_works_without_pillow_heif(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "pillow_heif", None)  # makes the import fail
     decode_mod._allowed_formats.cache_clear()
     try:
-        assert {"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"} <= set(decode_mod._allowed_formats())
+        formats = set(decode_mod._allowed_formats(heif=True))  # the failing import is taken
+        assert {"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"} <= formats
         assert decode_image(encode(Image.new("RGB", (4, 4)), "PNG")).mode == "RGB"
+        # HEIF-looking bytes (ftyp at byte 4) are then just not an image we can read.
+        with pytest.raises(InvalidImage):
+            decode_image(b"\x00\x00\x00\x18ftypheic" + b"\x00" * 64)
     finally:
         decode_mod._allowed_formats.cache_clear()
 

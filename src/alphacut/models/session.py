@@ -170,6 +170,8 @@ def create_session(
         if session is None:
             options = session_options(threads, input_size, batch_size)
             session = _optimise_and_save(model_path, cached, options, provider_list)
+            if session is None:  # the save failed, not the model: load it without saving
+                options = session_options(threads, input_size, batch_size)
         else:
             loaded = cached
     if session is None:
@@ -207,8 +209,9 @@ def _load_saved_graph(
 
 def _optimise_and_save(
     model_path: Path, cached: Path, options: ort.SessionOptions, providers: list[Any]
-) -> ort.InferenceSession:
-    """A session on the model, optimised at ORT_ENABLE_ALL, its graph saved at ``cached``.
+) -> ort.InferenceSession | None:
+    """A session on the model, optimised at ORT_ENABLE_ALL, its graph saved at ``cached``;
+    None when the graph could not be written (a full disk, the folder gone).
 
     The weights go to a side file next to it, which later starts map instead of parsing
     (ISNet: session creation 0.2 s -> 0.02 s, and processes share the weights' pages). Both
@@ -224,15 +227,21 @@ def _optimise_and_save(
         saving.touch()  # other saves leave these weights alone until the rename below
     except OSError as exc:
         log.warning("cannot write the optimised-model cache in %s: %s", cached.parent, exc)
-    else:
-        options.optimized_model_filepath = str(written)
-        options.add_session_config_entry(EXTERNAL_DATA_FILE, weights.name)
-        options.add_session_config_entry(EXTERNAL_DATA_MIN_BYTES, "1024")
-        # ORT warns that NCHWc nodes are hardware specific; the cache name carries the
-        # CPU fingerprint, so the warning does not apply here.
-        options.log_severity_level = 3
+        return None
+    options.optimized_model_filepath = str(written)
+    options.add_session_config_entry(EXTERNAL_DATA_FILE, weights.name)
+    options.add_session_config_entry(EXTERNAL_DATA_MIN_BYTES, "1024")
+    # ORT warns that NCHWc nodes are hardware specific; the cache name carries the CPU
+    # fingerprint, so the warning does not apply here.
+    options.log_severity_level = 3
     try:
         session = ort.InferenceSession(str(model_path), sess_options=options, providers=providers)
+    except Exception as exc:
+        _remove(written, weights, saving)
+        # Most likely the save (a full disk, the folder gone): try once more without it, which
+        # raises the model's own error if the model is what failed.
+        log.warning("optimising and saving %s failed (%s); loading without saving", cached, exc)
+        return None
     except BaseException:
         _remove(written, weights, saving)
         raise
@@ -248,10 +257,10 @@ def _optimise_and_save(
             log.warning("cannot write the optimised-model cache %s: %s", cached, exc)
             _remove(written, weights)
         else:
-            # The format before side files, and the weights of earlier saves of this graph
-            # (a process that maps one keeps its pages).
+            # The format before side files, the weights of earlier saves of this graph (a
+            # process that maps one keeps its pages) and what dead saves left.
             _remove(cached.with_name(cached.name.replace(".opt2.", ".opt.")))
-            _remove(*_stale_weights(cached, weights))
+            _remove(*_stale_files(cached, weights))
         _remove(saving)
     return session
 
@@ -260,36 +269,54 @@ def _saving_marker(weights: Path) -> Path:
     return weights.with_name(weights.name + ".saving")
 
 
-def _stale_weights(cached: Path, keep: Path) -> list[Path]:
-    """Weights files of this graph other than ``keep``, except those of saves still running
-    (their marker younger than an hour; an older one was left by a save that died)."""
-    stale = []
-    for path in cached.parent.glob(f"{cached.name}.*.data"):
-        marker = _saving_marker(path)
-        try:
-            running = time.time() - marker.stat().st_mtime < 3600
-        except OSError:
-            running = False
-        if path != keep and not running:
-            stale += [path, marker]
+def _stale_files(cached: Path, keep: Path) -> list[Path]:
+    """Weights of this graph other than ``keep``, except those of saves still running (their
+    marker younger than an hour), and temporary graphs older than an hour (a save that died)."""
+    stale: list[Path] = []
+    try:
+        entries = list(cached.parent.iterdir())
+    except OSError:
+        return stale
+    for path in entries:
+        name = path.name
+        if name.startswith(f"{cached.name}.") and name.endswith(".data") and path != keep:
+            marker = _saving_marker(path)
+            if not _younger_than_an_hour(marker):
+                stale += [path, marker]
+        elif name.startswith(f".{cached.name}.") and name.endswith(".tmp"):
+            if not _younger_than_an_hour(path):
+                stale.append(path)
     return stale
+
+
+def _younger_than_an_hour(path: Path) -> bool:
+    try:
+        return time.time() - path.stat().st_mtime < 3600
+    except OSError:
+        return False
 
 
 @contextlib.contextmanager
 def _save_lock(cached: Path) -> Iterator[None]:
-    """An exclusive lock on ``cached``.lock (flock: between processes and between threads);
-    without fcntl (Windows), no lock."""
+    """An exclusive lock on ``cached``.lock (flock: between processes and between threads).
+    Where there is none to take (no fcntl on Windows, NFS without locks, a lock file of
+    another user), saving goes on without it: a graph that lost its weights is re-made."""
+    handle = None
     try:
         import fcntl
-    except ImportError:  # pragma: no cover - not POSIX
-        yield
-        return
-    with open(cached.with_name(cached.name + ".lock"), "a+b") as handle:
+
+        handle = open(cached.with_name(cached.name + ".lock"), "a+b")  # noqa: SIM115
         fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    except (ImportError, OSError) as exc:
+        log.debug("saving %s without a lock: %s", cached, exc)
+        if handle is not None:
+            handle.close()
+            handle = None
+    try:
+        yield
+    finally:
+        if handle is not None:
+            handle.close()  # releases the lock
 
 
 def _remove(*paths: Path) -> None:
