@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import os
 import secrets
@@ -32,7 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,45 @@ class Node:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+@contextlib.contextmanager
+def cluster_database() -> Iterator[str]:
+    """A fresh PostgreSQL database on the services' server, migrated; dropped afterwards."""
+    import sqlalchemy as sa
+
+    from alphacut.jobs.database import create_database_engine, parse_database_url
+    from alphacut.jobs.migrate import upgrade_database
+
+    server = SERVICE_ENV.get(
+        "ALPHACUT_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+    )
+    admin = sa.create_engine(parse_database_url(server), isolation_level="AUTOCOMMIT")
+    database = f"alphacut_bench_{secrets.token_hex(4)}"
+    with admin.connect() as connection:
+        connection.execute(sa.text(f'CREATE DATABASE "{database}"'))
+    try:
+        url = parse_database_url(server).set(database=database)
+        url_text = url.render_as_string(hide_password=False)
+        engine = create_database_engine(url_text)
+        upgrade_database(engine)
+        engine.dispose()
+        yield url_text
+    finally:
+        with admin.connect() as connection:
+            connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def cluster_env(database_url: str) -> dict[str, str]:
+    """The settings of a cluster on the services: the database, Redis with a prefix of its own,
+    and S3 storage when the services provide it."""
+    return {
+        **SERVICE_ENV,
+        "ALPHACUT_DATABASE_URL": database_url,
+        "ALPHACUT_BROKER_URL": SERVICE_ENV.get("ALPHACUT_BROKER_URL", "redis://127.0.0.1:6379/0"),
+        "ALPHACUT_BROKER_PREFIX": f"bench-{secrets.token_hex(4)}:",
+    }
 
 
 def free_port() -> int:
@@ -314,29 +354,12 @@ def main() -> None:
     parser.add_argument("--part-reps", type=int, default=200)
     args = parser.parse_args()
 
-    import sqlalchemy as sa
-
-    from alphacut.jobs.database import create_database_engine, parse_database_url
-    from alphacut.jobs.migrate import upgrade_database
     from tests.conftest import write_tiny_model
 
     folder = Path(tempfile.mkdtemp(prefix="alphacut-bench-dist-"))
     write_tiny_model(folder / "tiny-models")
     photo = (PHOTOS / args.photo).read_bytes()
     body = {"image": "data:image/jpeg;base64," + base64.b64encode(photo).decode()}
-
-    server = SERVICE_ENV.get(
-        "ALPHACUT_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-    )
-    admin = sa.create_engine(parse_database_url(server), isolation_level="AUTOCOMMIT")
-    database = f"alphacut_bench_{secrets.token_hex(4)}"
-    with admin.connect() as connection:
-        connection.execute(sa.text(f'CREATE DATABASE "{database}"'))
-    database_url = parse_database_url(server).set(database=database)
-    database_url_text = database_url.render_as_string(hide_password=False)
-    engine = create_database_engine(database_url_text)
-    upgrade_database(engine)
-    engine.dispose()
 
     common = {
         "ALPHACUT_CACHE_BYTES": "0",  # the same photo again must run the model again
@@ -345,75 +368,66 @@ def main() -> None:
         "ALPHACUT_WORKERS": "1",
         "ALPHACUT_URL_ALLOWLIST": "127.0.0.1",
     }
-    distributed = {
-        "ALPHACUT_DATABASE_URL": database_url_text,
-        "ALPHACUT_BROKER_URL": SERVICE_ENV.get("ALPHACUT_BROKER_URL", "redis://127.0.0.1:6379/0"),
-        "ALPHACUT_BROKER_PREFIX": f"bench-{secrets.token_hex(4)}:",
-        **{
-            k: v
-            for k, v in SERVICE_ENV.items()
-            if k != "ALPHACUT_DATABASE_URL" and k != "ALPHACUT_BROKER_URL"
-        },
-    }
     results: dict[str, Any] = {"machine": machine_info(), "photo": args.photo, "args": vars(args)}
     nodes: list[Node] = []
     last_output = b""
-    try:
-        for label, model, model_dir, count in (
-            ("tiny", "tiny", folder / "tiny-models", args.requests),
-            ("real", "medium", REAL_MODEL_DIR, args.real_requests),
-        ):
-            if count <= 0:
-                continue
-            env = {**common, "ALPHACUT_MODEL": model, "ALPHACUT_MODEL_DIR": str(model_dir)}
-            embedded, embedded_url = start_api(
-                {**env, "ALPHACUT_HOME": str(folder / f"{label}-embedded")},
-                folder / f"{label}-embedded.log",
-            )
-            nodes.append(embedded)
-            node_env = {**env, **distributed, "ALPHACUT_HOME": str(folder / f"{label}-cluster")}
-            api, api_url = start_api(node_env, folder / f"{label}-api.log")
-            nodes.append(api)
-            worker = start_worker(node_env, folder / f"{label}-worker0.log")
-            nodes.append(worker)
-            print(f"overhead, {label} model: {count} requests per mode ...", flush=True)
-            stores = {
-                "embedded": f"sqlite:///{folder / f'{label}-embedded' / 'jobs.sqlite3'}",
-                "distributed": database_url_text,
-            }
-            results[f"overhead_{label}"] = overhead(
-                {"embedded": embedded_url, "distributed": api_url}, body, count, stores
-            )
-            embedded.stop()
-            if label == "tiny":
-                levels: dict[str, Any] = {}
-                workers = [worker]
-                for count_workers in (1, 2, 3):
-                    while len(workers) < count_workers:
-                        log = folder / f"tiny-worker{len(workers)}.log"
-                        workers.append(start_worker(node_env, log))
-                        nodes.append(workers[-1])
-                    print(f"throughput, {count_workers} worker(s) ...", flush=True)
-                    throughput(api_url, body, 2 * count_workers, api.proc.pid)  # warm-up
-                    levels[str(count_workers)] = throughput(api_url, body, args.jobs, api.proc.pid)
-                results["throughput_tiny"] = levels
-            else:
-                with httpx.Client(timeout=600) as client:
-                    last_output = remove(client, api_url, body)
+    with cluster_database() as database_url_text:
+        distributed = cluster_env(database_url_text)
+        try:
+            for label, model, model_dir, count in (
+                ("tiny", "tiny", folder / "tiny-models", args.requests),
+                ("real", "medium", REAL_MODEL_DIR, args.real_requests),
+            ):
+                if count <= 0:
+                    continue
+                env = {**common, "ALPHACUT_MODEL": model, "ALPHACUT_MODEL_DIR": str(model_dir)}
+                embedded, embedded_url = start_api(
+                    {**env, "ALPHACUT_HOME": str(folder / f"{label}-embedded")},
+                    folder / f"{label}-embedded.log",
+                )
+                nodes.append(embedded)
+                node_env = {**env, **distributed, "ALPHACUT_HOME": str(folder / f"{label}-cluster")}
+                api, api_url = start_api(node_env, folder / f"{label}-api.log")
+                nodes.append(api)
+                worker = start_worker(node_env, folder / f"{label}-worker0.log")
+                nodes.append(worker)
+                print(f"overhead, {label} model: {count} requests per mode ...", flush=True)
+                stores = {
+                    "embedded": f"sqlite:///{folder / f'{label}-embedded' / 'jobs.sqlite3'}",
+                    "distributed": database_url_text,
+                }
+                results[f"overhead_{label}"] = overhead(
+                    {"embedded": embedded_url, "distributed": api_url}, body, count, stores
+                )
+                embedded.stop()
+                if label == "tiny":
+                    levels: dict[str, Any] = {}
+                    workers = [worker]
+                    for count_workers in (1, 2, 3):
+                        while len(workers) < count_workers:
+                            log = folder / f"tiny-worker{len(workers)}.log"
+                            workers.append(start_worker(node_env, log))
+                            nodes.append(workers[-1])
+                        print(f"throughput, {count_workers} worker(s) ...", flush=True)
+                        throughput(api_url, body, 2 * count_workers, api.proc.pid)  # warm-up
+                        levels[str(count_workers)] = throughput(
+                            api_url, body, args.jobs, api.proc.pid
+                        )
+                    results["throughput_tiny"] = levels
+                else:
+                    with httpx.Client(timeout=600) as client:
+                        last_output = remove(client, api_url, body)
+                for node in nodes:
+                    node.stop()
+            print("parts ...", flush=True)
+            # The S3 PUT carries a real output (the real model's PNG) when there is one.
+            try:
+                results["parts"] = part_costs(distributed, last_output or photo, args.part_reps)
+            except Exception as exc:  # keep the figures measured so far
+                results["parts"] = f"failed: {exc!r}"
+        finally:
             for node in nodes:
                 node.stop()
-        print("parts ...", flush=True)
-        # The S3 PUT carries a real output (the real model's PNG) when there is one.
-        try:
-            results["parts"] = part_costs(distributed, last_output or photo, args.part_reps)
-        except Exception as exc:  # keep the figures measured so far
-            results["parts"] = f"failed: {exc!r}"
-    finally:
-        for node in nodes:
-            node.stop()
-        with admin.connect() as connection:
-            connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
-        admin.dispose()
 
     report(results)
     out = ROOT / "bench" / "results" / f"distributed-{time.strftime('%Y%m%d-%H%M%S')}.json"

@@ -4,6 +4,8 @@ section of docs/reliability.md.
     .venv/bin/python bench/reliability.py                      # 500 requests at c=8, the tests
     .venv/bin/python bench/reliability.py --requests 200 --deadline 11:30
     .venv/bin/python bench/run.py --only reliability           # the same, with its defaults
+    eval "$(scripts/services.sh start)"                        # then the load on a cluster:
+    .venv/bin/python bench/reliability.py --only load --distributed
 
 Three parts, in this order (the tests first: their time is bounded, the load gets what is left
 before ``--deadline``):
@@ -63,6 +65,7 @@ from bench.http_load import Server, _free_port  # noqa: E402
 
 DOC = ROOT / "docs" / "reliability.md"
 FIGURES_HEADING = "## Figures"
+DISTRIBUTED_HEADING = "## Figures, distributed mode"
 
 FAULT_TESTS = (
     "tests/jobs/test_faults.py",
@@ -277,18 +280,23 @@ def load_bodies(tmp: Path) -> dict[str, bytes]:
     return bodies
 
 
-def start_server(tree: Path, tmp: Path) -> Server:
-    """``alphacut serve`` on loopback with the real model, the default limits, no mask cache."""
+def start_server(tree: Path, tmp: Path, cluster: dict[str, str] | None = None) -> Server:
+    """``alphacut serve`` on loopback with the real model, the default limits, no mask cache;
+    with ``cluster`` (its settings), an API node of that cluster."""
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    env = tree_environment(tree) | {
-        "ALPHACUT_HOME": str(tmp / "load-home"),
-        "ALPHACUT_MODEL_DIR": str(MODEL_DIR),
-        "ALPHACUT_MODEL": "medium",
-        # Every request runs the model: the photos repeat, and the mask cache (keyed by the
-        # decoded pixels) would answer all but the first round without it.
-        "ALPHACUT_CACHE_BYTES": "0",
-    }
+    env = (
+        tree_environment(tree)
+        | {
+            "ALPHACUT_HOME": str(tmp / "load-home"),
+            "ALPHACUT_MODEL_DIR": str(MODEL_DIR),
+            "ALPHACUT_MODEL": "medium",
+            # Every request runs the model: the photos repeat, and the mask cache (keyed by
+            # the decoded pixels) would answer all but the first round without it.
+            "ALPHACUT_CACHE_BYTES": "0",
+        }
+        | (cluster or {})
+    )
     command = [
         str(Path(sys.executable).with_name("alphacut")),
         "serve",
@@ -302,6 +310,39 @@ def start_server(tree: Path, tmp: Path) -> Server:
     server = Server("alphacut", command, env, url, lambda *_: b"", tmp / "load-serve.log")
     server.ready(lambda: httpx.get(f"{url}/readyz", timeout=5).status_code == 200)
     return server
+
+
+class Cluster:
+    """One API node and one worker process on PostgreSQL, Redis and S3 (scripts/services.sh):
+    what run_load needs of a server, its memory the sum of both (worker: Celery's parent and
+    its pool process)."""
+
+    def __init__(self, tree: Path, tmp: Path, settings: dict[str, str]) -> None:
+        env = tree_environment(tree) | {
+            "ALPHACUT_HOME": str(tmp / "worker-home"),
+            "ALPHACUT_MODEL_DIR": str(MODEL_DIR),
+            "ALPHACUT_MODEL": "medium",
+            "ALPHACUT_CACHE_BYTES": "0",
+            **settings,
+        }
+        log_path = tmp / "load-worker.log"
+        command = [str(Path(sys.executable).with_name("alphacut")), "worker", "--queue", "cpu"]
+        self.worker = Server("worker", command, env, "", lambda *_: b"", log_path)
+        try:
+            self.worker.ready(lambda: " ready." in log_path.read_text(errors="replace"))
+            self.api = start_server(tree, tmp, settings)
+        except BaseException:
+            self.worker.stop()
+            raise
+        self.url = self.api.url
+
+    def memory_mb(self) -> dict[str, float]:
+        api, worker = self.api.memory_mb(), self.worker.memory_mb()
+        return {key: api[key] + worker[key] for key in api}
+
+    def stop(self) -> None:
+        self.api.stop()
+        self.worker.stop()
 
 
 def retry_after_s(answer: httpx.Response) -> float:
@@ -344,10 +385,17 @@ def send_one(client: httpx.Client, url: str, kind: LoadKind, body: bytes) -> tup
 
 
 def run_load(
-    tree: Path, tmp: Path, requests: int, concurrency: int, deadline: float
+    tree: Path,
+    tmp: Path,
+    requests: int,
+    concurrency: int,
+    deadline: float,
+    cluster: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     bodies = load_bodies(tmp)
-    server = start_server(tree, tmp)
+    server: Server | Cluster = (
+        start_server(tree, tmp) if cluster is None else Cluster(tree, tmp, cluster)
+    )
     run = LoadRun()
     lock = threading.Lock()
     stop_sampling = threading.Event()
@@ -478,8 +526,9 @@ def render(report: dict[str, Any]) -> str:
         report.get("faults"),
         report.get("bad_inputs"),
     )
+    distributed = report.get("mode") == "distributed"
     lines = [
-        FIGURES_HEADING,
+        heading(report),
         "",
         f"Written by `bench/reliability.py` ({report['command']}), which reran everything below "
         f"on {report['date']}, {report['started']}-{report['finished']} UTC, at commit "
@@ -500,8 +549,15 @@ def render(report: dict[str, Any]) -> str:
         lines += [
             "### Load",
             "",
-            f"{load['sent']} requests with {load['concurrency']} concurrent clients to a real "
-            "`alphacut serve` on loopback with the real ISNet weights (`medium`, fp32) and the "
+            f"{load['sent']} requests with {load['concurrency']} concurrent clients to "
+            + (
+                "a cluster on loopback: one API node (`alphacut serve`) and one worker "
+                "(`alphacut worker`, one job at a time) on PostgreSQL, Redis and S3 (SeaweedFS) "
+                "from `scripts/services.sh` (`--distributed`), both"
+                if distributed
+                else "a real `alphacut serve` on loopback"
+            )
+            + " with the real ISNet weights (`medium`, fp32) and the "
             "default settings but the mask cache off (`ALPHACUT_CACHE_BYTES=0`: the photos "
             "repeat, and every request must run the model); "
             f"{cut}. Each round of ten: four photos with the default options (0.2-1.5 MP), two "
@@ -512,7 +568,12 @@ def render(report: dict[str, Any]) -> str:
             "the API says. Latency includes the wait behind the other clients' requests: the "
             "server runs the model on all cores for one image at a time, so with 8 clients most "
             "of a request's time is queueing (throughput is the figure for capacity). RSS is "
-            "the server's VmRSS (`/proc/<pid>/status`) read after every answer.",
+            + (
+                "the sum of the API node's and the worker's processes' VmRSS"
+                if distributed
+                else "the server's VmRSS"
+            )
+            + " (`/proc/<pid>/status`) read after every answer.",
             "",
             "| figure | value |",
             "|---|---|",
@@ -595,21 +656,32 @@ def render(report: dict[str, Any]) -> str:
             "",
         ]
     lines += [
-        "Rerun: `.venv/bin/python bench/reliability.py` (or `bench/run.py --only reliability`); "
-        "`--requests`, `--concurrency` and `--deadline HH:MM` size the load. Every sample is in "
+        (
+            'Rerun: `eval "$(scripts/services.sh start)"`, then `.venv/bin/python '
+            "bench/reliability.py --only load --distributed`; "
+            if distributed
+            else "Rerun: `.venv/bin/python bench/reliability.py` (or `bench/run.py --only "
+            "reliability`); "
+        )
+        + "`--requests`, `--concurrency` and `--deadline HH:MM` size the load. Every sample is in "
         "`bench/results/reliability-<time>.json`. A short version of the load runs in "
         "`make test` (`tests/service/test_load.py`: 16 requests at concurrency 4 on the tiny "
-        "test model, 0 errors, bounded RSS growth).",
+        "test model, 0 errors, bounded RSS growth" + ("; in both modes)." if distributed else ")."),
         "",
     ]
     return "\n".join(lines)
 
 
+def heading(report: dict[str, Any]) -> str:
+    return DISTRIBUTED_HEADING if report.get("mode") == "distributed" else FIGURES_HEADING
+
+
 def write_figures(doc: Path, figures: str) -> None:
-    """Replace the "Figures" section of ``doc`` (up to the next ``## `` heading), or put it
-    before "## Not yet" (or at the end) when there is none."""
+    """Replace the section of ``doc`` that ``figures`` heads (up to the next ``## `` heading),
+    or put it before "## Not yet" (or at the end) when there is none."""
     text = doc.read_text()
-    section = re.compile(rf"^{re.escape(FIGURES_HEADING)}\n.*?(?=^## |\Z)", re.M | re.S)
+    title = figures.split("\n", 1)[0]
+    section = re.compile(rf"^{re.escape(title)}\n.*?(?=^## |\Z)", re.M | re.S)
     if section.search(text):
         text = section.sub(lambda _: figures + "\n", text, count=1)
     elif "\n## Not yet" in text:
@@ -641,6 +713,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         action="store_true",
         help="run the working tree instead of a snapshot of HEAD",
     )
+    parser.add_argument(
+        "--distributed",
+        action="store_true",
+        help="load: on a cluster (an API node and a worker on PostgreSQL, Redis and S3: run "
+        '`eval "$(scripts/services.sh start)"` first), written under its own heading',
+    )
     parser.add_argument("--doc", type=Path, default=DOC, help="the page to write the figures in")
     parser.add_argument("--no-doc", action="store_true", help="print the figures only")
     parser.add_argument("--out", type=Path, default=BENCH / "results")
@@ -660,6 +738,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     unknown = set(parts) - {"faults", "bad_inputs", "load"}
     if unknown:
         parser.error(f"unknown parts: {', '.join(sorted(unknown))}")
+    if args.distributed and parts != ["load"]:
+        parser.error("--distributed measures the load only: add --only load")
     if "load" in parts and not FP32.is_file():
         parser.error(f"{FP32} is missing: run `alphacut models pull medium`")
     started = dt.datetime.now(dt.UTC)
@@ -671,6 +751,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "commit": commit,
         "machine": machine(),
         "loadavg_start": os.getloadavg()[0],
+        "mode": "distributed" if args.distributed else "embedded",
     }
     log(f"commit {commit}, machine {report['machine']}")
     with tempfile.TemporaryDirectory(prefix="alphacut-reliability-") as tmp_name:
@@ -692,7 +773,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 f"load: {args.requests} requests at c={args.concurrency}, nothing sent after "
                 f"{dt.datetime.fromtimestamp(deadline):%H:%M:%S}"
             )
-            report["load"] = run_load(tree, tmp, args.requests, args.concurrency, deadline)
+            if args.distributed:
+                from bench.distributed import cluster_database, cluster_env
+
+                with cluster_database() as database_url:
+                    report["load"] = run_load(
+                        tree,
+                        tmp,
+                        args.requests,
+                        args.concurrency,
+                        deadline,
+                        cluster_env(database_url),
+                    )
+            else:
+                report["load"] = run_load(tree, tmp, args.requests, args.concurrency, deadline)
             load = report["load"]
             log(
                 f"load: sent {load['sent']}, errors {load['errors']}, "
