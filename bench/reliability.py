@@ -666,7 +666,7 @@ def render(report: dict[str, Any]) -> str:
         + "`--requests`, `--concurrency` and `--deadline HH:MM` size the load. Every sample is in "
         "`bench/results/reliability-<time>.json`. A short version of the load runs in "
         "`make test` (`tests/service/test_load.py`: 16 requests at concurrency 4 on the tiny "
-        "test model, 0 errors, bounded RSS growth" + ("; in both modes)." if distributed else ")."),
+        "test model, 0 errors, bounded RSS growth; embedded mode).",
         "",
     ]
     return "\n".join(lines)
