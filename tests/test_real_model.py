@@ -156,3 +156,28 @@ def test_heic_photo_gives_the_same_cutout_as_its_png(engine):
     assert from_heic.output.shape == (image.height, image.width, 4)
     assert _iou(from_heic.mask > 127, from_png.mask > 127) > 0.97
     assert _iou(from_heic.mask > 127, _gt(stem)) > 0.75
+
+
+def test_saved_graph_with_mapped_weights_gives_the_same_map(tmp_path):
+    """ISNet from its saved optimised graph (weights in a side file, mapped) gives the map a
+    session optimised in memory gives, bit for bit, on a real photo; the weights are the
+    file's pages, not a private copy."""
+    from alphacut.models.session import cache_path, create_session
+
+    model = BUILTIN_MODELS["medium"].runtime_path(real_settings(tmp_path).model_dir)
+    cache = tmp_path / "graphs"
+    image = Image.open(PHOTOS / "animal-1.jpg").convert("RGB").resize((1024, 1024))
+    x = ((np.asarray(image, np.float32) - 128.0) / 256.0).transpose(2, 0, 1)[None]
+    in_memory = create_session(model, ("cpu",), input_size=1024)
+    name = in_memory.get_inputs()[0].name
+    reference = in_memory.run(None, {name: x})[0]
+    del in_memory
+    create_session(model, ("cpu",), cache_dir=cache, input_size=1024)  # optimises and saves
+    (weights,) = cache.glob("*.data")
+    assert weights.stat().st_size > 100e6  # ISNet's weights, beside a small graph
+    assert cache_path(cache, model, 1024, 1).stat().st_size < 1e6
+    mapped = create_session(model, ("cpu",), cache_dir=cache, input_size=1024)
+    maps = Path("/proc/self/maps")
+    if maps.is_file():
+        assert str(weights) in maps.read_text()
+    np.testing.assert_array_equal(mapped.run(None, {name: x})[0], reference)
