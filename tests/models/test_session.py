@@ -72,9 +72,9 @@ def test_gpu_asked_but_session_on_cpu_is_logged(caplog):
     assert "runs on" in caplog.text and "CUDA" in caplog.text
 
 
-def _conv_model(path: Path) -> None:
+def _conv_model(path: Path, seed: int = 1) -> None:
     """A 3x3 convolution (432 weights: large enough to go to the side file), then a sigmoid."""
-    weights = np.random.default_rng(1).normal(0, 0.1, (16, 3, 3, 3)).astype(np.float32)
+    weights = np.random.default_rng(seed).normal(0, 0.1, (16, 3, 3, 3)).astype(np.float32)
     graph = helper.make_graph(
         [
             helper.make_node("Conv", ["input", "w"], ["conv"], pads=[1, 1, 1, 1]),
@@ -114,26 +114,32 @@ def test_optimised_graph_cache_is_written_once_and_reused(tmp_path, caplog):
     assert cache_path(cache, model, TINY_SIZE, 4) != cached
 
 
-def test_a_new_save_replaces_the_weights_and_the_older_format(tmp_path):
+def test_a_replaced_model_is_optimised_again_and_the_old_graph_removed(tmp_path):
+    """Any other model file under the same name (even one given an older mtime, as ``cp -p``
+    does) gets its own saved graph; the old graph, its weights and the format before side files
+    go."""
     model = tmp_path / "conv.onnx"
-    _conv_model(model)
+    _conv_model(model, seed=1)
     cache = tmp_path / "cache"
     create_session(model, ("cpu",), cache_dir=cache, input_size=TINY_SIZE)
-    cached = cache_path(cache, model, TINY_SIZE, 1)
-    legacy = cached.with_name(cached.name.replace(".opt2.", ".opt."))
-    legacy.write_bytes(b"a graph saved with its weights inline, by an earlier version")
+    old = cache_path(cache, model, TINY_SIZE, 1)
     (old_weights,) = cache.glob("*.data")
-    _conv_model(model)  # a newer model file: the saved graph is out of date
-    later = cached.stat().st_mtime + 10  # whatever the file system's clock resolution
-    os.utime(model, (later, later))
+    legacy = cache / f"{session_mod._graph_prefix(model, TINY_SIZE, 1)}.opt.onnx"
+    legacy.write_bytes(b"a graph saved with its weights inline, by an earlier version")
+    before = model.stat().st_mtime - 100
+    _conv_model(model, seed=2)  # other weights, copied in with an older mtime
+    os.utime(model, (before, before))
     reference = _run(create_session(model, ("cpu",)))
     np.testing.assert_array_equal(
         _run(create_session(model, ("cpu",), cache_dir=cache, input_size=TINY_SIZE)), reference
     )
+    new = cache_path(cache, model, TINY_SIZE, 1)
     (new_weights,) = cache.glob("*.data")
-    assert new_weights != old_weights and not legacy.exists()
-    left = sorted(p.name for p in cache.iterdir() if p.suffix != ".lock")
-    assert left == sorted([cached.name, new_weights.name])
+    assert new != old and new_weights != old_weights
+    # The old graph, its weights and lock, and the legacy file are gone.
+    assert sorted(p.name for p in cache.iterdir()) == sorted(
+        [new.name, new_weights.name, f"{new.name}.lock"]
+    )
 
 
 def test_sessions_created_at_once_leave_one_whole_cache(tmp_path, caplog):

@@ -138,12 +138,20 @@ def session_options(
 
 
 def cache_path(cache_dir: Path, model_path: Path, input_size: int, batch_size: int) -> Path:
+    """Where the optimised graph of this model file is saved: the name carries the model's
+    size and mtime (a replaced model file, even one given an older mtime by ``cp -p``, is a
+    new name), the ONNX Runtime version, the CPU fingerprint, the batch and the input size."""
+    stat = model_path.stat()
+    version = hashlib.sha256(f"{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:10]
+    # "opt2": the weights are in a side file (create_session); "opt" files held them inline.
+    return cache_dir / f"{_graph_prefix(model_path, input_size, batch_size)}.{version}.opt2.onnx"
+
+
+def _graph_prefix(model_path: Path, input_size: int, batch_size: int) -> str:
+    """What the names of every saved graph of this model file, for these dims, start with."""
     batch = "1" if batch_size <= 1 else "n"
     size = str(input_size) if input_size > 0 else "model"
-    # "opt2": the weights are in a side file (create_session); "opt" files held them inline.
-    return cache_dir / (
-        f"{model_path.stem}.ort{ort.__version__}.{cpu_fingerprint()}.b{batch}.s{size}.opt2.onnx"
-    )
+    return f"{model_path.stem}.ort{ort.__version__}.{cpu_fingerprint()}.b{batch}.s{size}"
 
 
 def create_session(
@@ -166,7 +174,7 @@ def create_session(
     if cache_dir is not None and chosen[0] == "CPUExecutionProvider":
         # Optimising the graph takes seconds; save the result once and reuse it on start-up.
         cached = cache_path(cache_dir, model_path, input_size, batch_size)
-        session = _load_saved_graph(cached, model_path, options, provider_list)
+        session = _load_saved_graph(cached, options, provider_list)
         if session is None:
             options = session_options(threads, input_size, batch_size)
             session = _optimise_and_save(model_path, cached, options, provider_list)
@@ -190,14 +198,11 @@ def create_session(
 
 
 def _load_saved_graph(
-    cached: Path, model_path: Path, options: ort.SessionOptions, providers: list[Any]
+    cached: Path, options: ort.SessionOptions, providers: list[Any]
 ) -> ort.InferenceSession | None:
-    """The saved optimised graph, or None when there is none, it is older than the model, or
-    it does not load (damaged, or its weights file removed by a newer save)."""
-    try:
-        if not cached.is_file() or cached.stat().st_mtime < model_path.stat().st_mtime:
-            return None
-    except OSError:
+    """The saved optimised graph, or None when there is none or it does not load (damaged, or
+    its weights file removed by a newer save)."""
+    if not cached.is_file():
         return None
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
@@ -257,9 +262,8 @@ def _optimise_and_save(
             log.warning("cannot write the optimised-model cache %s: %s", cached, exc)
             _remove(written, weights)
         else:
-            # The format before side files, the weights of earlier saves of this graph (a
-            # process that maps one keeps its pages) and what dead saves left.
-            _remove(cached.with_name(cached.name.replace(".opt2.", ".opt.")))
+            # Earlier saves' graphs and weights (a process that maps some keeps its pages)
+            # and what dead saves left.
             _remove(*_stale_files(cached, weights))
         _remove(saving)
     return session
@@ -270,8 +274,11 @@ def _saving_marker(weights: Path) -> Path:
 
 
 def _stale_files(cached: Path, keep: Path) -> list[Path]:
-    """Weights of this graph other than ``keep``, except those of saves still running (their
-    marker younger than an hour), and temporary graphs older than an hour (a save that died)."""
+    """What earlier saves of this model's graph left: graphs of other versions of the model
+    file (and the format before side files), their weights and lock files, except the weights
+    of saves still running (marker younger than an hour), and temporary graphs older than an
+    hour."""
+    prefix = cached.name.rsplit(".", 3)[0]  # drop ".<version>.opt2.onnx"
     stale: list[Path] = []
     try:
         entries = list(cached.parent.iterdir())
@@ -279,13 +286,17 @@ def _stale_files(cached: Path, keep: Path) -> list[Path]:
         return stale
     for path in entries:
         name = path.name
-        if name.startswith(f"{cached.name}.") and name.endswith(".data") and path != keep:
+        if not name.startswith((f"{prefix}.", f".{prefix}.")) or path in (cached, keep):
+            continue
+        if name.endswith(".data"):
             marker = _saving_marker(path)
             if not _younger_than_an_hour(marker):
                 stale += [path, marker]
-        elif name.startswith(f".{cached.name}.") and name.endswith(".tmp"):
+        elif name.endswith(".tmp"):
             if not _younger_than_an_hour(path):
                 stale.append(path)
+        elif name.endswith(".onnx") or (name.endswith(".lock") and name != f"{cached.name}.lock"):
+            stale.append(path)
     return stale
 
 
