@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -169,29 +170,27 @@ def create_session(
     """
     chosen = choose_providers(providers)
     provider_list = [(name, provider_options(name, cache_dir)) for name in chosen]
-    options = session_options(threads, input_size, batch_size)
+    # Each attempt gets options of its own: loading and saving set fields on theirs.
+    make_options = functools.partial(session_options, threads, input_size, batch_size)
     session, loaded = None, model_path
     if cache_dir is not None and chosen[0] == "CPUExecutionProvider":
         # Optimising the graph takes seconds; save the result once and reuse it on start-up.
         cached = cache_path(cache_dir, model_path, input_size, batch_size)
-        session = _load_saved_graph(cached, options, provider_list)
-        if session is None:
-            options = session_options(threads, input_size, batch_size)
-            session = _optimise_and_save(model_path, cached, options, provider_list)
-            if session is None:  # the save failed, not the model: load it without saving
-                options = session_options(threads, input_size, batch_size)
-        else:
+        session = _load_saved_graph(cached, make_options(), provider_list)
+        if session is not None:
             loaded = cached
+        else:  # None when the save failed, not the model: then loaded below without saving
+            session = _optimise_and_save(model_path, cached, make_options(), provider_list)
     if session is None:
         session = ort.InferenceSession(
-            str(model_path), sess_options=options, providers=provider_list
+            str(model_path), sess_options=make_options(), providers=provider_list
         )
     _check_session(session, chosen, input_size, model_path)
     log.info(
         "loaded model %s with providers %s (%d threads%s)",
         loaded.name,
         session.get_providers(),
-        options.intra_op_num_threads,
+        session.get_session_options().intra_op_num_threads,
         ", cached graph" if loaded != model_path else "",
     )
     return session
