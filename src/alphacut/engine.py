@@ -74,11 +74,7 @@ class Engine:
         model_dir = self.settings.model_dir
         path = spec.runtime_path(model_dir)
         if not path.is_file():
-            hint = (
-                f"run `alphacut models pull {spec.name}`"
-                if spec.npm_resource
-                else f"copy {spec.filename} into {model_dir}"
-            )
+            hint = spec.install_hint(model_dir)
             raise ModelNotAvailable(f"model {spec.name!r} is not installed ({path}); {hint}")
         try:
             session = create_session(

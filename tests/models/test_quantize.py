@@ -2,19 +2,32 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import shutil
 from pathlib import Path
 
+import httpx
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 from PIL import Image
+from typer.testing import CliRunner
 
+from alphacut.cli import app
 from alphacut.engine import Engine
 from alphacut.models.quantize import QuantizeRecipe, calibration_photos, quantize_model
 from alphacut.models.registry import BUILTIN_MODELS, known_models, resolve_model
-from tests.conftest import PHOTOS, real_settings, requires_real_model, write_tiny_model
+from tests.conftest import (
+    PHOTOS,
+    LiveServer,
+    make_tiny_settings,
+    real_settings,
+    requires_real_model,
+    subject_image,
+    write_tiny_model,
+)
 
 
 def test_shipped_calibration_photos_are_small_and_licensed() -> None:
@@ -94,3 +107,61 @@ def test_int8_medium_mask_is_close_to_fp32_on_a_real_photo(tmp_path: Path) -> No
     assert _iou(fp32 > 0.5, int8 > 0.5) > 0.97
     assert np.abs(fp32 - int8).mean() < 0.01
     shutil.rmtree(tmp_path / "models", ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def int8_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model folder with ``tiny`` and, built by the CLI command, ``tiny-int8``."""
+    model_dir = tmp_path_factory.mktemp("int8-home") / "models"
+    write_tiny_model(model_dir)
+    env = {"ALPHACUT_HOME": str(model_dir.parent), "ALPHACUT_MODEL_DIR": str(model_dir)}
+    result = CliRunner().invoke(app, ["models", "quantize", "tiny", "--photos", "2"], env=env)
+    assert result.exit_code == 0, result.output
+    assert f"model tiny-int8 ready: {model_dir / 'tiny-int8.onnx'}" in result.output
+    return model_dir
+
+
+def test_cli_selects_the_int8_model_and_names_the_command_that_builds_one(
+    int8_model_dir: Path, tmp_path: Path
+) -> None:
+    env = {
+        "ALPHACUT_HOME": str(tmp_path / "home"),
+        "ALPHACUT_MODEL_DIR": str(int8_model_dir),
+        "ALPHACUT_MODEL": "tiny",
+    }
+    cli = CliRunner()
+    listing = cli.invoke(app, ["models", "list"], env=env).output
+    assert "tiny-int8" in listing and "medium-int8" in listing
+    image, mask = subject_image()
+    image.save(tmp_path / "photo.png")
+    out = tmp_path / "int8.png"
+    command = ["remove", str(tmp_path / "photo.png"), "--only-mask", "-o", str(out)]
+    result = cli.invoke(app, [*command, "--model", "tiny-int8"], env=env)
+    assert result.exit_code == 0, result.output
+    alpha = np.asarray(Image.open(out)) > 127
+    assert _iou(alpha, mask) > 0.9
+    # Not built yet: the error says how to build it, not where to copy a file from.
+    result = cli.invoke(app, [*command, "--model", "medium-int8"], env=env)
+    assert result.exit_code == 1
+    assert "run `alphacut models quantize medium`" in result.output
+
+
+def test_http_selects_the_int8_model(int8_model_dir: Path, tmp_path: Path) -> None:
+    settings = make_tiny_settings(tmp_path / "home", int8_model_dir)
+    image, mask = subject_image()
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    uri = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    body = {"image": uri, "only_mask": True}
+    with LiveServer(settings) as server:
+        url = server.url + "/api/v5/removebg_mask"
+        answer = httpx.post(url, json={**body, "model": "tiny-int8"}, timeout=120).json()
+        assert answer["status"] == "success", answer
+        output = httpx.get(answer["output"][0], timeout=30).content
+        alpha = np.asarray(Image.open(io.BytesIO(output)).convert("L")) > 127
+        assert _iou(alpha, mask) > 0.9
+        missing = httpx.post(url, json={**body, "model": "medium-int8"}, timeout=120)
+    # Not built on this server: a client error naming the model (the server's paths and
+    # commands are the operator's business, not the client's).
+    assert missing.status_code == 422
+    assert missing.json()["message"] == "model 'medium-int8' is not installed on this server"

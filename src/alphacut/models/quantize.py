@@ -88,6 +88,7 @@ def quantized_spec(source: ModelSpec) -> ModelSpec:
         npm_resource=None,
         sha256=None,
         size_bytes=None,
+        built_from=source.name,
     )
 
 

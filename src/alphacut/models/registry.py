@@ -41,6 +41,8 @@ class ModelSpec:
     npm_resource: str | None = None
     sha256: str | None = None
     size_bytes: int | None = None
+    # The model this one is built from here (`alphacut models quantize <built_from>`).
+    built_from: str | None = None
 
     def path(self, model_dir: Path) -> Path:
         return model_dir / self.filename
@@ -49,6 +51,14 @@ class ModelSpec:
         """The file the runtime loads: the fp32 conversion of a pulled fp16 model if present."""
         fp32 = model_dir / self.filename.replace(".onnx", ".fp32.onnx")
         return fp32 if self.npm_resource and fp32.exists() else self.path(model_dir)
+
+    def install_hint(self, model_dir: Path) -> str:
+        """What a user runs (or copies) to install this model."""
+        if self.npm_resource:
+            return f"run `alphacut models pull {self.name}`"
+        if self.built_from:
+            return f"run `alphacut models quantize {self.built_from}`"
+        return f"copy {self.filename} into {model_dir}"
 
     def is_installed(self, model_dir: Path) -> bool:
         return self.path(model_dir).is_file()
@@ -95,6 +105,7 @@ BUILTIN_MODELS: dict[str, ModelSpec] = {
             std=ISNET_IMGLY_STD,
             licence=_IMGLY_LICENCE,
             description="ISNet static int8 (QDQ), built by `alphacut models quantize medium`",
+            built_from="medium",
         ),
         # rembg's files, by their rembg file names; drop them into the model folder.
         ModelSpec(
