@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -17,6 +19,7 @@ from PIL import Image
 from alphacut.engine import Engine
 from alphacut.models.registry import BUILTIN_MODELS
 from tests.conftest import PHOTOS, evaldata, real_settings, requires_real_model
+from tests.service.test_metrics import scrape, value
 
 pytestmark = [pytest.mark.real_model, requires_real_model]
 
@@ -109,6 +112,28 @@ def test_seed_body_over_http(live_server, tmp_path, file_server):
     source = Image.open(root / "real.png")
     assert out.format == "PNG" and out.mode == "RGBA" and out.size == source.size
     assert _iou(np.asarray(out)[..., 3] > 127, _gt(stem)) > 0.85
+
+
+def test_the_cutout_and_its_mask_asked_at_once_run_the_model_once(live_server, tmp_path):
+    """Two requests for one photo at the same time (a client fetching the cutout and the mask,
+    or retrying): the second waits for the first's map instead of running the model again."""
+    server = live_server(real_settings(tmp_path / "home"))
+    photo = base64.b64encode((PHOTOS / "car-1.jpg").read_bytes()).decode()
+    api = server.url + "/api/v5/removebg_mask"
+
+    def ask(fields: dict[str, object]) -> bytes:
+        body = {"image": "data:image/jpeg;base64," + photo, **fields}
+        answer = httpx.post(api, json=body, timeout=150).json()
+        assert answer["status"] == "success", answer
+        return httpx.get(answer["output"][0], timeout=30).content
+
+    with ThreadPoolExecutor(2) as pool:
+        cutout, mask = pool.map(ask, ({}, {"only_mask": True}))
+    samples = scrape(server)
+    assert value(samples, "alphacut_mask_cache_misses_total") == 1
+    assert value(samples, "alphacut_mask_cache_hits_total") == 1
+    alpha = np.asarray(Image.open(io.BytesIO(cutout)))[..., 3]
+    assert np.array_equal(alpha, np.asarray(Image.open(io.BytesIO(mask)).convert("L")))
 
 
 def test_cli_remove_folder_of_photos(tmp_path):

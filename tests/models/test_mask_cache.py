@@ -7,6 +7,7 @@ import multiprocessing
 import os
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from PIL import Image
 from alphacut.config import Settings
 from alphacut.engine import Engine
 from alphacut.models.mask_cache import (
+    CachedProbability,
     CacheStats,
     CorruptEntry,
     DiskMaskCache,
@@ -319,3 +321,71 @@ def test_write_behind_serves_a_waiting_map_and_bounds_what_waits() -> None:
     assert cache.get("c") is None
     stats = cache.stats()
     assert stats.hits == 1 and stats.entries == 2
+
+
+def _waiting_source(
+    tmp_path: Path, fail_first: bool = False
+) -> tuple[CachedProbability, list[int], threading.Event]:
+    """A ``CachedProbability`` whose model blocks until released and counts its runs."""
+    runs: list[int] = []
+    release = threading.Event()
+
+    def predict(image: Image.Image) -> np.ndarray:
+        runs.append(1)
+        assert release.wait(20)
+        if fail_first and len(runs) == 1:
+            raise RuntimeError("the model failed")
+        return _map(7)
+
+    return CachedProbability(DiskMaskCache(tmp_path, 1 << 20), predict, "test-model"), runs, release
+
+
+def _ask_together(source: CachedProbability, release: threading.Event, count: int) -> list[object]:
+    """``count`` threads ask for one picture's map; released once all but the first wait."""
+    image = Image.new("RGB", (8, 8), (10, 20, 30))
+    rgb = np.asarray(image)
+    answers: list[object] = [None] * count
+
+    def ask(i: int) -> None:
+        try:
+            answers[i] = source(image, rgb, "normal")
+        except RuntimeError as exc:
+            answers[i] = exc
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 20
+    while not any(f.waiters == count - 1 for f in source._flights.values()):
+        assert time.monotonic() < deadline, "the requests did not wait for the first"
+        time.sleep(0.01)
+    release.set()
+    for thread in threads:
+        thread.join(20)
+    return answers
+
+
+def test_requests_for_a_map_being_computed_wait_for_it(tmp_path: Path) -> None:
+    """A retry (or the mask asked for with the cutout) while the model runs does not run it
+    again: it waits and takes the same map, counted as a hit."""
+    source, runs, release = _waiting_source(tmp_path)
+    answers = _ask_together(source, release, 4)
+    assert len(runs) == 1
+    for answer in answers:
+        assert isinstance(answer, np.ndarray)
+        np.testing.assert_array_equal(answer, _map(7))
+    assert len({id(answer) for answer in answers}) == 4  # each caller may change its own
+    stats = source.cache.stats()
+    assert (stats.hits, stats.misses) == (3, 1)
+    assert source._flights == {}
+
+
+def test_when_the_first_request_fails_the_waiting_ones_run_the_model(tmp_path: Path) -> None:
+    source, runs, release = _waiting_source(tmp_path, fail_first=True)
+    answers = _ask_together(source, release, 3)
+    assert sum(isinstance(answer, RuntimeError) for answer in answers) == 1
+    maps = [answer for answer in answers if isinstance(answer, np.ndarray)]
+    assert len(maps) == 2
+    for answer in maps:
+        np.testing.assert_array_equal(answer, _map(7))
+    assert source._flights == {}

@@ -333,17 +333,61 @@ class WriteBehindCache:
         return CacheStats(hits, inner.misses, inner.bytes, inner.entries)
 
 
+class _Flight:
+    """One map being computed, and the requests for the same key that wait for it."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.waiters = 0
+        self.result: np.ndarray | None = None  # a copy for the waiters; None if it failed
+
+
 class CachedProbability:
     """A ``ProbabilitySource``: the map from ``cache`` when this model has already seen these
-    pixels at this mask quality, otherwise from the model (and then kept)."""
+    pixels at this mask quality, otherwise from the model (and then kept).
+
+    Requests for a key whose map is being computed wait for it instead of running the model
+    again (a client's retry after a timeout, or the cutout and its mask asked for at once).
+    """
 
     def __init__(self, cache: MaskCache, predict: Predictor, identity: str) -> None:
         self.cache = cache
         self.predict = predict
         self.identity = identity
+        self._flights: dict[str, _Flight] = {}
+        self._lock = threading.Lock()
 
     def __call__(self, rgb_image: Image.Image, rgb: np.ndarray, quality: str) -> np.ndarray:
         key = mask_cache_key(self.identity, quality, rgb)
+        with self._lock:
+            flight = self._flights.get(key)
+            leading = flight is None
+            if flight is None:
+                flight = self._flights[key] = _Flight()
+            else:
+                flight.waiters += 1
+        if not leading:
+            flight.done.wait()
+            # From the cache when it kept the map (a hit in its figures); else the leader's.
+            kept = self.cache.get(key)
+            if kept is not None:
+                return kept
+            if flight.result is not None:
+                return flight.result.copy()
+            # The leader failed (its caller got the error): this request tries on its own.
+            return self._compute(key, rgb_image, quality)
+        probability = None
+        try:
+            probability = self._compute(key, rgb_image, quality)
+            return probability
+        finally:
+            with self._lock:
+                del self._flights[key]
+                if flight.waiters and probability is not None:
+                    flight.result = probability.copy()  # the caller may change its map
+            flight.done.set()
+
+    def _compute(self, key: str, rgb_image: Image.Image, quality: str) -> np.ndarray:
         probability = self.cache.get(key)
         if probability is None:
             probability = predict_probability(rgb_image, self.predict, quality)
