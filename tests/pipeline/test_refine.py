@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+import pytest
 
 from alphacut.pipeline.filters import box_filter
 from alphacut.pipeline.probability import probability_to_mask, upsample_probability
 from alphacut.pipeline.refine import (
+    COEFFICIENT_BAND_ROWS,
+    STEEP,
+    _coefficient_map,
     _coefficients,
     _resize_region,
     guided_filter,
@@ -92,6 +96,23 @@ def test_guided_upsample_mask_matches_the_float_filter():
         np.clip((a_up * (photo / 255.0)).sum(-1) + b_up, 0, 1).astype(np.float32)
     )
     assert np.abs(mask.astype(int) - reference).max() <= 1
+
+
+@pytest.mark.parametrize("radius", [1, 3])
+@pytest.mark.parametrize("colour", [True, False])
+def test_banded_coefficients_are_those_of_the_whole_map(radius: int, colour: bool) -> None:
+    """Fitted band by band over the cores, the coefficients are bit for bit those of one fit
+    on the whole map (a height that is no multiple of the band, a band boundary inside an edge)."""
+    height = 3 * COEFFICIENT_BAND_ROWS + 17
+    guide = RNG.random((height, 150, 3) if colour else (height, 150), dtype=np.float32)
+    src = np.zeros((height, 150), np.float32)
+    src[COEFFICIENT_BAND_ROWS - 20 : 2 * COEFFICIENT_BAND_ROWS + 5, 40:90] = 1.0
+    src = cv2.GaussianBlur(src, (9, 9), 2.0)
+    coeffs, steep = _coefficient_map(guide, src, radius, 1e-4)
+    a, b = _coefficients(guide, src, radius, 1e-4)
+    assert np.array_equal(coeffs[..., :-1], a) and np.array_equal(coeffs[..., -1], b)
+    assert np.array_equal(steep, (np.abs(a) > STEEP).any(axis=-1))
+    assert steep.any() and not steep.all()
 
 
 def test_upsample_mask_is_bilinear_when_the_photo_is_not_larger():
