@@ -6,7 +6,7 @@ input, one inference, the mask resized back with Pillow, a PNG at alphacut's def
 No settings, no option checks, no edge work. bench/coldstart.py times it beside
 `alphacut remove`: the difference between the two is what alphacut's own layers cost.
 
-Usage: bare_ort.py GRAPH PHOTO OUT.png
+Usage: bare_ort.py GRAPH PHOTO OUT.png THREADS (alphacut's intra-op thread count)
 """
 
 import os
@@ -16,10 +16,14 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
-graph, photo, out = sys.argv[1:4]
+graph, photo, out, threads = sys.argv[1:5]
 options = ort.SessionOptions()
 options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
 options.enable_mem_pattern = False
+# The thread settings alphacut's sessions use (models/session.py).
+options.intra_op_num_threads = int(threads)
+options.inter_op_num_threads = 1
+options.add_session_config_entry("session.intra_op.allow_spinning", "0")
 session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
 source = session.get_inputs()[0]
 size = source.shape[-1] if isinstance(source.shape[-1], int) else 1024

@@ -103,7 +103,7 @@ def _timed(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
 
 
 def run_coldstart(ctx: Any) -> dict[str, Any]:
-    from alphacut.models.session import cache_path
+    from alphacut.models.session import cache_path, physical_cores
     from bench.common import FP32, MODEL_DIR, PHOTOS, fmt_table, median, rembg_home
 
     reps = 3 if ctx.quick else max(3, ctx.reps)
@@ -138,6 +138,7 @@ def run_coldstart(ctx: Any) -> dict[str, Any]:
                 str(graph),
                 str(photo),
                 str(out / "m.png"),
+                str(physical_cores()),
             ],
             {},
         ),

@@ -8,6 +8,7 @@ import os
 import shutil
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +26,10 @@ from alphacut.models.mask_cache import (
     decode_entry,
     encode_entry,
     mask_cache_key,
+    model_identity,
     open_mask_cache,
 )
+from alphacut.models.registry import BUILTIN_MODELS
 from alphacut.pipeline.options import RemoveOptions, make_options
 from alphacut.pipeline.remove import remove_background
 from tests.conftest import PHOTOS, real_settings, requires_real_model, subject_image
@@ -356,7 +359,10 @@ def _ask_together(source: CachedProbability, release: threading.Event, count: in
     for thread in threads:
         thread.start()
     deadline = time.monotonic() + 20
-    while not any(f.waiters == count - 1 for f in source._flights.values()):
+    while True:
+        with source._lock:
+            if any(f.waiters == count - 1 for f in source._flights.values()):
+                break
         assert time.monotonic() < deadline, "the requests did not wait for the first"
         time.sleep(0.01)
     release.set()
@@ -386,6 +392,24 @@ def test_when_the_first_request_fails_the_waiting_ones_run_the_model(tmp_path: P
     assert sum(isinstance(answer, RuntimeError) for answer in answers) == 1
     maps = [answer for answer in answers if isinstance(answer, np.ndarray)]
     assert len(maps) == 2
+    assert len(runs) == 2  # one of the two waiting requests ran it again, not both
     for answer in maps:
         np.testing.assert_array_equal(answer, _map(7))
     assert source._flights == {}
+
+
+def test_the_model_identity_follows_what_shapes_the_output(tmp_path: Path) -> None:
+    weights = tmp_path / "model.onnx"
+    weights.write_bytes(b"weights")
+    spec = BUILTIN_MODELS["medium"]
+    identity = model_identity(spec, weights, ["CPUExecutionProvider"])
+    # A new description or licence text in a release leaves every kept map usable.
+    retold = replace(spec, description="other words", licence="other text", built_from="x")
+    assert model_identity(retold, weights, ["CPUExecutionProvider"]) == identity
+    for changed in (
+        replace(spec, input_size=640),
+        replace(spec, mean=(0.5, 0.5, 0.5)),
+        replace(spec, output_transform="sigmoid"),
+    ):
+        assert model_identity(changed, weights, ["CPUExecutionProvider"]) != identity
+    assert model_identity(spec, weights, ["CUDAExecutionProvider"]) != identity

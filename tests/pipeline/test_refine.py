@@ -101,8 +101,9 @@ def test_guided_upsample_mask_matches_the_float_filter():
 @pytest.mark.parametrize("radius", [1, 3])
 @pytest.mark.parametrize("colour", [True, False])
 def test_banded_coefficients_are_those_of_the_whole_map(radius: int, colour: bool) -> None:
-    """Fitted band by band over the cores, the coefficients are bit for bit those of one fit
-    on the whole map (a height that is no multiple of the band, a band boundary inside an edge)."""
+    """Fitted band by band over the cores, the coefficients are those of one fit on the whole
+    map up to float rounding (box filters keep running sums, which start at each band's top);
+    a height that is no multiple of the band, a band boundary inside an edge."""
     height = 3 * COEFFICIENT_BAND_ROWS + 17
     guide = RNG.random((height, 150, 3) if colour else (height, 150), dtype=np.float32)
     src = np.zeros((height, 150), np.float32)
@@ -110,7 +111,8 @@ def test_banded_coefficients_are_those_of_the_whole_map(radius: int, colour: boo
     src = cv2.GaussianBlur(src, (9, 9), 2.0)
     coeffs, steep = _coefficient_map(guide, src, radius, 1e-4)
     a, b = _coefficients(guide, src, radius, 1e-4)
-    assert np.array_equal(coeffs[..., :-1], a) and np.array_equal(coeffs[..., -1], b)
+    np.testing.assert_allclose(coeffs[..., :-1], a, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(coeffs[..., -1], b, rtol=1e-5, atol=1e-7)
     assert np.array_equal(steep, (np.abs(a) > STEEP).any(axis=-1))
     assert steep.any() and not steep.all()
 

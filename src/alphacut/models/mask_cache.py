@@ -152,8 +152,17 @@ def model_identity(spec: ModelSpec, weights: Path, providers: list[str]) -> str:
     would cost a third of a second; replacing the file changes its mtime.
     """
     stat = weights.stat()
+    # The spec's fields that shape the output; not its description, licence or origin, which
+    # may change (a release adding a field) without changing a map.
+    shaping = {
+        "name": spec.name,
+        "input_size": spec.input_size,
+        "mean": spec.mean,
+        "std": spec.std,
+        "output_transform": spec.output_transform,
+    }
     parts = [
-        json.dumps(spec.to_dict(), sort_keys=True),
+        json.dumps(shaping, sort_keys=True),
         f"{weights.name}:{stat.st_size}:{stat.st_mtime_ns}",
         f"ort {ort.__version__}",
         f"pillow {PIL.__version__}",
@@ -359,37 +368,39 @@ class CachedProbability:
 
     def __call__(self, rgb_image: Image.Image, rgb: np.ndarray, quality: str) -> np.ndarray:
         key = mask_cache_key(self.identity, quality, rgb)
-        with self._lock:
-            flight = self._flights.get(key)
-            leading = flight is None
-            if flight is None:
-                flight = self._flights[key] = _Flight()
-            else:
-                flight.waiters += 1
-        if not leading:
+        while True:
+            with self._lock:
+                flight = self._flights.get(key)
+                if flight is None:
+                    flight = self._flights[key] = _Flight()
+                    leading = True
+                else:
+                    flight.waiters += 1
+                    leading = False
+            if leading:
+                return self._lead(key, flight, rgb_image, quality)
             flight.done.wait()
-            # From the cache when it kept the map (a hit in its figures); else the leader's.
-            kept = self.cache.get(key)
-            if kept is not None:
-                return kept
             if flight.result is not None:
-                return flight.result.copy()
-            # The leader failed (its caller got the error): this request tries on its own.
-            return self._compute(key, rgb_image, quality)
+                # From the cache where it kept the map (a hit in its figures), else the run's.
+                kept = self.cache.get(key)
+                return kept if kept is not None else flight.result.copy()
+            # The run failed (its own caller got the error): one of the waiting requests runs
+            # the model again, the others wait for that run.
+
+    def _lead(self, key: str, flight: _Flight, rgb_image: Image.Image, quality: str) -> np.ndarray:
         probability = None
         try:
-            probability = self._compute(key, rgb_image, quality)
+            probability = self.cache.get(key)
+            if probability is None:
+                probability = predict_probability(rgb_image, self.predict, quality)
+                self.cache.put(key, probability)
             return probability
         finally:
-            with self._lock:
-                del self._flights[key]
-                if flight.waiters and probability is not None:
+            try:
+                with self._lock:
+                    del self._flights[key]  # later requests start a flight of their own
+                    waiting = flight.waiters
+                if waiting and probability is not None:
                     flight.result = probability.copy()  # the caller may change its map
-            flight.done.set()
-
-    def _compute(self, key: str, rgb_image: Image.Image, quality: str) -> np.ndarray:
-        probability = self.cache.get(key)
-        if probability is None:
-            probability = predict_probability(rgb_image, self.predict, quality)
-            self.cache.put(key, probability)
-        return probability
+            finally:
+                flight.done.set()  # whatever happened: no request waits for ever

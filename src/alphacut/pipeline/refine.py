@@ -73,9 +73,11 @@ def _coefficient_map(
     """``_coefficients`` as one HxWx(C+1) array (a's channels, then b: one remap serves both)
     and the cells where some |a| exceeds STEEP, computed band by band over the cores.
 
-    Bit-identical to one call on the whole map: each band is fitted with ``2 * radius`` rows of
-    context on either side (its two rounds of box filters each reach ``radius`` rows), and only
-    its own rows are kept.
+    Each band is fitted with ``2 * radius`` rows of context on either side (its two rounds of
+    box filters each reach ``radius`` rows) and only its own rows are kept, so the result is
+    that of one call on the whole map up to float rounding (box filters keep running sums that
+    start at a band's top; identical on the maps tried). The bands do not depend on the number
+    of cores: a map gives the same coefficients on every machine.
     """
     height, width = src.shape
     channels = guide.shape[2] if guide.ndim == 3 else 1
