@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import functools
 import http.server
+import io
 import json
 import os
 import socket
@@ -186,6 +188,17 @@ def subject_image(width: int = 200, height: int = 150) -> tuple[Image.Image, np.
     mask[height // 4 : 3 * height // 4, width // 4 : 3 * width // 4] = True
     array[mask] = (235, 220, 210)
     return Image.fromarray(array), mask
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def png_data_uri(image: Image.Image) -> str:
+    """``image`` as the API's ``image`` field: a PNG data URI."""
+    return "data:image/png;base64," + base64.b64encode(png_bytes(image)).decode()
 
 
 def free_port() -> int:

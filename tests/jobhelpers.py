@@ -1,5 +1,5 @@
-"""Helpers for the job tests: polling fetch, a webhook receiver on loopback, and
-``alphacut serve`` as a real process."""
+"""Helpers for the job tests: polling fetch, a webhook receiver on loopback, reading
+``/metrics``, and ``alphacut serve`` as a real process."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from alphacut.config import load_settings
 from alphacut.jobs.store import SQLJobStore, sqlite_url
@@ -78,6 +79,22 @@ def submit_and_wait(base_url: str, body: dict[str, Any], timeout: float = 180) -
         answer = wait_done(base_url, answer["id"], body.get("key", ""), timeout)
     assert answer["status"] == "success", answer
     return answer
+
+
+def scrape(server) -> dict[tuple[str, tuple], float]:
+    response = httpx.get(server.url + "/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    samples = {}
+    for family in text_string_to_metric_families(response.text):
+        assert family.name.startswith("alphacut_"), family.name
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def value(samples, name, **labels) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
 def wait_until(predicate, timeout: float = 30, what: str = "condition") -> None:

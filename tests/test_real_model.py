@@ -19,7 +19,7 @@ from PIL import Image
 from alphacut.engine import Engine
 from alphacut.models.registry import BUILTIN_MODELS
 from tests.conftest import PHOTOS, evaldata, real_settings, requires_real_model
-from tests.service.test_metrics import scrape, value
+from tests.jobhelpers import scrape, value
 
 pytestmark = [pytest.mark.real_model, requires_real_model]
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import io
 import shutil
 from pathlib import Path
@@ -23,6 +22,7 @@ from tests.conftest import (
     PHOTOS,
     LiveServer,
     make_tiny_settings,
+    png_data_uri,
     real_settings,
     requires_real_model,
     subject_image,
@@ -149,10 +149,7 @@ def test_cli_selects_the_int8_model_and_names_the_command_that_builds_one(
 def test_http_selects_the_int8_model(int8_model_dir: Path, tmp_path: Path) -> None:
     settings = make_tiny_settings(tmp_path / "home", int8_model_dir)
     image, mask = subject_image()
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    uri = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
-    body = {"image": uri, "only_mask": True}
+    body = {"image": png_data_uri(image), "only_mask": True}
     with LiveServer(settings) as server:
         url = server.url + "/api/v5/removebg_mask"
         answer = httpx.post(url, json={**body, "model": "tiny-int8"}, timeout=120).json()

@@ -4,9 +4,7 @@ embedded, and an API node of the session's cluster (tests/cluster.py)."""
 
 from __future__ import annotations
 
-import base64
 import http.server
-import io
 import json
 import logging
 import os
@@ -23,7 +21,7 @@ from PIL import Image
 from alphacut.service.limits import max_body_bytes
 from alphacut.service.logs import QUIET_LIBRARY_LOGGERS, configure_logging
 from tests.cluster import MODES
-from tests.conftest import LiveServer, make_tiny_settings, subject_image
+from tests.conftest import LiveServer, make_tiny_settings, png_data_uri, subject_image
 from tests.jobhelpers import WebhookReceiver, fetch, wait_until
 
 KEY = "right-key"
@@ -51,12 +49,6 @@ def tracebacks(caplog: pytest.LogCaptureFixture) -> Iterator[list[logging.LogRec
     records: list[logging.LogRecord] = []
     yield records
     records.extend(r for r in caplog.records if r.exc_info)
-
-
-def png_bytes(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def rss_bytes() -> int:
@@ -180,7 +172,7 @@ def test_data_uri_over_a_megabyte_in_a_form_field(server, encoding, tracebacks):
     image, _ = subject_image(1200, 1000)
     # Noise, so the PNG is well over the 1 MB that starlette allows a field by default.
     image = Image.frombytes("RGB", image.size, os.urandom(image.width * image.height * 3))
-    uri = "data:image/png;base64," + base64.b64encode(png_bytes(image)).decode()
+    uri = png_data_uri(image)
     assert len(uri) > 1024 * 1024
     fields = {"key": KEY, "image": uri, "only_mask": "true"}
     url = server.url + "/api/v5/removebg_mask"
@@ -231,7 +223,7 @@ NUMERIC_FIELDS = [
 @pytest.mark.parametrize("field", NUMERIC_FIELDS)
 def test_non_finite_or_huge_numbers_are_a_422(server, field, tracebacks):
     image, _ = subject_image(40, 30)
-    uri = "data:image/png;base64," + base64.b64encode(png_bytes(image)).decode()
+    uri = png_data_uri(image)
     for value in HUGE:
         # inf and nan as JSON (Python writes Infinity/NaN, which json.loads reads back).
         body = json.dumps({"key": KEY, "image": uri, "format": "webp", field: value})
@@ -285,7 +277,7 @@ def redirector() -> Iterator[str]:
 @pytest.mark.parametrize("field", ["image", "bg_image"])
 def test_redirect_to_a_url_without_host_is_a_4xx(server, redirector, location, field, tracebacks):
     image, _ = subject_image(40, 30)
-    uri = "data:image/png;base64," + base64.b64encode(png_bytes(image)).decode()
+    uri = png_data_uri(image)
     body = {"key": KEY, "image": uri, field: f"{redirector}/{location}"}
     response = httpx.post(server.url + "/api/v5/removebg_mask", json=body, timeout=60)
     assert 400 <= response.status_code < 500, response.text

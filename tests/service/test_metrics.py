@@ -12,12 +12,11 @@ import time
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from alphacut.service.examples import PROCESSING_EXAMPLE, SUCCESS_EXAMPLE
 from alphacut.service.logs import JsonFormatter
 from tests.conftest import subject_image
-from tests.jobhelpers import fetch, wait_until
+from tests.jobhelpers import fetch, scrape, value, wait_until
 
 
 @pytest.fixture
@@ -45,22 +44,6 @@ def webhook_receiver():
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{httpd.server_address[1]}/hook", received
     httpd.shutdown()
-
-
-def scrape(server) -> dict[tuple[str, tuple], float]:
-    response = httpx.get(server.url + "/metrics")
-    assert response.status_code == 200
-    assert response.headers["content-type"].startswith("text/plain")
-    samples = {}
-    for family in text_string_to_metric_families(response.text):
-        assert family.name.startswith("alphacut_"), family.name
-        for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return samples
-
-
-def value(samples, name, **labels) -> float:
-    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
 def test_metrics_count_requests_stages_jobs_and_webhooks(

@@ -4,7 +4,6 @@ cluster: PostgreSQL, Celery workers on Redis, S3 storage; see tests/cluster.py).
 
 from __future__ import annotations
 
-import base64
 import io
 from collections.abc import Iterator
 
@@ -14,7 +13,7 @@ import pytest
 from PIL import Image
 
 from tests.cluster import MODES
-from tests.conftest import LiveServer, make_tiny_settings, subject_image
+from tests.conftest import LiveServer, make_tiny_settings, png_bytes, png_data_uri, subject_image
 
 SEED_BODY = {
     "key": "",
@@ -26,12 +25,6 @@ SEED_BODY = {
     "webhook": None,
     "track_id": None,
 }
-
-
-def png_bytes(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 @pytest.fixture
@@ -154,7 +147,7 @@ def test_all_paths(shared_mode_server, served_subject, path):
 def test_data_uri_form_and_multipart(mode_server, served_subject):
     server = mode_server
     _, image, _ = served_subject
-    uri = "data:image/png;base64," + base64.b64encode(png_bytes(image)).decode()
+    uri = png_data_uri(image)
     body = post(server, {"image": uri, "track_id": 7, "seed": None}).json()
     assert body["status"] == "success" and body["meta"]["image_url"] == "data-uri"
     assert isinstance(body["meta"]["seed"], int)
