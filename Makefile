@@ -3,17 +3,26 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup test test-fast lint bench eval clean docs int8 fuzz
+.PHONY: setup lock test test-fast lint bench eval clean docs int8 fuzz
+
+# uv, bootstrapped into the venv at the locked version, installs exactly what uv.lock says
+# (--frozen: never re-resolved, so a later release of any dependency changes nothing here).
+UV_VERSION := 0.13.10
+EXTRAS := --extra server --extra distributed --extra heif
+export UV_LINK_MODE ?= copy
 
 setup:
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[server,test,heif,docs,distributed]'
-# Reference metrics for tests/evaluate/test_metrics.py; its numpy<2.3.5 / opencv<5 pins would
-# downgrade ours, so without its dependencies (the test extra has what it imports).
-	$(BIN)/pip install --quiet --no-deps 'pysodmetrics>=1.6,<1.7'
+	test -x $(BIN)/uv || $(BIN)/python -m pip install --quiet 'uv==$(UV_VERSION)'
+	$(BIN)/uv sync --frozen --quiet $(EXTRAS)
 	$(BIN)/alphacut models pull medium
 	bash scripts/setup-browser.sh
+
+# Re-resolves every dependency to its newest release within pyproject.toml's ranges; say so
+# in CHANGELOG.md ("Dependencies: lock refreshed") and run `make test` before committing.
+lock:
+	$(BIN)/uv lock --upgrade
+	$(BIN)/uv sync --frozen --quiet $(EXTRAS)
 
 # Optional, not part of setup (1.5-5 min on 2 cores): the int8 model `medium-int8` (docs/models.md).
 int8:

@@ -8,9 +8,11 @@ import http.server
 import io
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -24,6 +26,22 @@ from PIL import Image
 import tests.services  # noqa: F401  (first: takes the services' variables out of the environment)
 from alphacut.config import Settings, load_settings
 from alphacut.models.registry import BUILTIN_MODELS
+
+# Tests never write into the user's home (the mask cache, keys, jobs, outputs): this process and
+# every process it starts get a temporary one, whose `models` is the user's model folder (the
+# weights `make setup` pulled; their derived graph cache is shared as in normal use).
+USER_MODEL_DIR = load_settings().model_dir
+TEST_HOME = Path(tempfile.mkdtemp(prefix="alphacut-test-home-"))
+if USER_MODEL_DIR.is_dir():
+    (TEST_HOME / "models").symlink_to(USER_MODEL_DIR, target_is_directory=True)
+os.environ["ALPHACUT_HOME"] = str(TEST_HOME)
+os.environ.pop("ALPHACUT_MODEL_DIR", None)  # resolves through the link above
+os.environ.pop("ALPHACUT_OUTPUT_DIR", None)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(TEST_HOME, ignore_errors=True)
+
 
 # The distributed-mode fixtures (a Celery cluster on the real services) and the S3 store's, for
 # any test module.

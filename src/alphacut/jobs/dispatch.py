@@ -229,7 +229,7 @@ class CeleryDispatcher:
     def _listen(self) -> None:
         """The subscriber thread: one subscription for the node, reconnecting until stopped."""
         while not self._stop.is_set():
-            pubsub = self.broker.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+            pubsub = self.broker.pubsub(ignore_subscribe_messages=True)
             try:
                 pubsub.subscribe(self.channel)
                 # Announcements may have been missed while disconnected: re-check everyone.
