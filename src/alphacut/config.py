@@ -144,6 +144,13 @@ class Settings(BaseSettings):
         description="Comma-separated hosts or `host:port` pairs that image and webhook URLs may "
         "reach even though they resolve to private addresses, e.g. `127.0.0.1,localhost:8081`.",
     )
+    allowed_hosts: CommaList = Field(
+        default=(),
+        description="Comma-separated host names the server answers to (the `Host` header, "
+        "without the port; `*.example.com` for subdomains), e.g. `cutouts.example.com`; any "
+        "other Host gets 400. Empty (the default): any Host. Set it behind a proxy, against "
+        "DNS rebinding and forged links.",
+    )
     max_download_bytes: int = Field(
         default=DEFAULT_MAX_DOWNLOAD_BYTES,
         ge=1,
@@ -342,7 +349,7 @@ class Settings(BaseSettings):
         # "  true " from a hand-edited env file means true, as before pydantic-settings.
         return value.strip() if isinstance(value, str) else value
 
-    @field_validator("api_keys", "url_allowlist", "providers", mode="before")
+    @field_validator("api_keys", "url_allowlist", "allowed_hosts", "providers", mode="before")
     @classmethod
     def _split_commas(cls, value: Any) -> Any:
         if isinstance(value, str):

@@ -109,7 +109,9 @@ class Engine:
             image = decode_image(bytes(image), self.settings.max_pixels)
         runner = self.runner(model)
         cached = self._cached_probability.get(model or self.settings.model)
-        return remove_background(image, runner.predict, options, background, cached)
+        return remove_background(
+            image, runner.predict, options, background, cached, self.settings.max_pixels
+        )
 
     def close(self) -> None:
         for runner in self._runners.values():

@@ -274,6 +274,30 @@ def test_any_private_address_in_the_answer_refuses(
     assert connections == []
 
 
+def test_refusals_name_the_allowlist_and_its_doc(
+    fake_dns: dict[str, list[str]], connections: list[str]
+) -> None:
+    """A newcomer whose image server is on a private address learns the setting that allows
+    it, and where it is explained; the message shows nothing more of the address than before
+    (the literal as typed; a name's addresses never)."""
+    hint = "; to allow it, add host:port to ALPHACUT_URL_ALLOWLIST (see docs/safety.md)"
+    with pytest.raises(FetchError) as literal:
+        fetch_url("http://10.1.2.3:8081/a.png", FetchPolicy())
+    assert str(literal.value) == "image URL refused: 10.1.2.3 is not a public address" + hint
+    fake_dns["images.internal"] = ["192.168.7.9", "fd00::7"]
+    with pytest.raises(FetchError) as named:
+        check_url("http://images.internal:8081/a.png", FetchPolicy(), label="webhook URL")
+    assert str(named.value).startswith("webhook URL refused: host 'images.internal' resolves")
+    assert str(named.value).endswith(hint)
+    assert "192.168" not in str(named.value) and "fd00" not in str(named.value)
+    assert connections == []
+    # The doc the message names explains the setting (the path is relative to the repository).
+    safety = Path(__file__).resolve().parents[2] / "docs" / "safety.md"
+    assert "`ALPHACUT_URL_ALLOWLIST` lists hosts or `host:port`" in safety.read_text()
+    # With the address on the allowlist the same URL passes.
+    check_url("http://images.internal:8081/a.png", FetchPolicy(allowlist=("images.internal:8081",)))
+
+
 def test_unresolvable_host(fake_dns: dict[str, list[str]]) -> None:
     with pytest.raises(FetchError, match="could not resolve host 'nowhere.test'"):
         check_url("http://nowhere.test/", FetchPolicy())

@@ -7,13 +7,16 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
 from alphacut.jobs.schema import jobs
-from alphacut.jobs.store import QUEUED, RUNNING, SUCCESS, worker_identity
+from alphacut.jobs.store import QUEUED, RUNNING, SUCCESS, QueueFull, SQLJobStore, worker_identity
+from alphacut.jobs.webhooks import load_or_create_secret
 from alphacut.service.responses import NOT_FOUND_BODY, fetch_body
 from alphacut.service.state import ServiceState
 
@@ -197,3 +200,52 @@ def test_many_claimers_take_each_job_exactly_once(store, database_url):
     assert len({worker for _, worker in claims}) > 1  # they did compete
     assert store.count_by_status() == {SUCCESS: len(job_ids)}
     assert {job.attempts for job in store.list_by_status(SUCCESS)} == {1}
+
+
+def test_queue_limit_holds_for_requests_sent_at_once(database_url: str) -> None:
+    """16 creates at once for an owner allowed 2 unfinished jobs: exactly 2 are made (count and
+    insert are one locked transaction), on SQLite and PostgreSQL, with a store per thread as
+    servers on one database have; other owners are not held up by it."""
+    stores = [SQLJobStore(database_url) for _ in range(16)]
+    barrier = threading.Barrier(len(stores))
+    outcomes: list[str] = []
+
+    def create(store: SQLJobStore) -> None:
+        barrier.wait()
+        try:
+            store.create("o", REQUEST, max_pending=2)
+            outcomes.append("created")
+        except QueueFull as full:
+            assert full.pending >= 2
+            outcomes.append("refused")
+
+    threads = [threading.Thread(target=create, args=(store,)) for store in stores]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    try:
+        assert sorted(outcomes) == ["created"] * 2 + ["refused"] * 14
+        assert stores[0].pending_for_owner("o") == 2
+        assert stores[0].create("other", REQUEST, max_pending=2).owner == "other"
+    finally:
+        for store in stores:
+            store.close()
+
+
+def test_sqlite_database_and_home_are_private(tmp_path: Path) -> None:
+    """jobs.sqlite3 (webhook URLs, output names) and the secrets are 0600 in a 0700 home."""
+    home = tmp_path / "home"
+    store = SQLJobStore(f"sqlite:///{home / 'jobs.sqlite3'}")
+    try:
+        store.create("o", REQUEST)
+        assert (home.stat().st_mode & 0o777) == 0o700
+        for name in ("jobs.sqlite3", "jobs.sqlite3-wal"):
+            assert (home / name).stat().st_mode & 0o777 == 0o600, name
+    finally:
+        store.close()
+    # The key pepper and the webhook secret are created the same way.
+    secret_home = tmp_path / "secrets"
+    load_or_create_secret("", secret_home, "key_pepper", "ALPHACUT_KEY_PEPPER")
+    assert (secret_home.stat().st_mode & 0o777) == 0o700
+    assert ((secret_home / "key_pepper").stat().st_mode & 0o777) == 0o600

@@ -133,6 +133,11 @@ def _is_public(ip: IPAddress | str) -> bool:
     )
 
 
+# How an operator allows an internal image or webhook server; names the setting, nothing more
+# about the address than the message before it.
+_ALLOWLIST_HINT = "; to allow it, add host:port to ALPHACUT_URL_ALLOWLIST (see docs/safety.md)"
+
+
 def _resolve(host: str, port: int) -> list[str]:
     """All TCP addresses of ``host``. Module-level so tests can substitute a fake resolver."""
     addresses: list[str] = []
@@ -183,7 +188,7 @@ def _prepare(url: str | httpx.URL, policy: FetchPolicy, label: str) -> _Target:
     if literal is not None:
         # An IP literal needs no DNS, so it is refused before anything touches the network.
         if not allowed and not _is_public(literal):
-            raise FetchError(f"{label} refused: {host} is not a public address")
+            raise FetchError(f"{label} refused: {host} is not a public address{_ALLOWLIST_HINT}")
         return _Target(parsed, host, port, (str(literal),))
 
     try:
@@ -198,7 +203,7 @@ def _prepare(url: str | httpx.URL, policy: FetchPolicy, label: str) -> _Target:
     if not allowed and not all(_is_public(address) for address in addresses):
         raise FetchError(
             f"{label} refused: host {host!r} resolves to a non-public "
-            "(private, loopback, link-local or reserved) address"
+            f"(private, loopback, link-local or reserved) address{_ALLOWLIST_HINT}"
         )
     return _Target(parsed, host, port, tuple(addresses))
 
@@ -281,12 +286,21 @@ def _get_once(target: _Target, policy: FetchPolicy, deadline: float) -> FetchedR
         if not 200 <= status < 300:
             # 422, not 5xx: the upstream is the client's choice, so its failure is theirs.
             raise FetchError(f"could not fetch image: upstream answered HTTP {status}", 422)
+        encoding = response.headers.get("content-encoding", "").strip().lower()
+        if encoding not in ("", "identity"):
+            # We asked for identity; decoding anyway would let a few hundred bytes of nested
+            # gzip grow into gigabytes before the byte limit below could see them.
+            raise FetchError(
+                f"could not fetch image: upstream sent a compressed body "
+                f"(Content-Encoding: {encoding[:40]}) although asked for identity",
+                422,
+            )
         limit = policy.max_bytes
         declared = response.headers.get("content-length", "")
         if declared.strip().isdigit() and int(declared) > limit:
             raise ImageTooLarge(f"image is larger than the {limit} byte limit")
         body = bytearray()
-        for chunk in response.iter_bytes():
+        for chunk in response.iter_raw():  # as sent: never decoded, so the limit is on memory
             body += chunk
             if len(body) > limit:  # stop reading now; never buffer more than limit + 1 chunk
                 raise ImageTooLarge(f"image is larger than the {limit} byte limit")

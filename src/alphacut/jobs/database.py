@@ -5,6 +5,7 @@ Connection set-up lives here, once, for the store and the migrations alike.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +75,11 @@ def create_database_engine(url: str) -> Engine:
 
 def _sqlite_engine(url: URL) -> Engine:
     if url.database and url.database != ":memory:":
-        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        # Jobs hold clients' webhook URLs and output names: private to the server's user.
+        # SQLite gives the -wal and -shm files the database file's mode.
+        path = Path(url.database)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
     # Many threads (workers, webhook senders, request handlers) each hold a connection for a
     # statement or two; beyond the pool, extra connections are opened and closed as needed.
     engine = sa.create_engine(

@@ -72,7 +72,9 @@ class Job:
 class JobStore(Protocol):
     """What the workers, the webhook sender and the service use."""
 
-    def create(self, owner: str, request: dict[str, Any]) -> Job: ...
+    def create(
+        self, owner: str, request: dict[str, Any], max_pending: int | None = None
+    ) -> Job: ...
     def claim(self, worker: str, lease_seconds: float) -> Job | None: ...
     def claim_id(self, job_id: int, worker: str, lease_seconds: float) -> Job | None: ...
     def claimable(self, now: float, limit: int = 1000) -> list[tuple[int, int]]: ...
@@ -98,6 +100,19 @@ class JobStore(Protocol):
     def expired(self, now: float, limit: int = 500) -> list[Job]: ...
     def delete(self, job_id: int) -> None: ...
     def mean_generation_time(self, last: int = 50) -> float | None: ...
+
+
+class QueueFull(Exception):
+    """The owner already has as many unfinished jobs as it may."""
+
+    def __init__(self, pending: int) -> None:
+        super().__init__(f"{pending} unfinished jobs")
+        self.pending = pending
+
+
+# The first key of the two-key PostgreSQL advisory locks on an owner's queue (any fixed number,
+# other than the migrations' lock).
+OWNER_LOCK_SPACE = 7_001
 
 
 def worker_identity() -> str:
@@ -237,13 +252,29 @@ class SQLJobStore:
             "webhook_next_at": sa.case((newly_due, first_attempt_at), else_=jobs.c.webhook_next_at),
         }
 
-    def create(self, owner: str, request: dict[str, Any]) -> Job:
+    def create(self, owner: str, request: dict[str, Any], max_pending: int | None = None) -> Job:
+        """A new queued job; QueueFull if ``owner`` already has ``max_pending`` unfinished jobs.
+
+        The count and the insert are one transaction that holds the owner's lock (SQLite: the
+        write lock BEGIN IMMEDIATE takes; PostgreSQL: an advisory lock on the owner), so
+        requests sent at once, to one server or many, cannot all pass the same count."""
         insert = (
             jobs.insert()
             .values(status=QUEUED, owner=owner, created_at=time.time(), request=json.dumps(request))
             .returning(*jobs.c)
         )
         with self._writing() as connection:
+            if max_pending is not None:
+                if self._postgres:
+                    lock = sa.text("SELECT pg_advisory_xact_lock(:space, hashtext(:owner))")
+                    connection.execute(lock, {"space": OWNER_LOCK_SPACE, "owner": owner})
+                pending = connection.execute(
+                    sa.select(sa.func.count())
+                    .select_from(jobs)
+                    .where(jobs.c.owner == owner, jobs.c.status.in_((QUEUED, RUNNING)))
+                ).scalar_one()
+                if pending >= max_pending:
+                    raise QueueFull(int(pending))
             return _to_job(connection.execute(insert).mappings().one())
 
     def claim(self, worker: str, lease_seconds: float) -> Job | None:

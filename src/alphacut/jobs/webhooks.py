@@ -47,7 +47,7 @@ def load_or_create_secret(
     path = home / file_name
     if path.is_file():
         return path.read_text().strip()
-    home.mkdir(parents=True, exist_ok=True)
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
     secret = secrets.token_hex(32)
     draft = home / f".{file_name}.{secrets.token_hex(8)}"
     draft.touch(mode=0o600)

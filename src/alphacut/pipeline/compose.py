@@ -2,6 +2,12 @@
 
 Output options (crop, scale, position, background) run after the mask is final, so they never
 change what the model or matting decided; they only move and paint pixels.
+
+The canvas they make is bounded like an input image: crop margins are pixels, so a 1x60000
+subject with ``crop_margin`` 500 would need a 1001x61000 canvas (61 MP) from a PNG of 200 bytes.
+``arrange`` computes the output's size first and refuses one over the pixel limit
+(``ImageTooLarge``, HTTP 413) before allocating anything; scale, position and backgrounds
+never make the output larger than that canvas.
 """
 
 from __future__ import annotations
@@ -9,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageOps
 
+from alphacut.errors import ImageTooLarge
 from alphacut.parallel import in_parts, parts_for
 from alphacut.pipeline.option_values import RGBA
 from alphacut.pipeline.options import RemoveOptions
@@ -17,6 +24,9 @@ from alphacut.pipeline.regions import Box, nonzero_box
 # Alpha above this (about 4 %) counts as subject when finding its box: the model leaves a faint
 # haze of 1..10 values over busy backgrounds, which would otherwise stretch the box to the edges.
 FOREGROUND_THRESHOLD = 10
+
+# The default of ``Settings.max_pixels`` (ALPHACUT_MAX_PIXELS), for callers that pass no limit.
+DEFAULT_MAX_PIXELS = 50_000_000
 
 
 def cutout(
@@ -58,30 +68,56 @@ def _window(array: np.ndarray, left: int, top: int, width: int, height: int) -> 
     return out
 
 
-def arrange(output: np.ndarray, box: Box | None, options: RemoveOptions) -> np.ndarray:
+def canvas_box(shape: tuple[int, ...], box: Box, options: RemoveOptions) -> Box:
+    """Where ``arrange``'s canvas lies in the input's coordinates: the crop box plus margins
+    (it may reach past the image's edges), or the whole input when not cropping."""
+    if not options.crop:
+        return Box(0, 0, shape[1], shape[0])
+    mx = options.crop_margin.pixels(box.width)
+    my = options.crop_margin.pixels(box.height)
+    return Box(box.left - mx, box.top - my, box.width + 2 * mx, box.height + 2 * my)
+
+
+def check_output_size(
+    shape: tuple[int, ...],
+    box: Box,
+    canvas: Box,
+    options: RemoveOptions,
+    max_pixels: int | None = None,
+) -> None:
+    """Refuse (``ImageTooLarge``) an output ``canvas`` over ``max_pixels`` (default
+    ``DEFAULT_MAX_PIXELS``) before anything of its size is allocated. An output no larger than
+    the input (``shape``) is always allowed: the input has passed the same limit."""
+    limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
+    pixels = canvas.width * canvas.height
+    if pixels <= max(limit, shape[0] * shape[1]):
+        return
+    raise ImageTooLarge(
+        f"the output would be {canvas.width}x{canvas.height} = {pixels} pixels (the "
+        f"subject's {box.width}x{box.height} box with crop_margin {options.crop_margin} on "
+        f"each side); the limit is {limit} pixels: use a smaller crop_margin"
+    )
+
+
+def arrange(
+    output: np.ndarray, box: Box | None, options: RemoveOptions, max_pixels: int | None = None
+) -> np.ndarray:
     """Crop to the subject (plus margin), then scale and position it on the canvas.
 
     The canvas is the crop box when cropping, otherwise the input's size. Without a subject
-    there is nothing to place, so the output is returned unchanged.
+    there is nothing to place, so the output is returned unchanged. A canvas over
+    ``max_pixels`` (default ``DEFAULT_MAX_PIXELS``) is refused before it is allocated.
     """
     if box is None or not options.moves_subject:
         return output
-    height, width = output.shape[:2]
-    if options.crop:
-        mx = options.crop_margin.pixels(box.width)
-        my = options.crop_margin.pixels(box.height)
-        left, top, canvas_w, canvas_h = (
-            box.left - mx,
-            box.top - my,
-            box.width + 2 * mx,
-            box.height + 2 * my,
-        )
-    else:
-        left, top, canvas_w, canvas_h = 0, 0, width, height
+    canvas = canvas_box(output.shape, box, options)
+    check_output_size(output.shape, box, canvas, options, max_pixels)
+    left, top, canvas_w, canvas_h = canvas
     if options.scale is None and options.position is None:
         return _window(output, left, top, canvas_w, canvas_h)
     patch = output[box.top : box.top + box.height, box.left : box.left + box.width]
     if options.scale is not None:
+        # The patch fits the canvas (factor <= canvas / box on both axes): never larger.
         factor = min(options.scale * canvas_w / box.width, options.scale * canvas_h / box.height)
         size = (max(1, round(box.width * factor)), max(1, round(box.height * factor)))
         # Pillow resamples RGBA premultiplied, so no dark fringe bleeds in from transparent pixels.
@@ -116,15 +152,17 @@ def compose_output(
     alpha: np.ndarray,
     options: RemoveOptions,
     background: Image.Image | None = None,
+    max_pixels: int | None = None,
 ) -> tuple[np.ndarray, Box | None]:
     """Apply the output options to a cutout (HxWx4) or mask (HxW); also return the subject box.
 
     ``alpha`` is the final alpha at input size; the box is found in it (before any move), so it
     describes where the subject is in the input image. ``background`` is ``options.bg_image``,
-    decoded by the caller. Backgrounds apply to cutouts only.
+    decoded by the caller. Backgrounds apply to cutouts only. ``max_pixels`` bounds the output
+    (``arrange``); the background is drawn at the output's size, so it adds nothing beyond it.
     """
     box = foreground_box(alpha)
-    output = arrange(output, box, options)
+    output = arrange(output, box, options, max_pixels)
     if output.ndim == 3 and (options.bg_color is not None or background is not None):
         output = apply_background(output, options.bg_color, background)
     return output, box

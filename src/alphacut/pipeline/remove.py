@@ -109,10 +109,12 @@ def remove_background(
     options: RemoveOptions | None = None,
     background: Image.Image | None = None,
     probability: ProbabilitySource | None = None,
+    max_pixels: int | None = None,
 ) -> RemoveResult:
     """Run the whole pipeline on a decoded image; ``background`` is ``options.bg_image``
     decoded by the caller (the pipeline does no I/O). ``probability``, when given, supplies
-    the probability map instead of ``predict_probability`` with ``predict``."""
+    the probability map instead of ``predict_probability`` with ``predict``. ``max_pixels``
+    bounds the output (ImageTooLarge), as ALPHACUT_MAX_PIXELS bounds the input."""
     options = options or RemoveOptions()
     watch = _Stopwatch()
     rgb_image, rgb = _as_rgb(image)
@@ -126,6 +128,6 @@ def remove_background(
         edge_colours = soft_edge_colours(rgb, mask) if options.decontaminate else None
         t = watch.lap("foreground", t)
         output = cutout(rgb, mask, edge_colours)
-    output, box = compose_output(output, mask, options, background)
+    output, box = compose_output(output, mask, options, background, max_pixels)
     watch.lap("compose", t)
     return RemoveResult(mask=mask, output=output, timings=watch.timings, foreground=box)

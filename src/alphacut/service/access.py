@@ -94,7 +94,9 @@ class AccessControl:
             return self._principal(key, managed)
         if self.keys_required():
             raise Unauthorized("invalid or missing API key")
-        return self._principal(key, None)  # an open server: any key, or none
+        # An open server: whatever key is sent, the caller is "no key", so made-up keys cannot
+        # open fresh rate windows or queues (and get no jobs of their own either).
+        return self._principal("", None)
 
     def _is_bootstrap(self, key: str) -> bool:
         # Every entry is compared, in constant time, so the answer's timing says nothing.
@@ -153,12 +155,14 @@ class AccessControl:
         return usage
 
     def admit(self, principal: Principal, pixels: int) -> WindowUsage | None:
-        """Count an accepted request of ``pixels`` against the key's window, atomically across
-        every server on the database; 429 if it does not fit, 413 if it never could."""
+        """Count an accepted request of ``pixels`` (its image and background, as declared)
+        against the key's window, atomically across every server on the database; 429 if it
+        does not fit, 413 (counted as a request) if it never could."""
         if not principal.limited:
             return None
         max_pixels = principal.max_pixels
         if max_pixels is not None and pixels > max_pixels:
+            self.count_refused(principal)
             raise ImageTooLarge(
                 f"the image has {pixels / 1e6:.1f} megapixels, more than this key may send in "
                 f"a minute ({principal.megapixel_limit:g}); send a smaller image"
@@ -172,6 +176,18 @@ class AccessControl:
             # Over only by this image's pixels after all (the precise test is the UPSERT's).
             raise self._refusal(principal, usage, now, "megapixels")
         return usage
+
+    def count_refused(self, principal: Principal) -> None:
+        """Count a request refused for its size against the key's request rate (no pixels),
+        so that refusals cost the sender like any request; 429 once the window is full."""
+        if principal.max_requests is None:
+            return
+        now = time.time()
+        counted, usage = self.counter.try_count(
+            principal.owner, 0, principal.max_requests, None, now
+        )
+        if not counted:
+            raise self._refusal(principal, usage, now, "requests")
 
     def _refuse_if_over(
         self, principal: Principal, usage: WindowUsage, pixels: int, now: float

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -17,7 +18,7 @@ from fastapi.staticfiles import StaticFiles
 from alphacut import __version__
 from alphacut.config import Settings
 from alphacut.engine import Engine
-from alphacut.service.error_handlers import install_error_handlers
+from alphacut.service.error_handlers import error_response, install_error_handlers
 from alphacut.service.examples import restore_null_examples
 from alphacut.service.limits import ConnectionLimit, RequestLimits
 from alphacut.service.logs import request_id_var
@@ -28,6 +29,7 @@ from alphacut.service.security_headers import SecurityHeaders
 from alphacut.service.state import ServiceState
 
 STATIC_DIR = Path(__file__).parent / "static"
+log = logging.getLogger(__name__)
 
 
 class AlphacutAPI(FastAPI):
@@ -79,7 +81,14 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         token = request_id_var.set(rid)
         started, status = time.perf_counter(), 500
         try:
-            response = await call_next(request)
+            try:
+                response = await call_next(request)
+            except Exception:
+                # Answered here rather than by Starlette's outermost error middleware, so that
+                # a 500 carries the request id and the security headers like every answer, is
+                # logged once with its id, and keeps the connection open.
+                log.exception("unhandled error on %s", request.url.path)
+                response = error_response(request, 500, "internal server error")
             status = response.status_code
         finally:
             # Inside the request id's context, so the access-log line carries it.

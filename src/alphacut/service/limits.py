@@ -10,7 +10,7 @@ connections and requests in progress, whose excess ``ConnectionLimit`` answers i
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, cast
 
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
@@ -29,6 +29,10 @@ MAX_HEADER_BYTES = 16 * 1024
 _CLOSE = {"Connection": "close"}
 # Set (True) in the scope of a request that arrived over ALPHACUT_MAX_CONNECTIONS.
 OVER_CONNECTION_LIMIT = "alphacut.over_connection_limit"
+# Set (the size) in the scope of a request whose request line and headers exceed
+# MAX_HEADER_BYTES: h11 bounds only what it buffers between reads, so headers that arrive in
+# one read (a single 120 KiB write) passed.
+HEADERS_TOO_LARGE = "alphacut.headers_too_large"
 # Seconds a client over the connection limit is told to wait: requests in progress turn over
 # quickly, and idle keep-alive connections close within ALPHACUT_KEEP_ALIVE_TIMEOUT.
 CONNECTION_LIMIT_RETRY_AFTER = 1
@@ -54,6 +58,15 @@ class ClientDisconnected(AlphacutError):
 
     status_code = 499
     headers = _CLOSE
+
+
+class HeadersTooLarge(AlphacutError):
+    status_code = 431
+    headers = _CLOSE
+
+
+class HostNotAllowed(AlphacutError):
+    status_code = 400
 
 
 class TooManyConnections(AlphacutError):
@@ -151,13 +164,28 @@ async def refuse(
 
 class ConnectionLimit:
     """Answers a request that arrived over ALPHACUT_MAX_CONNECTIONS (marked by the protocol
-    from ``uvicorn_options``) with the API's JSON 503 instead of uvicorn's plain-text one."""
+    from ``uvicorn_options``) with the API's JSON 503 instead of uvicorn's plain-text one, and
+    one whose headers are over MAX_HEADER_BYTES with a JSON 431, and one for a Host not in
+    ALPHACUT_ALLOWED_HOSTS with a JSON 400."""
 
     def __init__(self, app: ASGIApp, settings: Settings) -> None:
         self.app = app
         self.settings = settings
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope.get(HEADERS_TOO_LARGE):
+            size = scope[HEADERS_TOO_LARGE]
+            error: AlphacutError = HeadersTooLarge(
+                f"the request line and headers take {size} bytes; the limit is {MAX_HEADER_BYTES}"
+            )
+            await refuse(self.settings, scope, receive, send, error)
+            return
+        if scope["type"] == "http" and not host_allowed(scope, self.settings.allowed_hosts):
+            error = HostNotAllowed(
+                "this server does not answer to that Host (ALPHACUT_ALLOWED_HOSTS)"
+            )
+            await refuse(self.settings, scope, receive, send, error)
+            return
         if scope["type"] == "http" and scope.get(OVER_CONNECTION_LIMIT):
             limit = self.settings.max_connections
             error = TooManyConnections(
@@ -217,6 +245,9 @@ class _LimitedProtocol(H11Protocol):
             return
         self._waiting_cycle = self.cycle  # a new request's headers were parsed
         self._disarm()
+        size = header_bytes(cast(Scope, self.cycle.scope))
+        if size > MAX_HEADER_BYTES:
+            self.cycle.scope[HEADERS_TOO_LARGE] = size  # type: ignore[literal-required]
         # uvicorn's own test (h11_impl.handle_events) made just before the request's task was
         # added: this connection counts, the request's own task does not.
         if (
@@ -235,6 +266,32 @@ class _LimitedProtocol(H11Protocol):
         self._header_deadline = None
         if not self.transport.is_closing():
             self.transport.close()
+
+
+# Health checks come from orchestrators by the pod's or container's address.
+_HOST_FREE_PATHS = frozenset({"/healthz", "/readyz"})
+
+
+def host_allowed(scope: Scope, allowed: tuple[str, ...]) -> bool:
+    """Whether the request's Host (port dropped) matches ``allowed``; always, when empty."""
+    if not allowed or scope.get("path") in _HOST_FREE_PATHS:
+        return True
+    host = Headers(scope=scope).get("host", "").strip().lower()
+    if host.startswith("["):  # [::1]:7000
+        host = host[: host.find("]") + 1]
+    else:
+        host = host.rsplit(":", 1)[0]
+    for pattern in allowed:
+        pattern = pattern.lower()
+        if host == pattern or (pattern.startswith("*.") and host.endswith(pattern[1:])):
+            return True
+    return False
+
+
+def header_bytes(scope: Scope) -> int:
+    """The size of a request's request line and headers as sent (give or take a separator)."""
+    line = len(scope["method"]) + len(scope.get("raw_path") or b"") + len(scope["query_string"])
+    return line + 12 + sum(len(name) + len(value) + 4 for name, value in scope["headers"])
 
 
 def uvicorn_options(settings: Settings) -> dict[str, Any]:

@@ -11,11 +11,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
-from alphacut.errors import AlphacutError, InvalidRequest, TooManyJobs
+from alphacut.errors import AlphacutError, ImageTooLarge, InvalidRequest, TooManyJobs
 from alphacut.io.fetch import check_url
 from alphacut.io.sources import fetch_policy, read_image_source
 from alphacut.jobs.results import success_body
-from alphacut.pipeline.decode import decode_image
+from alphacut.jobs.store import QueueFull
+from alphacut.pipeline.decode import declared_size, decode_image
 from alphacut.pipeline.encode import FORMATS
 from alphacut.service.examples import (
     ERROR_MESSAGES,
@@ -141,17 +142,37 @@ def _meta(
     }
 
 
-async def _save_background(
-    request: Request, req: RemoveBgRequest, state: ServiceState, file_id: str
-) -> tuple[str | None, str | None]:
-    """Fetch (same SSRF rules as ``image``) and check bg_image now, so a bad one fails the
-    request rather than the job. Returns its storage reference and what meta reports for it."""
+async def _queue_full(state: ServiceState, pending: int) -> TooManyJobs:
+    retry = await asyncio.to_thread(state.retry_after, pending)
+    return TooManyJobs(f"too many queued jobs for this key ({pending}); retry later", retry)
+
+
+async def _fetch_background(
+    request: Request, req: RemoveBgRequest, state: ServiceState
+) -> tuple[bytes, str, int] | None:
+    """bg_image's bytes (same SSRF rules as ``image``), what meta reports for it, and the pixels
+    it declares, or None without one; a bad one fails the request rather than the job."""
     if req.bg_image is None:
-        return None, None
+        return None
     try:
         started = time.perf_counter()
         data, url = await asyncio.to_thread(read_image_source, req.bg_image, state.settings)
         observe_stage(request, "fetch", time.perf_counter() - started)
+        width, height = await asyncio.to_thread(declared_size, data, state.settings.max_pixels)
+    except AlphacutError as exc:
+        raise AlphacutError(f"bg_image: {exc.message}", exc.status_code) from exc
+    return data, url, width * height
+
+
+async def _save_background(
+    background: tuple[bytes, str, int] | None, state: ServiceState, file_id: str
+) -> tuple[str | None, str | None]:
+    """Decode bg_image now (a corrupt one fails the request, not the job) and keep it for the
+    worker. Returns its storage reference and what meta reports for it."""
+    if background is None:
+        return None, None
+    data, url, _ = background
+    try:
         await asyncio.to_thread(decode_image, data, state.settings.max_pixels)
     except AlphacutError as exc:
         raise AlphacutError(f"bg_image: {exc.message}", exc.status_code) from exc
@@ -176,8 +197,7 @@ async def _removebg_mask(request: Request, response: Response, state: StateDep) 
         await asyncio.to_thread(check_url, req.webhook, fetch_policy(settings), label="webhook")
     pending = await asyncio.to_thread(state.store.pending_for_owner, owner)
     if pending >= principal.queue_limit:
-        retry = await asyncio.to_thread(state.retry_after, pending)
-        raise TooManyJobs(f"too many queued jobs for this key ({pending}); retry later", retry)
+        raise await _queue_full(state, pending)
     if upload is not None:
         data, image_url = upload, "upload"
     else:
@@ -185,15 +205,24 @@ async def _removebg_mask(request: Request, response: Response, state: StateDep) 
         data, image_url = await asyncio.to_thread(read_image_source, req.image, settings)
         if image_url != "data-uri":
             observe_stage(request, "fetch", time.perf_counter() - started)
+    # The sizes the image and bg_image declare, read from their headers: what the request
+    # costs is counted, or refused, before either is decoded.
+    try:
+        width, height = await asyncio.to_thread(declared_size, data, settings.max_pixels)
+    except ImageTooLarge:
+        await asyncio.to_thread(state.access.count_refused, principal)
+        raise
+    background = await _fetch_background(request, req, state)
+    pixels = width * height + (background[2] if background else 0)
+    # Accepted: counted against the key's per-minute requests and megapixels (or 429).
+    usage = await asyncio.to_thread(state.access.admit, principal, pixels)
+    response.headers.update(state.access.headers(principal, usage))
     started = time.perf_counter()
     image = await asyncio.to_thread(decode_image, data, settings.max_pixels)
     observe_stage(request, "decode", time.perf_counter() - started)
-    # Accepted: counted against the key's per-minute requests and megapixels (or 429).
-    usage = await asyncio.to_thread(state.access.admit, principal, image.width * image.height)
-    response.headers.update(state.access.headers(principal, usage))
     file_id = str(uuid.uuid4())
     file_name = f"{file_id}.{FORMATS[req.format][0]}"
-    bg_path, bg_url = await _save_background(request, req, state, file_id)
+    bg_path, bg_url = await _save_background(background, state, file_id)
     # A path on this machine, or an object in the bucket a worker elsewhere reads.
     input_path = await asyncio.to_thread(state.storage.save_input, f"{file_id}.input", data)
     seed = req.seed if req.seed is not None else random.randint(0, 2**32 - 1)
@@ -213,7 +242,13 @@ async def _removebg_mask(request: Request, response: Response, state: StateDep) 
     }
     state.pool.offer_decoded(input_path, image)
     try:
-        job = await asyncio.to_thread(state.store.create, owner, job_request)
+        job = await asyncio.to_thread(state.store.create, owner, job_request, principal.queue_limit)
+    except QueueFull as full:  # the early check above passed, but others got there first
+        state.pool.discard_decoded(input_path)
+        for stored in (input_path, bg_path):
+            if stored is not None:
+                await asyncio.to_thread(state.storage.delete_input, stored)
+        raise await _queue_full(state, full.pending) from None
     except BaseException:
         state.pool.discard_decoded(input_path)
         raise
