@@ -70,13 +70,15 @@ def settings_environment(settings: Settings) -> dict[str, str]:
 
 @dataclass
 class WorkerProcess:
-    """``alphacut worker`` in a subprocess, its log in a file."""
+    """``alphacut worker`` in a subprocess, its log in a file; ``env`` adds variables (the S3
+    credentials of a store of its own, say)."""
 
     settings: Settings
     log: Path
     queue: str = "cpu"
     concurrency: int = 1
     beat: bool = False
+    env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -84,7 +86,7 @@ class WorkerProcess:
         args = [str(cli), "worker", "--queue", self.queue, "--concurrency", str(self.concurrency)]
         if self.beat:
             args.append("--beat")
-        env = {**os.environ, **settings_environment(self.settings)}
+        env = {**os.environ, **settings_environment(self.settings), **self.env}
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT)
 

@@ -12,12 +12,11 @@ from __future__ import annotations
 import os
 import re
 import secrets
-import shlex
 import shutil
 import socket
-import subprocess
 import threading
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,10 +24,9 @@ from typing import Any
 import pytest
 
 from alphacut.config import Settings
-from tests.services import EXPORTED
+from tests.services import EXPORTED, script_services, services_state_folder
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "scripts" / "services.sh"
 STORAGES = ["local", "s3"]
 _S3_VARIABLES = (
     "ALPHACUT_STORAGE_URL",
@@ -78,23 +76,15 @@ def _weed_missing() -> str | None:
     )
 
 
-def _service_variables() -> dict[str, str]:
+def _service_variables(stack: ExitStack) -> dict[str, str]:
+    """The exported services; else the script's, started for this session in a state folder of
+    its own and stopped when the session ends (``stack``)."""
     if all(name in EXPORTED for name in _S3_VARIABLES):
         return {name: EXPORTED[name] for name in _S3_VARIABLES}
     reason = _weed_missing()
     if reason:
         pytest.skip(reason)
-    done = subprocess.run(
-        ["bash", str(SCRIPT), "start"], capture_output=True, text=True, timeout=300
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"scripts/services.sh start failed:\n{done.stderr}")
-    exported = {}
-    for line in done.stdout.splitlines():
-        words = shlex.split(line)
-        if len(words) == 2 and words[0] == "export":
-            name, _, value = words[1].partition("=")
-            exported[name] = value
+    exported = stack.enter_context(script_services(stack.enter_context(services_state_folder())))
     return {name: exported[name] for name in _S3_VARIABLES}
 
 
@@ -102,7 +92,11 @@ def _service_variables() -> dict[str, str]:
 def s3_service() -> Iterator[S3Service]:
     """The S3 gateway of scripts/services.sh, with its credentials in boto3's variables for the
     session (alphacut reads them from there, as in production)."""
-    variables = _service_variables()
+    with ExitStack() as stack:
+        yield from _s3_service(_service_variables(stack))
+
+
+def _s3_service(variables: dict[str, str]) -> Iterator[S3Service]:
     bucket = variables["ALPHACUT_STORAGE_URL"].removeprefix("s3://").split("/")[0]
     service = S3Service(
         variables["ALPHACUT_S3_ENDPOINT_URL"],
