@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup lock test test-fast lint bench eval clean docs int8 fuzz
+.PHONY: setup lock test test-fast lint bench eval clean docs int8 fuzz image-test
 
 # uv, bootstrapped into the venv at the locked version, installs exactly what uv.lock says
 # (--frozen: never re-resolved, so a later release of any dependency changes nothing here).
@@ -42,6 +42,12 @@ test-fast:
 	$(BIN)/mypy
 	$(BIN)/pytest -q -rs -m "not real_model and not browser"
 	$(MAKE) docs
+
+# The container image, built with podman on a Debian base made here (cached in
+# .alphacut/image-test) and run: an API node and a worker on the services of scripts/services.sh,
+# a photo through them. Skips, saying why, where podman cannot run containers (docs/scaling.md).
+image-test:
+	bash scripts/image-test.sh
 
 # schemathesis against a live server with many more examples than `make test` runs.
 fuzz:

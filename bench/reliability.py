@@ -77,6 +77,9 @@ BAD_INPUT_TESTS = {
     "Hypothesis, request schema": ("tests/service/test_request_properties.py",),
     "Hypothesis, image decoding": ("tests/pipeline/test_decode_properties.py",),
     "regression suite": ("tests/service/test_limits.py",),
+    "hostile requests, round 2 (server peak RSS measured)": ("tests/service/test_hostile.py",),
+    "Hypothesis, container formats and structure bounds": ("tests/pipeline/test_decode_bounds.py",),
+    "output bounds": ("tests/service/test_output_bounds.py", "tests/pipeline/test_compose.py"),
 }
 
 # The fault each fault test injects, and what it checks was kept (what "lost: nothing" means).
@@ -208,10 +211,14 @@ def tree_environment(tree: Path) -> dict[str, str]:
 
 
 def run_pytest(
-    tree: Path, paths: tuple[str, ...], report: Path, timeout_s: float
+    tree: Path,
+    paths: tuple[str, ...],
+    report: Path,
+    timeout_s: float,
+    extra_env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """pytest on ``paths`` with the counting plugin; its JSON report, exit code and seconds."""
-    env = tree_environment(tree) | {"ALPHACUT_RELIABILITY_REPORT": str(report)}
+    env = tree_environment(tree) | {"ALPHACUT_RELIABILITY_REPORT": str(report), **(extra_env or {})}
     command = [
         sys.executable,
         "-m",
@@ -260,8 +267,15 @@ def run_faults(tree: Path, tmp: Path, timeout_s: float) -> dict[str, Any]:
 
 def run_bad_inputs(tree: Path, tmp: Path, timeout_s: float) -> dict[str, Any]:
     groups = {}
+    peaks = tmp / "peaks.jsonl"  # tests/service/test_hostile.py's measured peak RSS growths
     for index, (group, paths) in enumerate(BAD_INPUT_TESTS.items()):
-        result = run_pytest(tree, paths, tmp / f"bad-inputs-{index}.json", timeout_s)
+        result = run_pytest(
+            tree,
+            paths,
+            tmp / f"bad-inputs-{index}.json",
+            timeout_s,
+            {"ALPHACUT_PEAK_REPORT": str(peaks)},
+        )
         tests = result["tests"].values()
         result["http_requests"] = sum(t["http_requests"] for t in tests)
         result["http_5xx"] = sum(t["http_5xx"] for t in tests)
@@ -270,6 +284,10 @@ def run_bad_inputs(tree: Path, tmp: Path, timeout_s: float) -> dict[str, Any]:
         result["failed"] = sum(t["outcome"] == "failed" for t in tests)
         result["skipped"] = sum(t["outcome"] == "skipped" for t in tests)
         groups[group] = result
+    if peaks.is_file():
+        samples = [json.loads(line) for line in peaks.read_text().splitlines()]
+        worst = max(samples, key=lambda sample: sample["bytes"])
+        groups["peak RSS"] = {"requests": len(samples), "worst": worst}
     return groups
 
 
@@ -621,6 +639,8 @@ def render(report: dict[str, Any]) -> str:
             lines.append(f"| {row['fault']} | `{row['test']}` | {row['outcome']} | {row['lost']} |")
         lines.append("")
     if bad:
+        bad = dict(bad)
+        peak = bad.pop("peak RSS", None)
         total_requests = sum(g["http_requests"] for g in bad.values())
         total_examples = sum(g["hypothesis_examples"] for g in bad.values())
         total_5xx = sum(g["http_5xx"] for g in bad.values())
@@ -655,6 +675,15 @@ def render(report: dict[str, Any]) -> str:
             f"them, and {total_examples} Hypothesis examples): **{total_5xx} answered 5xx**.",
             "",
         ]
+        if peak:
+            worst = peak["worst"]
+            lines += [
+                f"Memory: {peak['requests']} hostile requests without a valid key were sent to "
+                "`alphacut serve` in a process of its own, its peak RSS reset before each "
+                f"(`/proc/PID/clear_refs`); the worst raised it by **{worst['bytes'] / 2**20:.1f} "
+                f"MB** (`{worst['test']}`; the tests fail over 100 MB).",
+                "",
+            ]
     lines += [
         (
             'Rerun: `eval "$(scripts/services.sh start)"`, then `.venv/bin/python '

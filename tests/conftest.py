@@ -7,6 +7,7 @@ import functools
 import http.server
 import io
 import json
+import logging
 import os
 import shutil
 import socket
@@ -264,6 +265,15 @@ class LiveServer:
     @property
     def state(self):
         return self.app.state.service
+
+
+@pytest.fixture
+def tracebacks(caplog: pytest.LogCaptureFixture) -> Iterator[list[logging.LogRecord]]:
+    """Records logged with an exception: each test ends by asserting there are none."""
+    caplog.set_level(logging.INFO)
+    records: list[logging.LogRecord] = []
+    yield records
+    records.extend(r for r in caplog.records if r.exc_info)
 
 
 @pytest.fixture

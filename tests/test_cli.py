@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -133,3 +138,151 @@ def test_remove_exits_without_teardown_keeping_output_and_exit_code(
     else:
         assert proc.returncode == 1
         assert "not a supported image" in proc.stderr
+
+
+# Newcomer stumbles (issue 18).
+
+
+def test_help_shows_flags_as_flags_and_cuts_nothing(monkeypatch):
+    """`alphacut remove --help` at 80 columns: yes/no options are flags (no `<bool>` value to
+    type), every option's name and help text is there whole (wrapped, never cut with "…"),
+    and the default output name is documented."""
+    from alphacut.cli_flags import flag_name
+    from alphacut.pipeline.options import RemoveOptions
+
+    monkeypatch.setenv("COLUMNS", "80")
+    result = runner.invoke(app, ["remove", "--help"])
+    assert result.exit_code == 0, result.output
+    text = result.output
+    assert "<bool>" not in text and "…" not in text
+    assert max(len(line) for line in text.splitlines()) <= 80
+    words = " ".join(text.split())  # as wrapped, then joined again
+    for name, field in RemoveOptions.model_fields.items():
+        assert flag_name(name) in text, name
+        # The help is whole but for the breaks textwrap makes after a hyphen.
+        assert " ".join((field.description or "").split()) in words.replace("- ", "-"), name
+    assert "--only-mask " in text and "--decontaminate / --no-decontaminate" in text
+    assert "photo.out.png" in words and "NAME.out.png beside each input" in words
+    assert "--only-mask, not --only-mask true" in words
+    # The list of commands shows each one's first sentence whole, not cut with "...".
+    result = runner.invoke(app, ["--help"])
+    assert "..." not in result.output.split("Commands:")[1]
+    assert "write cutouts or masks." in " ".join(result.output.split())
+
+
+@pytest.mark.parametrize(("columns", "widest"), [(80, 80), (200, 120)])
+def test_help_fits_the_terminal_up_to_120_columns(columns, widest):
+    """The terminal's width (COLUMNS here), up to 120 columns (CliRunner forces 80)."""
+    cli = Path(sys.executable).with_name("alphacut")
+    env = {**os.environ, "COLUMNS": str(columns)}
+    proc = subprocess.run(
+        [str(cli), "remove", "--help"], env=env, capture_output=True, text=True, check=True
+    )
+    width = max(len(line) for line in proc.stdout.splitlines())
+    assert widest - 15 < width <= widest
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (
+            ["--only-mask", "true"],
+            "--only-mask is a flag and takes no value: write --only-mask to turn it on, or "
+            "leave it out ('true' was read as an input file, and there is none)",
+        ),
+        (
+            ["--decontaminate", "False"],
+            "--decontaminate is a flag and takes no value: write --decontaminate to turn it "
+            "on, or --no-decontaminate to turn it off",
+        ),
+        (["--bilinear-upsampling", "yes"], "--bilinear-upsampling is a flag and takes no value"),
+    ],
+)
+def test_a_value_after_a_flag_is_explained(tiny_env, args, expected):
+    photo = tiny_env / "photo.png"
+    subject_image()[0].save(photo)
+    result = runner.invoke(app, ["remove", str(photo), *args], catch_exceptions=False)
+    assert result.exit_code == 1
+    assert expected in result.output
+    assert "no such file" not in result.output
+    assert not (tiny_env / "photo.out.png").exists()
+
+
+def test_a_missing_input_named_like_a_value_but_not_after_a_flag(tiny_env):
+    result = runner.invoke(app, ["remove", "true"])
+    assert result.exit_code == 1 and "no such file or folder: true" in result.output
+    result = runner.invoke(app, ["remove", "-o", str(tiny_env / "o.png"), "no"])
+    assert result.exit_code == 1 and "no such file or folder: no" in result.output
+
+
+def test_default_output_name(tiny_env):
+    photo = tiny_env / "photo.jpg"
+    subject_image()[0].save(photo)
+    result = runner.invoke(app, ["remove", str(photo), "--format", "webp"])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == str(tiny_env / "photo.out.webp")
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [("nosuch", "unknown model 'nosuch'"), ("small", "model 'small' is not installed")],
+)
+def test_a_bad_model_fails_once_before_any_image(tiny_env, model, message):
+    folder = tiny_env / "in"
+    folder.mkdir()
+    for name in ("a.png", "b.png", "c.png"):
+        subject_image()[0].save(folder / name)
+    result = runner.invoke(app, ["remove", str(folder), "--model", model])
+    assert result.exit_code == 1
+    assert result.output.count(message) == 1, result.output
+    assert "images written" not in result.output and "skipped" not in result.output
+    assert not (tiny_env / "in-alphacut").exists()
+    result = runner.invoke(app, ["remove", str(folder / "a.png"), "--model", model])
+    assert result.exit_code == 1 and result.output.count(message) == 1
+
+
+@pytest.fixture
+def serve_in_process(monkeypatch):
+    """`alphacut serve` with the app started and stopped in-process (its lifespan runs, as in
+    uvicorn), and the process's logging restored afterwards."""
+    from fastapi.testclient import TestClient
+
+    import alphacut.service.server
+
+    def run_server(app, shutdown_grace, **options):
+        with TestClient(app):
+            pass
+
+    monkeypatch.setattr(alphacut.service.server, "run_server", run_server)
+    root, state = logging.getLogger(), logging.getLogger("alphacut.service.state")
+    saved = root.handlers[:], root.level, state.filters[:]
+    yield
+    root.handlers[:], state.filters[:] = saved[0], saved[2]
+    root.setLevel(saved[1])
+    logging.captureWarnings(False)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "::1", "[::1]"])
+def test_serve_on_loopback_without_keys_does_not_warn(tiny_env, serve_in_process, host):
+    result = runner.invoke(app, ["serve", "--host", host])
+    assert result.exit_code == 0, result.output
+    assert '"message": "loaded model tiny' in result.output  # the app started (its lifespan)
+    assert "no API keys" not in result.output  # the app's own warning, which ignores the host
+
+
+def test_serve_off_loopback_without_keys_warns_once(tiny_env, serve_in_process):
+    result = runner.invoke(app, ["serve", "--host", "0.0.0.0"])
+    assert result.exit_code == 0, result.output
+    warnings = [
+        json.loads(line)
+        for line in result.output.splitlines()
+        if line.startswith("{") and "no API keys" in line
+    ]
+    assert len(warnings) == 1, result.output
+    assert warnings[0]["level"] == "warning"
+    assert warnings[0]["message"].startswith("listening on 0.0.0.0 with no API keys")
+
+
+def test_serve_refuses_a_bad_log_level(tiny_env):
+    result = runner.invoke(app, ["serve", "--log-level", "loud"])
+    assert result.exit_code == 1 and "--log-level must be debug, info" in result.output

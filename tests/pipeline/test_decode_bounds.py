@@ -36,6 +36,7 @@ from PIL import Image, features
 from alphacut.errors import ImageTooLarge, InvalidImage
 from alphacut.pipeline import decode as decode_mod
 from alphacut.pipeline.decode import decode_image
+from tests.pipeline.test_decode import encode, png_chunk
 
 LIMIT = 50_000_000  # ALPHACUT_MAX_PIXELS's default
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -48,17 +49,6 @@ webp = pytest.mark.skipif(not features.check("webp"), reason="Pillow built witho
 # --- building files ------------------------------------------------------------------------
 
 
-def encode(image: Image.Image, fmt: str, **options: object) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, fmt, **options)
-    return buffer.getvalue()
-
-
-def chunk(kind: bytes, payload: bytes) -> bytes:
-    crc = zlib.crc32(kind + payload) & 0xFFFFFFFF
-    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
-
-
 def png_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
     chunks, pos = [], 8
     while pos < len(data):
@@ -69,7 +59,7 @@ def png_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
 
 
 def png_from_chunks(chunks: list[tuple[bytes, bytes]]) -> bytes:
-    return PNG_MAGIC + b"".join(chunk(kind, payload) for kind, payload in chunks)
+    return PNG_MAGIC + b"".join(png_chunk(kind, payload) for kind, payload in chunks)
 
 
 def bilevel_png(width: int, height: int, extra: bytes = b"", pixels: bool = True) -> bytes:
@@ -78,14 +68,20 @@ def bilevel_png(width: int, height: int, extra: bytes = b"", pixels: bool = True
     row = b"\0" * (1 + (width + 7) // 8)
     idat = zlib.compress(row * height, 9) if pixels else zlib.compress(b"")
     ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return PNG_MAGIC + chunk(b"IHDR", ihdr) + extra + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    return (
+        PNG_MAGIC
+        + png_chunk(b"IHDR", ihdr)
+        + extra
+        + png_chunk(b"IDAT", idat)
+        + png_chunk(b"IEND", b"")
+    )
 
 
 def apng(width: int, height: int, frames: int, frame_size: tuple[int, int] | None = None) -> bytes:
     """A PNG with an acTL declaring ``frames`` and one fcTL of ``frame_size``."""
     fw, fh = frame_size or (width, height)
-    actl = chunk(b"acTL", struct.pack(">II", frames, 0))
-    fctl = chunk(b"fcTL", struct.pack(">IIIIIHHBB", 0, fw, fh, 0, 0, 1, 10, 0, 0))
+    actl = png_chunk(b"acTL", struct.pack(">II", frames, 0))
+    fctl = png_chunk(b"fcTL", struct.pack(">IIIIIHHBB", 0, fw, fh, 0, 0, 1, 10, 0, 0))
     return bilevel_png(width, height, actl + fctl, pixels=False)
 
 
@@ -360,7 +356,7 @@ HOSTILE: dict[str, Callable[[], bytes]] = {
     ),
     "ico-dib-10000": lambda: ico([(16, 16, dib(10000, 10000, 1 << 16))]),
     "ico-png-with-text-flood": lambda: ico(
-        [(16, 16, bilevel_png(4, 4, chunk(b"tEXt", b"k\0v") * 100_000))]
+        [(16, 16, bilevel_png(4, 4, png_chunk(b"tEXt", b"k\0v") * 100_000))]
     ),
     # TIFF: pages after the first, tiles, strips, tags.
     "tiff-last-page-huge": lambda: tiff([(16, 16)] * 3 + [(13000, 13000)]),
@@ -382,15 +378,17 @@ HOSTILE: dict[str, Callable[[], bytes]] = {
     "png-13000": lambda: bilevel_png(13000, 13000),
     "apng-2e31-frames": lambda: apng(16, 16, 2**31 - 1),
     "apng-frame-13000": lambda: apng(16, 16, 1, (13000, 13000)),
-    "png-2M-chunks": lambda: bilevel_png(4, 4, chunk(b"abCd", b"") * 2_000_000),  # 10 s, +228 MB
+    "png-2M-chunks": lambda: bilevel_png(
+        4, 4, png_chunk(b"abCd", b"") * 2_000_000
+    ),  # 10 s, +228 MB
     "png-1025-texts": lambda: bilevel_png(
-        4, 4, b"".join(chunk(b"tEXt", b"k%d\0v" % i) for i in range(1025))
+        4, 4, b"".join(png_chunk(b"tEXt", b"k%d\0v" % i) for i in range(1025))
     ),
     "png-ztxt-bombs": lambda: bilevel_png(
         4,
         4,
         b"".join(
-            chunk(b"zTXt", b"k%d\0\0" % i + zlib.compress(b"\0" * 10**6, 9)) for i in range(80)
+            png_chunk(b"zTXt", b"k%d\0\0" % i + zlib.compress(b"\0" * 10**6, 9)) for i in range(80)
         ),
     ),
     # JPEG: size, segments (Pillow: 18 s, +650 MB), scans (70 s of CPU), stray bytes.
@@ -417,6 +415,7 @@ import io, json, sys, time
 from pathlib import Path
 from PIL import Image
 from alphacut.pipeline.decode import decode_image
+from tests.pipeline.test_decode import encode, png_chunk
 
 def status(field):
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -550,13 +549,13 @@ def test_every_page_frame_and_entry_is_checked_at_the_limit() -> None:
 @pytest.mark.parametrize(
     ("constant", "make", "limit"),
     [
-        ("MAX_PNG_TEXTS", lambda n: bilevel_png(4, 4, chunk(b"tEXt", b"k\0v") * n), 5),
+        ("MAX_PNG_TEXTS", lambda n: bilevel_png(4, 4, png_chunk(b"tEXt", b"k\0v") * n), 5),
         (
             "MAX_PNG_INFLATED",
-            lambda n: bilevel_png(4, 4, chunk(b"zTXt", b"k\0\0" + zlib.compress(b"v")) * n),
+            lambda n: bilevel_png(4, 4, png_chunk(b"zTXt", b"k\0\0" + zlib.compress(b"v")) * n),
             3,
         ),
-        ("MAX_CHUNKS", lambda n: bilevel_png(4, 4, chunk(b"abCd", b"") * (n - 3)), 50),
+        ("MAX_CHUNKS", lambda n: bilevel_png(4, 4, png_chunk(b"abCd", b"") * (n - 3)), 50),
         ("MAX_JPEG_SCANS", lambda n: progressive_jpeg(n - 10), 12),  # Pillow writes 10 scans
         ("MAX_JPEG_SEGMENTS", jpeg_with_segments, 30),
         ("MAX_JPEG_STRAY", jpeg_with_junk, 100),

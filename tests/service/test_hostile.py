@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import http.server
 import json
+import os
 import socket
 import threading
 from collections.abc import Iterator
@@ -23,6 +24,8 @@ from tests.jobhelpers import ServerProcess
 
 # What one hostile request may add to the server's peak RSS.
 PEAK_GROWTH_LIMIT = 100 * 1024 * 1024
+# bench/reliability.py sets this to a file that collects each measured growth (JSON lines).
+PEAK_REPORT = os.environ.get("ALPHACUT_PEAK_REPORT")
 SECURITY_HEADERS = ("content-security-policy", "x-content-type-options", "x-frame-options")
 KEY = "right-key"
 REMOVEBG = "/api/v5/removebg_mask"
@@ -41,22 +44,21 @@ class Server(ServerProcess):
 
         before = read("VmRSS:")
         result = send()  # type: ignore[operator]
-        return read("VmHWM:") - before, result
+        growth = read("VmHWM:") - before
+        if PEAK_REPORT:
+            test = os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0]
+            with open(PEAK_REPORT, "a") as report:
+                report.write(json.dumps({"test": test, "bytes": growth}) + "\n")
+        return growth, result
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, tiny_model_dir) -> Iterator[Server]:
-    root = tmp_path_factory.mktemp("hostile")
+def _serve(root: Path, tiny_model_dir: Path, **env: str) -> Iterator[Server]:
+    """``alphacut serve`` on the tiny model in ``root``; no traceback may reach its log."""
     process = Server(
         root / "home",
         root / "server.log",
         free_port(),
-        {
-            "ALPHACUT_MODEL": "tiny",
-            "ALPHACUT_MODEL_DIR": str(tiny_model_dir),
-            "ALPHACUT_API_KEYS": KEY,
-            "ALPHACUT_WORKERS": "1",
-        },
+        {"ALPHACUT_MODEL": "tiny", "ALPHACUT_MODEL_DIR": str(tiny_model_dir), **env},
     )
     try:
         process.wait_ready()
@@ -65,6 +67,12 @@ def server(tmp_path_factory, tiny_model_dir) -> Iterator[Server]:
         process.stop()
     log = (root / "server.log").read_text()
     assert "Traceback" not in log, log
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, tiny_model_dir) -> Iterator[Server]:
+    root = tmp_path_factory.mktemp("hostile")
+    yield from _serve(root, tiny_model_dir, ALPHACUT_API_KEYS=KEY, ALPHACUT_WORKERS="1")
 
 
 def assert_json_error(response: httpx.Response, status: int) -> dict[str, object]:
@@ -192,18 +200,7 @@ def compressing_upstream() -> Iterator[str]:
 @pytest.fixture(scope="module")
 def open_server(tmp_path_factory, tiny_model_dir) -> Iterator[Server]:
     """An open server that may fetch from loopback (for the compressing upstream)."""
-    root = tmp_path_factory.mktemp("hostile-open")
-    process = Server(
-        root / "home",
-        root / "server.log",
-        free_port(),
-        {"ALPHACUT_MODEL": "tiny", "ALPHACUT_MODEL_DIR": str(tiny_model_dir)},
-    )
-    try:
-        process.wait_ready()
-        yield process
-    finally:
-        process.stop()
+    yield from _serve(tmp_path_factory.mktemp("hostile-open"), tiny_model_dir)
 
 
 @pytest.mark.parametrize("field", ["image", "bg_image"])

@@ -18,8 +18,8 @@ import httpx
 import pytest
 from PIL import Image
 
+from alphacut.logs import QUIET_LIBRARY_LOGGERS, configure_logging
 from alphacut.service.limits import max_body_bytes
-from alphacut.service.logs import QUIET_LIBRARY_LOGGERS, configure_logging
 from tests.cluster import MODES
 from tests.conftest import LiveServer, make_tiny_settings, png_data_uri, subject_image
 from tests.jobhelpers import WebhookReceiver, fetch, wait_until
@@ -40,15 +40,6 @@ def server(request, tmp_path_factory, tiny_model_dir) -> Iterator[LiveServer]:
         settings = request.getfixturevalue("shared_cluster").settings
     with LiveServer(settings.model_copy(update={"api_keys": (KEY,)})) as server:
         yield server
-
-
-@pytest.fixture
-def tracebacks(caplog: pytest.LogCaptureFixture) -> Iterator[list[logging.LogRecord]]:
-    """Records logged with an exception: each test ends by asserting there are none."""
-    caplog.set_level(logging.INFO)
-    records: list[logging.LogRecord] = []
-    yield records
-    records.extend(r for r in caplog.records if r.exc_info)
 
 
 def rss_bytes() -> int:

@@ -13,8 +13,8 @@ import time
 import httpx
 import pytest
 
+from alphacut.logs import JsonFormatter
 from alphacut.service.examples import PROCESSING_EXAMPLE, SUCCESS_EXAMPLE
-from alphacut.service.logs import JsonFormatter
 from tests.conftest import subject_image
 from tests.jobhelpers import fetch, scrape, value, wait_until
 

@@ -6,27 +6,15 @@ an API node of the session's cluster, whose worker computes the output)."""
 from __future__ import annotations
 
 import base64
-import logging
 import struct
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
 
 from tests.conftest import LiveServer
 
 ENDPOINT = "/api/v5/removebg_mask"
-
-
-@pytest.fixture
-def tracebacks(caplog: pytest.LogCaptureFixture) -> Iterator[list[logging.LogRecord]]:
-    """Records logged with an exception: each test ends by asserting there are none."""
-    caplog.set_level(logging.INFO)
-    records: list[logging.LogRecord] = []
-    yield records
-    records.extend(r for r in caplog.records if r.exc_info)
 
 
 def _status(field: str) -> int:

@@ -18,12 +18,14 @@ Reliability settings (Celery's "Using Redis" and task-acknowledgement docs):
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from celery import Celery
 from redis import Redis
 
 from alphacut.config import Settings
+from alphacut.logs import configure_logging
 
 # Queues: images go to `cpu` or `gpu` (ALPHACUT_DEFAULT_QUEUE, or `alphacut worker --queue`);
 # webhook deliveries and the periodic passes go to `ops`, which every worker also consumes,
@@ -36,6 +38,8 @@ DELIVER_WEBHOOK = "alphacut.deliver_webhook"
 CLEANUP = "alphacut.cleanup_expired"
 REQUEUE = "alphacut.requeue_unsent"
 DELIVER_DUE_WEBHOOKS = "alphacut.deliver_due_webhooks"
+# The beat's periodic passes: each run is logged at debug level (QuietPeriodicTasks).
+PERIODIC_TASKS = frozenset({CLEANUP, REQUEUE, DELIVER_DUE_WEBHOOKS})
 
 # A job that runs longer than this is stopped (it fails with a time-limit error); the broker
 # re-delivers an unacknowledged message only after the visibility timeout, well beyond it.
@@ -91,6 +95,41 @@ def done_channel(settings: Settings) -> str:
     sharing one Redis server (tests, staging) must not hear each other."""
     database = settings.broker_url.rsplit("/", 1)[-1].split("?", 1)[0]
     return f"{settings.broker_prefix}{DONE_CHANNEL}:{database or '0'}"
+
+
+class QuietPeriodicTasks(logging.Filter):
+    """Celery logs every run of every task at info level: "Scheduler: Sending due task" (the
+    beat), "Task ... received" and "Task ... succeeded in ..." (the worker). The periodic
+    passes run every second or few, so for them these lines go to debug level; jobs, webhook
+    deliveries, what a pass did ("requeued 2 job(s)...") and every failure are left as they
+    are."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.INFO or not _names_periodic_task(record):
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+
+def _names_periodic_task(record: logging.LogRecord) -> bool:
+    data = getattr(record, "data", None)  # "received" and "succeeded" carry the task's fields
+    if isinstance(data, dict):
+        name = data.get("name")
+        return isinstance(name, str) and name in PERIODIC_TASKS
+    args = record.args if isinstance(record.args, tuple) else ()
+    return record.name == "celery.beat" and any(
+        isinstance(arg, str) and arg in PERIODIC_TASKS for arg in args
+    )
+
+
+def configure_worker_logging(level: str | int = "info") -> None:
+    """The logging of ``alphacut serve`` (JSON lines on stderr, same fields, same quieted
+    libraries) for a worker, its pool processes and its beat, with the periodic passes'
+    per-run lines at debug level. Connected to Celery's ``setup_logging`` signal, which also
+    keeps Celery from installing its own handlers and text format."""
+    configure_logging(level)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(QuietPeriodicTasks())
 
 
 def create_celery(settings: Settings) -> Celery:

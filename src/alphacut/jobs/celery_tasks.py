@@ -19,11 +19,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from celery.signals import worker_ready, worker_shutdown
+from celery.signals import setup_logging, worker_ready, worker_shutdown
 from redis import Redis
 
 from alphacut.config import Settings, load_settings
 from alphacut.engine import Engine
+from alphacut.health import clear_dead_heartbeats, heartbeat_path
 from alphacut.io.s3_mask_cache import storage_mask_cache
 from alphacut.io.sources import fetch_policy
 from alphacut.io.storage import open_storage
@@ -35,6 +36,7 @@ from alphacut.jobs.celery_app import (
     JOB_SOFT_TIME_LIMIT,
     REQUEUE,
     RUN_JOB,
+    configure_worker_logging,
     connect_broker,
     create_celery,
     done_channel,
@@ -129,14 +131,29 @@ def serving_queue() -> str:
     return _serving_queue or worker_settings().default_queue
 
 
+@setup_logging.connect  # type: ignore[untyped-decorator]
+def _setup_logging(loglevel: int | None = None, **_: Any) -> None:
+    """Celery's logging set-up: a receiver replaces it, root-logger hijack and text format
+    included, with the JSON lines of ``alphacut serve`` (``--loglevel`` sets the level)."""
+    configure_worker_logging(loglevel or logging.INFO)
+
+
 @worker_ready.connect  # type: ignore[untyped-decorator]
 def _start_heartbeat(sender: Any = None, **_: Any) -> None:
     """In the worker's main process, before it reports ready: announce its models."""
     global _heartbeat
     settings = worker_settings()
     name = getattr(sender, "hostname", None) or f"alphacut-{os.getpid()}@{socket.gethostname()}"
+    # The heartbeat file of the container's health check (alphacut.health), beside those
+    # left by this host's workers that died, which go.
+    clear_dead_heartbeats(settings.home)
     _heartbeat = WorkerHeartbeat(
-        connect_broker(settings), settings.broker_prefix, name, serving_queue(), settings.model_dir
+        connect_broker(settings),
+        settings.broker_prefix,
+        name,
+        serving_queue(),
+        settings.model_dir,
+        health_file=heartbeat_path(settings.home),
     )
     _heartbeat.start()
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from redis import Redis
 
 from alphacut.errors import InvalidRequest
+from alphacut.health import remove_heartbeat, write_heartbeat
 from alphacut.models.registry import known_models, resolve_model
 
 log = logging.getLogger(__name__)
@@ -115,6 +116,7 @@ class WorkerHeartbeat:
         queue: str,
         model_dir: Path,
         interval: float = ANNOUNCE_INTERVAL,
+        health_file: Path | None = None,
     ) -> None:
         self.broker = broker
         self.prefix = prefix
@@ -122,6 +124,9 @@ class WorkerHeartbeat:
         self.queue = queue
         self.model_dir = model_dir
         self.interval = interval
+        # The container's health check reads it (alphacut.health): rewritten at every beat.
+        self.health_file = health_file
+        self._health_failed = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="alphacut-heartbeat", daemon=True)
 
@@ -138,16 +143,33 @@ class WorkerHeartbeat:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=5)
+        if self.health_file is not None:
+            remove_heartbeat(self.health_file)
         try:
             withdraw(self.broker, self.prefix, self.name)
         except Exception:  # the key expires by itself
             log.warning("could not withdraw the announcement of %s", self.name, exc_info=True)
 
     def _beat_logged(self) -> None:
+        announced = True
         try:
             self.beat()
         except Exception:  # the broker is down: the next beat tries again
+            announced = False
             log.warning("could not announce this worker's models", exc_info=True)
+        self._write_health(announced)
+
+    def _write_health(self, announced: bool) -> None:
+        """The heartbeat file, whether or not the broker answered: the process is alive."""
+        if self.health_file is None:
+            return
+        try:
+            write_heartbeat(self.health_file, self.name, self.queue, announced)
+            self._health_failed = False
+        except OSError as exc:
+            if not self._health_failed:  # once, not every beat
+                log.warning("could not write the heartbeat file %s: %s", self.health_file, exc)
+            self._health_failed = True
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):

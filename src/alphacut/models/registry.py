@@ -61,7 +61,9 @@ class ModelSpec:
         return f"copy {self.filename} into {model_dir}"
 
     def is_installed(self, model_dir: Path) -> bool:
-        return self.path(model_dir).is_file()
+        # The file that runs: a pulled model's fp32 conversion is enough without its fp16
+        # original (the container image keeps only the conversion).
+        return self.runtime_path(model_dir).is_file()
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)

@@ -18,10 +18,10 @@ from fastapi.staticfiles import StaticFiles
 from alphacut import __version__
 from alphacut.config import Settings
 from alphacut.engine import Engine
+from alphacut.logs import request_id_var
 from alphacut.service.error_handlers import error_response, install_error_handlers
 from alphacut.service.examples import restore_null_examples
 from alphacut.service.limits import ConnectionLimit, RequestLimits
-from alphacut.service.logs import request_id_var
 from alphacut.service.metrics import Metrics
 from alphacut.service.metrics import router as metrics_router
 from alphacut.service.routes import router

@@ -24,7 +24,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from alphacut.jobs.store import FAILED, QUEUED, RUNNING, SUCCESS
-from alphacut.service.logs import request_id_var
+from alphacut.logs import request_id_var
 
 if TYPE_CHECKING:
     from alphacut.jobs.store import Job

@@ -16,6 +16,7 @@ from alphacut.io.fetch import check_url
 from alphacut.io.sources import fetch_policy, read_image_source
 from alphacut.jobs.results import success_body
 from alphacut.jobs.store import QueueFull
+from alphacut.logs import job_id_var
 from alphacut.pipeline.decode import declared_size, decode_image
 from alphacut.pipeline.encode import FORMATS
 from alphacut.service.examples import (
@@ -28,7 +29,6 @@ from alphacut.service.examples import (
     SUCCESS_EXAMPLE,
     json_examples,
 )
-from alphacut.service.logs import job_id_var
 from alphacut.service.metrics import observe_stage
 from alphacut.service.outputs import output_response
 from alphacut.service.parsing import read_body, validate

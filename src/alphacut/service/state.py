@@ -152,11 +152,8 @@ class ServiceState:
         return self.settings.public_url or str(request.base_url).rstrip("/")
 
     async def start(self) -> None:
-        if not await asyncio.to_thread(self.access.keys_required):
-            log.warning(
-                "no API keys (ALPHACUT_API_KEYS or `alphacut keys create`): the API is open to "
-                "anyone who can reach it"
-            )
+        # A server without keys is warned about by `alphacut serve`, which knows the address it
+        # listens on (no warning on loopback); the app does not.
         if self.settings.broker_url:
             # A cluster: the workers load the models and run jobs and webhooks, the beat
             # runs the cleanup.

@@ -1,4 +1,5 @@
-"""Structured JSON logs carrying the request id and job id, never keys or image data."""
+"""Structured JSON logs for `alphacut serve` and `alphacut worker`, carrying the request id and
+job id, never keys or image data."""
 
 from __future__ import annotations
 
@@ -36,12 +37,15 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
-def configure_logging(level: str = "info") -> None:
+def configure_logging(level: str | int = "info") -> None:
+    """JSON lines on stderr for every logger, at ``level`` ("info", or a number); the same for
+    ``alphacut serve`` and ``alphacut worker``. Python's warnings become log lines too."""
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+    root.setLevel(level.upper() if isinstance(level, str) else level)
+    logging.captureWarnings(True)
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
