@@ -4,6 +4,7 @@ traceback, and raises the server's peak RSS by less than 100 MB."""
 
 from __future__ import annotations
 
+import base64
 import gzip
 import http.server
 import json
@@ -21,6 +22,7 @@ from PIL import Image
 
 from tests.conftest import free_port, png_data_uri, subject_image
 from tests.jobhelpers import ServerProcess
+from tests.pipeline.test_decode_bounds import HOSTILE as HOSTILE_FILES
 
 # What one hostile request may add to the server's peak RSS.
 PEAK_GROWTH_LIMIT = 100 * 1024 * 1024
@@ -106,7 +108,10 @@ def test_strings_that_are_not_unicode_are_a_400_before_the_key(server, path, bod
     """A lone surrogate escape (any field, key or value, any depth) was a 500 with a traceback
     and a closed connection; now a 400 on a connection that stays usable."""
     with httpx.Client(base_url=server.url, timeout=30) as client:
-        response = client.post(path, content=body, headers={"Content-Type": "application/json"})
+        growth, response = server.peak_growth(
+            lambda: client.post(path, content=body, headers={"Content-Type": "application/json"})
+        )
+        assert growth < PEAK_GROWTH_LIMIT, growth / 2**20
         message = assert_json_error(response, 400)["message"]
         assert "not valid Unicode" in str(message)
         assert client.get("/healthz").status_code == 200  # same connection, still open
@@ -156,11 +161,17 @@ def test_headers_over_16_kib_in_one_write_are_a_431(server) -> None:
         + b"a" * (120 * 1024)
         + b"\r\n\r\n"
     )
-    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
-        sock.sendall(head)
-        answer = b""
-        while chunk := sock.recv(65536):
-            answer += chunk
+
+    def send() -> bytes:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            sock.sendall(head)
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+            return answer
+
+    growth, answer = server.peak_growth(send)
+    assert growth < PEAK_GROWTH_LIMIT, growth / 2**20
     status_line, _, rest = answer.partition(b"\r\n")
     assert status_line.startswith(b"HTTP/1.1 431"), status_line
     body = json.loads(rest.split(b"\r\n\r\n", 1)[1])
@@ -303,3 +314,19 @@ def test_images_refused_for_size_are_not_decoded_and_count_as_requests(live_serv
     assert [a.status_code for a in answers] == [413] * 3 + [429] * 7
     assert "megapixels" in answers[0].json()["message"]
     assert answers[3].headers["X-RateLimit-Remaining"] == "0"
+
+
+@pytest.mark.parametrize("name", ["ico-png-13000", "tiff-last-page-huge", "gif-screen-13000"])
+def test_container_formats_over_the_pixel_limit_cost_little(server, name) -> None:
+    """A 16x16 icon holding a 13000x13000 PNG cost 2.5 s and +646 MB before its 413; a huge
+    last TIFF page or GIF screen was decoded. Over HTTP with a valid key: 413 from the bytes'
+    declared sizes, the server's peak RSS barely moves."""
+    data = HOSTILE_FILES[name]()
+    body = {"key": KEY, "image": "data:image/png;base64," + base64.b64encode(data).decode()}
+
+    def send() -> httpx.Response:
+        return httpx.post(server.url + REMOVEBG, json=body, timeout=60)
+
+    growth, response = server.peak_growth(send)
+    assert "limit" in str(assert_json_error(response, 413)["message"])
+    assert growth < PEAK_GROWTH_LIMIT, growth / 2**20
