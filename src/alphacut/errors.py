@@ -89,6 +89,7 @@ class DatabaseUnavailable(ShuttingDown):
 
 class StorageUnavailable(AlphacutError):
     """The output storage (an S3 bucket) could not be reached or refused an operation, after
-    retries (HTTP 503)."""
+    retries (HTTP 503, with ``retry_after``: an S3 blip or restart lasts seconds)."""
 
     status_code = 503
+    retry_after = 5

@@ -243,6 +243,7 @@ def test_unreachable_s3_at_the_api_node(live_server, s3_tiny, subject):
     assert httpx.get(server.url + "/healthz").status_code == 200  # alive, though not ready
     answer = post(server.url, {"image": subject})
     assert answer.status_code == 503 and "unreachable" in answer.json()["message"]
+    assert answer.json()["retry_after"] == 5 and answer.headers["Retry-After"] == "5"
     assert "Traceback" not in answer.text
     assert not any(server.state.store.count_by_status().values())  # no job was created
 

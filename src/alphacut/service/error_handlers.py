@@ -11,7 +11,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from alphacut.errors import AlphacutError, DatabaseUnavailable, ShuttingDown, TooManyJobs
+from alphacut.errors import (
+    AlphacutError,
+    DatabaseUnavailable,
+    ShuttingDown,
+    StorageUnavailable,
+    TooManyJobs,
+)
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +43,9 @@ def error_response(
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(AlphacutError)
     async def _alphacut_error(request: Request, exc: AlphacutError) -> JSONResponse:
-        if isinstance(exc, TooManyJobs | ShuttingDown):
+        # A refusal that waiting cures (429, a draining server, a service that is down) says
+        # how long to wait, in the body and in Retry-After.
+        if isinstance(exc, TooManyJobs | ShuttingDown | StorageUnavailable):
             return error_response(
                 request,
                 exc.status_code,
