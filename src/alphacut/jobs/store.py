@@ -25,6 +25,7 @@ from typing import Any, Protocol
 import sqlalchemy as sa
 from sqlalchemy import Connection, Engine, RowMapping
 
+from alphacut.health import pid_alive
 from alphacut.jobs.database import WRITE, create_database_engine, display_url, sqlite_url
 from alphacut.jobs.migrate import check_database_current, upgrade_database
 from alphacut.jobs.schema import jobs
@@ -125,7 +126,7 @@ def _gone_from_this_host(worker: str | None, own: str | None = None) -> bool:
     name, _, pid = (worker or "").rpartition(":")
     if name != socket.gethostname():
         return False
-    return worker == own or (pid.isdigit() and not _pid_alive(int(pid)))
+    return worker == own or (pid.isdigit() and not pid_alive(int(pid)))
 
 
 def _take_statement(*conditions: sa.ColumnElement[bool]) -> sa.Update:
@@ -163,16 +164,6 @@ def _take(
     values = {"job_id": job_id, "taker": worker, "now": now, "lease_until": now + lease_seconds}
     row = connection.execute(statement, values).mappings().first()
     return None if row is None else _to_job(row)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # Built once: get() runs for every fetch and every waiting request, and building a statement
