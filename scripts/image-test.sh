@@ -195,6 +195,7 @@ PREFIX="imagetest-$RUN_ID"
 cleanup() {
   local status=$?
   local container
+  compose_cleanup
   for container in "${CONTAINERS[@]}"; do
     "${PODMAN[@]}" rm -f -t 5 "$container" >/dev/null 2>&1 || true
   done
@@ -344,9 +345,10 @@ body = {
 started = time.monotonic()
 answer = httpx.post(f"{base}/api/v5/removebg_mask", json=body, timeout=120).json()
 deadline = time.monotonic() + 300
+fetch_url = answer.get("fetch_result")  # only the first "processing" answer carries it
 while answer.get("status") == "processing" and time.monotonic() < deadline:
     time.sleep(2)
-    answer = httpx.post(answer["fetch_result"], json={"key": ""}, timeout=60).json()
+    answer = httpx.post(fetch_url, json={"key": ""}, timeout=60).json()
 if answer.get("status") != "success":
     sys.exit(f"the API answered {answer}")
 output = httpx.get(answer["output"][0], timeout=60)
@@ -366,6 +368,206 @@ print(
     f"job {answer['id']}, {time.monotonic() - started:.1f} s"
 )
 EOF
+}
+
+# --- 6. deploy/compose.yaml, brought up with podman-compose ----------------------------------
+
+PODMAN_COMPOSE="$ROOT/.venv/bin/podman-compose"
+SERVICE_IMAGES=(redis postgres seaweedfs) # deploy/test/services.Containerfile's targets
+COMPOSE_PROJECT="alphacut-image-test-$RUN_ID"
+COMPOSE_DIR=""
+COMPOSE=()
+
+# The stand-ins for the images compose would pull, from the same base (cached layers).
+build_service_images() {
+  local context="$STATE/services-context" target started=$SECONDS
+  mkdir -p "$context"
+  cp "$ROOT/deploy/test/postgres-entrypoint.sh" "$context/"
+  ln -f "$ROOT/.venv/bin/weed" "$context/weed" 2>/dev/null ||
+    cp "$ROOT/.venv/bin/weed" "$context/weed"
+  for target in "${SERVICE_IMAGES[@]}"; do
+    "${PODMAN[@]}" build --format docker --network host --build-arg "BASE=$BASE_IMAGE" \
+      --target "$target" -t "localhost/alphacut-image-test-$target:$SUITE" \
+      -f "$ROOT/deploy/test/services.Containerfile" "$context" >"$STATE/build-$target.log" 2>&1 ||
+      die "podman build of the $target stand-in failed: see $STATE/build-$target.log"
+  done
+  log "compose: service stand-ins built in $(seconds_since "$started") s"
+}
+
+# Containers, volumes and the network of the compose project, then its scratch folder: what
+# `down` leaves (an `up` cut short) goes by the project's label.
+compose_cleanup() {
+  [ -n "$COMPOSE_DIR" ] || return 0
+  local label="label=io.podman.compose.project=$COMPOSE_PROJECT"
+  if [ ${#COMPOSE[@]} -gt 0 ]; then
+    "${COMPOSE[@]}" down -v -t 5 >"$STATE/compose-down.log" 2>&1 || true
+  fi
+  "${PODMAN[@]}" ps -aq --filter "$label" | xargs -r "${PODMAN[@]}" rm -f --depend -t 0 \
+    >/dev/null 2>&1 || true
+  "${PODMAN[@]}" volume ls -q --filter "$label" | xargs -r "${PODMAN[@]}" volume rm -f \
+    >/dev/null 2>&1 || true
+  "${PODMAN[@]}" network ls -q --filter "$label" | xargs -r "${PODMAN[@]}" network rm -f \
+    >/dev/null 2>&1 || true
+  [ -z "$("${PODMAN[@]}" ps -aq --filter "$label")" ] || log "compose: containers left: $label"
+  rm -rf "$COMPOSE_DIR"
+}
+
+random_secret() { "$PYTHON" -c "import secrets; print(secrets.token_hex(16))"; }
+
+# The compose files as they are, in a scratch folder with a settings file of random secrets
+# (deploy/alphacut.env, the user's, is never touched), the API on two free loopback ports.
+compose_up() {
+  local password started=$SECONDS worker
+  COMPOSE_DIR="$STATE/compose-$RUN_ID"
+  mkdir -p "$COMPOSE_DIR"
+  cp "$ROOT/deploy/compose.yaml" "$ROOT/deploy/compose.test.yaml" "$COMPOSE_DIR/"
+  API_1_PORT="$(free_port)"
+  API_2_PORT="$(free_port)"
+  export API_1_PORT API_2_PORT
+  password="$(random_secret)"
+  {
+    echo "POSTGRES_PASSWORD=$password"
+    echo "ALPHACUT_DATABASE_URL=postgresql+psycopg://alphacut:$password@postgres:5432/alphacut"
+    echo "AWS_ACCESS_KEY_ID=alphacut"
+    echo "AWS_SECRET_ACCESS_KEY=$(random_secret)"
+    echo "ALPHACUT_WEBHOOK_SECRET=$(random_secret)"
+    echo "ALPHACUT_KEY_PEPPER=$(random_secret)"
+    echo "ALPHACUT_PUBLIC_URL=http://127.0.0.1:$API_1_PORT"
+  } >"$COMPOSE_DIR/alphacut.env"
+  COMPOSE=("$PODMAN_COMPOSE" --podman-args "--runtime runc --cgroup-manager=cgroupfs"
+    --in-pod false -p "$COMPOSE_PROJECT"
+    -f "$COMPOSE_DIR/compose.yaml" -f "$COMPOSE_DIR/compose.test.yaml")
+  # In two steps, --no-deps: podman 4.3 (Debian 12) cannot start a container whose `--requires`
+  # (podman-compose's depends_on) names one that has exited, and ignores service_healthy. So the
+  # one-shot commands start with the services, retrying until those answer (their --wait), and
+  # the nodes once both exited 0: the order depends_on gives under Docker or a newer podman.
+  "${COMPOSE[@]}" up -d --no-build --no-deps redis postgres seaweedfs migrate storage-init \
+    >"$STATE/compose-up.log" 2>&1 || {
+    tail -n 30 "$STATE/compose-up.log" >&2
+    die "podman-compose up (services, migrate, storage-init) failed: see $STATE/compose-up.log"
+  }
+  local one_shot status
+  for one_shot in migrate storage-init; do
+    status="$("${PODMAN[@]}" wait "$(compose_containers "$one_shot")")" || status="?"
+    [ "$status" = 0 ] || {
+      compose_logs
+      die "compose: $one_shot exited $status"
+    }
+  done
+  "${COMPOSE[@]}" up -d --no-build --no-deps api-1 api-2 worker-cpu \
+    >>"$STATE/compose-up.log" 2>&1 || {
+    tail -n 30 "$STATE/compose-up.log" >&2
+    die "podman-compose up (API nodes, workers) failed: see $STATE/compose-up.log"
+  }
+  if ! wait_for 300 http_ok "http://127.0.0.1:$API_1_PORT/readyz" ||
+    ! wait_for 60 http_ok "http://127.0.0.1:$API_2_PORT/readyz"; then
+    compose_logs
+    die "the compose API nodes did not become ready"
+  fi
+  for worker in $(compose_containers worker-cpu); do
+    wait_for 120 "${PODMAN[@]}" exec "$worker" python3 -m alphacut.health --role worker || {
+      compose_logs
+      die "compose worker $worker did not become ready"
+    }
+  done
+  log "compose: up in $(seconds_since "$started") s: $(compose_containers running | tr '\n' ' ')"
+}
+
+# The names of the project's containers: of one service, or those running ("running").
+compose_containers() {
+  local filters=(--filter "label=io.podman.compose.project=$COMPOSE_PROJECT")
+  if [ "${1:-}" = running ]; then
+    filters+=(--filter status=running)
+  elif [ -n "${1:-}" ]; then
+    filters+=(--filter "label=com.docker.compose.service=$1")
+  fi
+  "${PODMAN[@]}" ps -a "${filters[@]}" --format '{{.Names}}' | sort
+}
+
+compose_logs() {
+  local container
+  for container in $(compose_containers); do
+    echo "--- podman logs $container (last 30 lines)" >&2
+    "${PODMAN[@]}" logs --tail 30 "$container" >&2 2>&1 || true
+  done
+}
+
+# A 10 MP photo with alpha matting (slow enough to be caught running) through api-2; the
+# worker container that claimed it is killed (SIGKILL, the whole container); the job completes.
+check_worker_killed_mid_job() {
+  "$PYTHON" - "http://127.0.0.1:$API_2_PORT" "$PHOTO" "$(compose_containers postgres)" \
+    "${PODMAN[@]}" <<'EOF'
+import base64, io, subprocess, sys, time
+import httpx
+from PIL import Image
+
+base, photo, postgres, *podman = sys.argv[1:]
+
+def run(*args: str) -> str:
+    return subprocess.run([*podman, *args], capture_output=True, text=True, check=True).stdout
+
+def sql(query: str) -> str:
+    return run("exec", postgres, "psql", "-tA", "-U", "alphacut", "-d", "alphacut", "-c", query).strip()
+
+buffer = io.BytesIO()
+Image.open(photo).convert("RGB").resize((4000, 2668)).save(buffer, "JPEG", quality=90)
+image = "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+body = {"key": "", "seed": 1, "image": image, "alpha_matting": True, "instant_response": True}
+answer = httpx.post(f"{base}/api/v5/removebg_mask", json=body, timeout=120).json()
+job, fetch_url = answer["id"], answer["fetch_result"]
+
+deadline = time.monotonic() + 180
+while True:  # until a worker claims it: the worker column is "<host name>:<pid>"
+    row = sql(f"SELECT status || '|' || coalesce(worker, '') FROM jobs WHERE id = {job}")
+    status, _, worker = row.partition("|")
+    if status == "running" and worker:
+        break
+    if status not in ("queued", "running") or time.monotonic() > deadline:
+        sys.exit(f"job {job} was not caught running: {row}")
+    time.sleep(0.2)
+hosts = {
+    run("inspect", "--format", "{{.Config.Hostname}}", name).strip(): name
+    for name in run("ps", "--format", "{{.Names}}").split()
+    if "worker-cpu" in name
+}
+victim = hosts.get(worker.split(":")[0])
+if victim is None:
+    sys.exit(f"no worker container has the host name of {worker}: {hosts}")
+run("kill", victim)
+killed = time.monotonic()
+while (answer := httpx.post(fetch_url, json={"key": ""}, timeout=60).json())["status"] == "processing":
+    if time.monotonic() > killed + 300:
+        sys.exit(f"job {job} did not complete within 300 s of the kill of {victim}")
+    time.sleep(2)
+finished_by = sql(f"SELECT worker FROM jobs WHERE id = {job}")
+if answer["status"] != "success" or finished_by == worker:
+    sys.exit(f"job {job} (killed worker {worker}, then {finished_by}) ended {answer}")
+print(
+    f"image-test: compose: killed {victim} running job {job}; the job done by {finished_by} "
+    f"{time.monotonic() - killed:.0f} s later"
+)
+EOF
+}
+
+check_compose() {
+  local started=$SECONDS container
+  [ -x "$PODMAN_COMPOSE" ] || die "no $PODMAN_COMPOSE: run make setup"
+  build_service_images
+  compose_up
+  # A photo through each API container (their links point at ALPHACUT_PUBLIC_URL, api-1).
+  if ! check_photo "http://127.0.0.1:$API_1_PORT" || ! check_photo "http://127.0.0.1:$API_2_PORT"
+  then
+    compose_logs
+    die "a photo did not come through the compose cluster"
+  fi
+  for container in $(compose_containers api-1) $(compose_containers worker-cpu); do
+    check_user "$container"
+  done
+  check_worker_killed_mid_job || {
+    compose_logs
+    die "a job did not survive the kill of its worker container"
+  }
+  log "compose: passed in $(seconds_since "$started") s"
 }
 
 # --- main -----------------------------------------------------------------------------------
@@ -438,10 +640,13 @@ main() {
     die "the worker health check passes in the API container"
   fi
   log "health checks: worker and API node healthy (uid 10001)"
+  check_compose
   log "passed in $(seconds_since "$started") s (image $(image_size_mb "$IMAGE") MB)"
   # The checks above: the CPU build, the GPU variant's provider check, the image's contents,
-  # the schema from the image, both containers ready, their user, the photo, the health checks.
-  echo "image-test: 8 passed, 0 failed"
+  # the schema from the image, both containers ready, their user, the photo, the health checks,
+  # deploy/compose.yaml up (2 API nodes, 2 workers) with a photo through each API node, and a
+  # worker container killed mid-job.
+  echo "image-test: 10 passed, 0 failed"
 }
 
 main "$@"

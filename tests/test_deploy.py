@@ -1,9 +1,11 @@
-"""Deployment files (Dockerfile, deploy/compose.yaml, deploy/k8s/): no container engine runs
-here, so these tests check that the files parse, use only settings the code reads, and run
-commands and flags the CLI has."""
+"""Deployment files (Dockerfile, deploy/compose.yaml, deploy/k8s/): the files parse, pass the
+Kubernetes and Compose schemas, use only settings the code reads, and run commands and flags
+the CLI has; the CLI's deployment commands (`db upgrade --wait/--check`, `storage init`). The
+containers themselves run in `make image-test` (scripts/image-test.sh)."""
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import shutil
@@ -21,6 +23,8 @@ from alphacut.config import Settings
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "Dockerfile"
 COMPOSE = ROOT / "deploy" / "compose.yaml"
+COMPOSE_TEST = ROOT / "deploy" / "compose.test.yaml"
+ENV_EXAMPLE = ROOT / "deploy" / "alphacut.env.example"
 K8S = sorted((ROOT / "deploy" / "k8s").glob("*.yaml"))
 SETTING = re.compile(r"\bALPHACUT_[A-Z0-9_]+\b")
 
@@ -49,7 +53,7 @@ def _commands_in(node: Any) -> list[list[str]]:
     return found
 
 
-@pytest.mark.parametrize("path", [DOCKERFILE, COMPOSE, *K8S], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [DOCKERFILE, COMPOSE, ENV_EXAMPLE, *K8S], ids=lambda p: p.name)
 def test_every_setting_used_is_one_the_code_reads(path: Path):
     used = set(SETTING.findall(path.read_text()))
     assert used <= _settings_read_by_the_code(), used - _settings_read_by_the_code()
@@ -196,8 +200,8 @@ def _health_commands(node: Any) -> list[list[str]]:
     ]
     if isinstance(node, dict):
         test = node.get("test")
-        if isinstance(test, list) and test[:1] == ["CMD"]:
-            found.append([str(part) for part in test[1:]])
+        if isinstance(test, list) and test[:4] == ["CMD", "python3", "-m", "alphacut.health"]:
+            found.append([str(part) for part in test[1:]])  # not Redis' or PostgreSQL's
         for value in node.values():
             if value is not test:
                 found += _health_commands(value)
@@ -233,13 +237,191 @@ def test_workers_are_checked_by_their_heartbeat_not_by_http():
         build_parser().parse_args(argv[3:])  # exits (fails the test) on an unknown flag
 
 
+def _tool(name: str) -> str:
+    path = ROOT / ".venv" / "bin" / name
+    if not path.exists():
+        pytest.skip(f"no .venv/bin/{name} (make setup)")
+    return str(path)
+
+
+def test_the_kubernetes_manifests_pass_the_strict_schema():
+    result = subprocess.run(
+        [_tool("kubernetes-validate"), "--strict", "--quiet", *map(str, K8S)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_compose_files_pass_the_compose_spec_schema():
+    # The compose-spec JSON schema check-jsonschema ships (no network needed).
+    result = subprocess.run(
+        [_tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec"]
+        + [str(COMPOSE), str(COMPOSE_TEST)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _compose_services() -> dict[str, Any]:
+    services: dict[str, Any] = yaml.safe_load(COMPOSE.read_text())["services"]
+    return services
+
+
 def test_compose_has_two_api_nodes_workers_and_the_services():
-    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    services = _compose_services()
     serve = [name for name, s in services.items() if s.get("command", [None, None])[1] == "serve"]
     assert len(serve) == 2
+    for name in serve:  # loopback only: a reverse proxy in front is the user's choice
+        assert all(port.startswith("127.0.0.1:") for port in services[name]["ports"]), name
     gpu = services["worker-gpu"]["deploy"]["resources"]["reservations"]["devices"][0]
     assert "gpu" in gpu["capabilities"]
+    assert services["worker-gpu"]["profiles"] == ["gpu"]  # left out of a plain `up`
     assert {"redis", "postgres", "seaweedfs", "worker-cpu"} <= set(services)
+    # The image test's override keeps the GPU worker out and names no profile.
+    overridden = yaml.safe_load(COMPOSE_TEST.read_text())["services"]
+    assert "worker-gpu" not in overridden and overridden["worker-cpu"]["scale"] == 2
+
+
+def test_compose_starts_the_nodes_after_the_schema_and_the_bucket():
+    services = _compose_services()
+    assert services["migrate"]["command"][:3] == ["alphacut", "db", "upgrade"]
+    assert "--wait" in services["migrate"]["command"]  # PostgreSQL may answer late
+    assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert services["storage-init"]["command"][:3] == ["alphacut", "storage", "init"]
+    assert "--wait" in services["storage-init"]["command"]
+    for name in ("migrate", "storage-init"):
+        assert services[name]["restart"] == "no"
+    for name in ("api-1", "api-2", "worker-cpu", "worker-gpu"):
+        conditions = {dep: v["condition"] for dep, v in services[name]["depends_on"].items()}
+        assert (
+            conditions["migrate"]
+            == conditions["storage-init"]
+            == ("service_completed_successfully")
+        ), name
+        assert conditions["redis"] == "service_healthy"
+    for name in ("redis", "postgres"):
+        assert services[name]["healthcheck"]["test"][0] == "CMD", name
+
+
+def test_compose_keeps_its_secrets_in_the_env_file():
+    text = COMPOSE.read_text()
+    services = _compose_services()
+    # No password, key or secret in the file: they come from deploy/alphacut.env.
+    for name, service in services.items():
+        environment = service.get("environment", {})
+        assert not {k for k in environment if re.search("PASSWORD|SECRET|PEPPER|KEYS|_URL$", k)} - {
+            "ALPHACUT_BROKER_URL",
+            "ALPHACUT_STORAGE_URL",
+            "ALPHACUT_S3_ENDPOINT_URL",
+        }, name
+    assert "alphacut-secret" not in text and "CHANGE-ME" not in text
+    for name in ("migrate", "api-1", "worker-cpu", "worker-gpu", "postgres", "seaweedfs"):
+        assert services[name]["env_file"] == ["alphacut.env"], name
+    example = dict(
+        line.split("=", 1)
+        for line in ENV_EXAMPLE.read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    shared = {"ALPHACUT_WEBHOOK_SECRET", "ALPHACUT_KEY_PEPPER", "ALPHACUT_DATABASE_URL"}
+    assert shared | {"POSTGRES_PASSWORD", "AWS_SECRET_ACCESS_KEY"} <= set(example)
+    assert all(example[name] == "CHANGE-ME" for name in shared - {"ALPHACUT_DATABASE_URL"})
+    ignored = subprocess.run(
+        ["git", "check-ignore", "-q", "deploy/alphacut.env"], cwd=ROOT, timeout=30
+    )
+    assert ignored.returncode == 0  # the filled-in copy never gets committed
+
+
+def _alphacut_images() -> list[str]:
+    images = [s["image"] for s in _compose_services().values() if s["image"].startswith("alphacut")]
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "image" and isinstance(value, str):
+                    images.append(value)
+                walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(_k8s_documents())
+    return images
+
+
+def test_every_image_is_pinned_to_this_version():
+    from alphacut import __version__
+
+    images = _alphacut_images()
+    assert len(images) >= 9
+    for image in images:
+        assert image in (f"alphacut:{__version__}", f"alphacut:{__version__}-gpu"), image
+
+
+def _pod_specs() -> dict[str, dict[str, Any]]:
+    return {
+        d["metadata"]["name"]: d["spec"]["template"]["spec"]
+        for d in _k8s_documents()
+        if d["kind"] in ("Deployment", "Job")
+    }
+
+
+def test_k8s_pods_run_restricted_with_a_writable_home_only():
+    # The final stage's ENV (the model stage's RUN sets a build-time one of its own).
+    home = re.search(r"^\s+ALPHACUT_HOME=(\S+) ", DOCKERFILE.read_text(), re.M)
+    assert home is not None
+    pods = _pod_specs()
+    assert set(pods) == {
+        "alphacut-api",
+        "alphacut-worker-cpu",
+        "alphacut-worker-gpu",
+        "alphacut-init",
+    }
+    for name, pod in pods.items():
+        context = pod["securityContext"]
+        assert context["runAsNonRoot"] and context["runAsUser"] == 10001, name
+        assert context["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        assert context["fsGroup"] == 10001, name  # emptyDirs writable by the user
+        empty_dirs = {v["name"] for v in pod["volumes"] if "emptyDir" in v}
+        for container in pod.get("initContainers", []) + pod["containers"]:
+            restricted = container["securityContext"]
+            assert restricted["allowPrivilegeEscalation"] is False, name
+            assert restricted["readOnlyRootFilesystem"] is True, name
+            assert restricted["capabilities"] == {"drop": ["ALL"]}, name
+            mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+            assert mounts[home.group(1)] in empty_dirs, (name, container["name"])
+
+
+def test_k8s_init_job_and_pods_waiting_for_the_schema():
+    pods = _pod_specs()
+    job = pods["alphacut-init"]
+    commands = [c["command"] for c in job["initContainers"] + job["containers"]]
+    assert commands[0][:3] == ["alphacut", "db", "upgrade"] and "--wait" in commands[0]
+    assert commands[1][:3] == ["alphacut", "storage", "init"] and "--wait" in commands[1]
+    for name in ("alphacut-api", "alphacut-worker-cpu", "alphacut-worker-gpu"):
+        [wait] = pods[name]["initContainers"]
+        assert wait["command"][:3] == ["alphacut", "db", "upgrade"], name
+        assert {"--check", "--wait"} <= set(wait["command"]), name  # waits, changes nothing
+
+
+def test_k8s_disruption_budgets_cover_every_deployment():
+    documents = _k8s_documents()
+    budgets = [d["spec"] for d in documents if d["kind"] == "PodDisruptionBudget"]
+    for deployment in (d for d in documents if d["kind"] == "Deployment"):
+        labels = deployment["spec"]["selector"]["matchLabels"]
+        assert any(b["selector"]["matchLabels"] == labels for b in budgets), labels
+
+
+def test_no_worker_is_the_one_with_the_beat():
+    # Every worker runs the beat, which one at a time sends: no file singles one out.
+    commands = _commands_in(yaml.safe_load(COMPOSE.read_text()))
+    commands += [c for doc in _k8s_documents() for c in _commands_in(doc)]
+    workers = [argv for argv in commands if argv[:2] == ["alphacut", "worker"]]
+    assert len(workers) == 4 and not any("--beat" in argv for argv in workers)
+    assert "ALPHACUT_DEFAULT_QUEUE" not in COMPOSE.read_text()
 
 
 def test_k8s_probes_gpu_resources_and_settings_sources():
@@ -247,7 +429,16 @@ def test_k8s_probes_gpu_resources_and_settings_sources():
     api = documents[("Deployment", "alphacut-api")]["spec"]["template"]["spec"]
     container = api["containers"][0]
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
-    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    # Readiness is the process, not the shared services (docs/scaling.md, "Kubernetes").
+    assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    # The drain: preStop, then ALPHACUT_SHUTDOWN_GRACE, within the termination grace.
+    config = documents[("ConfigMap", "alphacut")]["data"]
+    pre_stop = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert pre_stop[0] == "sleep"
+    drain = int(pre_stop[1]) + int(config["ALPHACUT_SHUTDOWN_GRACE"])
+    assert api["terminationGracePeriodSeconds"] > drain
+    # Links clients can follow: through the API on its public URL, not the cluster's S3.
+    assert config["ALPHACUT_OUTPUT_URLS"] == "proxy" and config["ALPHACUT_PUBLIC_URL"]
     sources = {next(iter(ref.values()))["name"] for ref in container["envFrom"]}
     assert sources == {"alphacut"} and ("ConfigMap", "alphacut") in documents
     assert ("Secret", "alphacut") in documents
@@ -324,3 +515,134 @@ def test_the_onnxruntime_check_of_the_build_fails_the_wrong_variant():
     gpu = check("gpu")
     assert gpu.returncode == 1
     assert "VARIANT=gpu: wrong onnxruntime (packages onnxruntime; providers" in gpu.stderr
+
+
+# --- the CLI's deployment commands ----------------------------------------------------------
+
+
+@pytest.fixture
+def cli_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """No ALPHACUT_ setting of the caller's; a home of the test's own; retries without pauses."""
+    from alphacut import cli
+
+    for name in list(os.environ):
+        if name.startswith("ALPHACUT_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("ALPHACUT_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(cli, "WAIT_RETRY_SECONDS", 0.05)
+    return tmp_path
+
+
+def _invoke(*args: str) -> Any:
+    from typer.testing import CliRunner
+
+    return CliRunner().invoke(app, list(args))
+
+
+def test_db_upgrade_waits_for_a_database_that_answers_late(
+    cli_environment: Path, monkeypatch: pytest.MonkeyPatch
+):
+    import psycopg
+    import sqlalchemy as sa
+
+    from alphacut.jobs import migrate
+    from alphacut.jobs.database import sqlite_url
+
+    real_upgrade = migrate.upgrade_database
+    attempts = []
+
+    def starting_up(engine: Any, revision: str = "head") -> str | None:
+        attempts.append(revision)
+        if len(attempts) < 3:  # what psycopg raises while PostgreSQL starts
+            raise sa.exc.OperationalError("connect", {}, psycopg.OperationalError("refused"))
+        return real_upgrade(engine, revision)
+
+    monkeypatch.setattr(migrate, "upgrade_database", starting_up)
+    url = sqlite_url(cli_environment / "jobs.sqlite3")
+    monkeypatch.setenv("ALPHACUT_DATABASE_URL", url)
+    result = _invoke("db", "upgrade", "--wait", "30")
+    assert result.exit_code == 0, result.output
+    assert len(attempts) == 3 and result.output.count("trying again in") == 2
+    assert f"at revision {migrate.head_revision()}" in result.output
+
+
+def test_db_upgrade_fails_clearly_when_the_database_never_answers(
+    cli_environment: Path, monkeypatch: pytest.MonkeyPatch
+):
+    import socket
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"postgresql+psycopg://alphacut:secret@127.0.0.1:{port}/alphacut"
+    monkeypatch.setenv("ALPHACUT_DATABASE_URL", url)
+    result = _invoke("db", "upgrade", "--wait", "0.3")
+    assert result.exit_code == 1
+    assert "trying again in" in result.output  # it did wait
+    assert "does not answer" in result.output and "Traceback" not in result.output
+    assert "secret" not in result.output  # the password is masked
+
+
+def test_db_upgrade_check_changes_nothing_and_waits_for_the_schema(
+    cli_environment: Path, monkeypatch: pytest.MonkeyPatch
+):
+    from alphacut.jobs.database import create_database_engine, sqlite_url
+    from alphacut.jobs.migrate import current_revision, head_revision
+
+    url = sqlite_url(cli_environment / "jobs.sqlite3")
+    monkeypatch.setenv("ALPHACUT_DATABASE_URL", url)
+    result = _invoke("db", "upgrade", "--check", "--wait", "0.2")
+    assert result.exit_code == 1 and "run `alphacut db upgrade`" in result.output
+    assert "trying again in" in result.output  # an old schema is worth waiting for
+    engine = create_database_engine(url)
+    assert current_revision(engine) is None  # untouched
+    engine.dispose()
+    assert _invoke("db", "upgrade").exit_code == 0
+    result = _invoke("db", "upgrade", "--check")
+    assert result.exit_code == 0, result.output
+    assert f"at revision {head_revision()}" in result.output
+
+
+def test_storage_init_makes_the_local_output_folder(cli_environment: Path):
+    result = _invoke("storage", "init")
+    assert result.exit_code == 0, result.output
+    assert (cli_environment / "home" / "outputs").is_dir()
+
+
+def test_storage_init_creates_the_bucket_once(
+    cli_environment: Path, monkeypatch: pytest.MonkeyPatch, s3_service: Any
+):
+    import secrets
+
+    bucket = f"alphacut-init-{secrets.token_hex(4)}"
+    monkeypatch.setenv("ALPHACUT_STORAGE_URL", f"s3://{bucket}/outputs")
+    monkeypatch.setenv("ALPHACUT_S3_ENDPOINT_URL", s3_service.endpoint)
+    try:
+        first = _invoke("storage", "init", "--wait", "10")
+        assert first.exit_code == 0, first.output
+        assert f"bucket {bucket} created" in first.output
+        again = _invoke("storage", "init")  # every deploy runs it: the second finds it
+        assert again.exit_code == 0 and f"bucket {bucket} exists" in again.output
+        s3_service.client().head_bucket(Bucket=bucket)
+    finally:
+        s3_service.client().delete_bucket(Bucket=bucket)
+
+
+def test_storage_init_waits_then_fails_clearly_when_s3_never_answers(
+    cli_environment: Path, monkeypatch: pytest.MonkeyPatch
+):
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("ALPHACUT_STORAGE_URL", "s3://alphacut/outputs")
+    monkeypatch.setenv("ALPHACUT_S3_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "alphacut")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    result = _invoke("storage", "init", "--wait", "0.3")
+    assert result.exit_code == 1
+    assert "trying again in" in result.output
+    assert "could not create the bucket alphacut" in result.output
+    assert "Traceback" not in result.output
