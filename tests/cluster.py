@@ -71,24 +71,28 @@ def settings_environment(settings: Settings) -> dict[str, str]:
 @dataclass
 class WorkerProcess:
     """``alphacut worker`` in a subprocess, its log in a file; ``env`` adds variables (the S3
-    credentials of a store of its own, say)."""
+    credentials of a store of its own, say). Like every worker, it runs the beat unless
+    ``beat`` is false (one beat at a time sends the passes)."""
 
     settings: Settings
     log: Path
     queue: str = "cpu"
     concurrency: int = 1
-    beat: bool = False
+    beat: bool = True
     env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] = field(init=False)
 
     def __post_init__(self) -> None:
         cli = Path(sys.executable).with_name("alphacut")
         args = [str(cli), "worker", "--queue", self.queue, "--concurrency", str(self.concurrency)]
-        if self.beat:
-            args.append("--beat")
+        if not self.beat:
+            args.append("--no-beat")
         env = {**os.environ, **settings_environment(self.settings), **self.env}
         with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT)
+            # A session of its own: kill() reaches its pool and beat processes too.
+            self.proc = subprocess.Popen(
+                args, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
 
     def wait_ready(self, timeout: float = 90) -> None:
         deadline = time.time() + timeout
@@ -98,6 +102,14 @@ class WorkerProcess:
                 return
             time.sleep(0.2)
         raise AssertionError("worker did not become ready:\n" + self.log.read_text())
+
+    def kill(self) -> None:
+        """SIGKILL to the worker and every process it started, as when its machine dies."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -134,6 +146,23 @@ class Cluster:
         for worker in self.workers:
             worker.stop()
         self.workers = []
+
+    def beat_holder(self) -> WorkerProcess | None:
+        """The worker whose beat holds the lock, i.e. sends the periodic passes (the lock's
+        value names its main process: alphacut.jobs.beat.holder_token)."""
+        from redis import Redis
+
+        from alphacut.jobs.beat import lock_key
+        from alphacut.jobs.celery_app import create_celery
+
+        prefix = create_celery(self.settings).conf.redbeat_key_prefix
+        client = Redis.from_url(self.settings.broker_url)
+        try:
+            token = client.get(lock_key(prefix))
+        finally:
+            client.close()
+        pid = int(token.decode().split(":")[1]) if token else None
+        return next((worker for worker in self.workers if worker.proc.pid == pid), None)
 
 
 @pytest.fixture(scope="session")

@@ -154,10 +154,18 @@ def open_job_store(home: Path) -> SQLJobStore:
 class ServerProcess:
     """``alphacut serve`` in a subprocess; its log goes to a file the test can read.
 
-    ``env`` adds or overrides ``ALPHACUT_*`` variables (the real model, one worker by default).
+    ``env`` adds or overrides ``ALPHACUT_*`` variables (the real model, one worker by default);
+    ``args`` are more options of ``alphacut serve`` (``--workers 2``).
     """
 
-    def __init__(self, home: Path, log: Path, port: int, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        home: Path,
+        log: Path,
+        port: int,
+        env: dict[str, str] | None = None,
+        args: tuple[str, ...] = (),
+    ) -> None:
         self.port = port
         self.url = f"http://127.0.0.1:{self.port}"
         full_env = {
@@ -172,7 +180,7 @@ class ServerProcess:
         self.log = log
         with log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [str(cli), "serve", "--port", str(self.port)],
+                [str(cli), "serve", "--port", str(self.port), *args],
                 env=full_env,
                 stdout=out,
                 stderr=subprocess.STDOUT,

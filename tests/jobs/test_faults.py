@@ -168,3 +168,31 @@ def test_other_write_errors_are_not_reported_as_a_full_disk(tmp_path, monkeypatc
         storage.write_output("a.png", b"png", temp=False, as_base64=False)
     assert not isinstance(raised.value, StorageFull)
     assert [path.name for path in storage.root.rglob("*")] == ["temp"]
+
+
+def test_a_database_outage_while_claiming_does_not_end_the_worker_loops(
+    live_server, tiny_settings, images, monkeypatch
+):
+    """Embedded mode on PostgreSQL: a claim that meets the outage (psycopg's error, as
+    SQLAlchemy raises it) is tried again; the worker loops live on and run the next job."""
+    import psycopg
+    import sqlalchemy as sa
+
+    from alphacut.jobs import worker
+
+    monkeypatch.setattr(worker, "DATABASE_RETRY_SECONDS", 0.2)
+    server = live_server(tiny_settings, workers=1)
+    store = server.state.store
+    real_claim = store.claim
+    outage = {"claims": 3}
+
+    def claim(*args: Any, **kwargs: Any) -> Any:
+        if outage["claims"]:
+            outage["claims"] -= 1
+            raise sa.exc.OperationalError("SELECT", {}, psycopg.OperationalError("injected"))
+        return real_claim(*args, **kwargs)
+
+    store.claim = claim  # the instance attribute shadows the method for this server only
+    answer = post(server.url, {"image": images["good"], "instant_response": True})
+    assert wait_done(server.url, answer.json()["id"])["status"] == "success"
+    assert outage["claims"] == 0

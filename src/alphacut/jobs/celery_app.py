@@ -14,17 +14,25 @@ Reliability settings (Celery's "Using Redis" and task-acknowledgement docs):
 - the Redis transport's ``visibility_timeout`` (a message not acknowledged within it is
   delivered again) is longer than the hard time limit of a job, so a job that is still running
   is never handed to a second worker by the broker (the store's claim guards that too).
+
+The periodic passes (cleanup, re-sends, due webhooks) come from Celery beat, which every
+``alphacut worker`` runs: RedBeat keeps the schedule in Redis and a Redis lock lets one beat
+at a time send the passes (``alphacut.jobs.beat``); when its worker dies, another takes over
+within ``BEAT_LOCK_SECONDS``.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from celery import Celery
 from redis import Redis
 
 from alphacut.config import Settings
+from alphacut.jobs.store import ClaimableJob, JobStore
+from alphacut.jobs.worker_models import live_workers
 from alphacut.logs import configure_logging
 
 # Queues: images go to `cpu` or `gpu` (ALPHACUT_DEFAULT_QUEUE, or `alphacut worker --queue`);
@@ -46,11 +54,19 @@ PERIODIC_TASKS = frozenset({CLEANUP, REQUEUE, DELIVER_DUE_WEBHOOKS})
 JOB_SOFT_TIME_LIMIT = 20 * 60
 JOB_HARD_TIME_LIMIT = 25 * 60
 VISIBILITY_TIMEOUT = 2 * 3600
-# How often the beat re-sends queued jobs that have no message (Redis lost it, an API node
-# died between creating the job and sending it) and re-checks due webhook deliveries.
-REQUEUE_INTERVAL = 30.0
+# How often the beat re-sends the jobs no live worker will run (resend_lost) and re-checks
+# due webhook deliveries: one indexed query and two Redis round trips, so it can be often.
+REQUEUE_INTERVAL = 5.0
+# A queued job younger than this is not re-sent: its API node may not have sent it yet (it
+# creates the job, then sends it). Covers a slow broker and modest clock skew between nodes.
+SEND_GRACE_SECONDS = 10.0
 # How long a "sent" marker lives: a queued job whose marker is gone is sent again.
 SENT_MARKER_SECONDS = VISIBILITY_TIMEOUT
+# The beat: each worker's scheduler wakes at least this often (Celery's
+# beat_max_loop_interval), and the lock that lets one of them send the passes lapses this long
+# after its holder stops renewing it (its worker died), when another beat takes it.
+BEAT_LOOP_SECONDS = 1.0
+BEAT_LOCK_SECONDS = 10
 # Redis pub/sub channel on which workers announce finished jobs (payload: the job id).
 DONE_CHANNEL = "alphacut:jobs-done"
 
@@ -61,25 +77,79 @@ def sent_marker_key(prefix: str, job_id: int, attempts: int) -> str:
     return f"{prefix}alphacut:sent:{job_id}:{attempts}"
 
 
+def receiver_key(prefix: str, job_id: int) -> str:
+    """The worker node that last received a message of the job (its Celery node name, as it
+    announces itself: worker_models.py)."""
+    return f"{prefix}alphacut:received:{job_id}"
+
+
 def send_job(
-    app: Celery,
-    broker: Redis,
-    prefix: str,
-    job_id: int,
-    attempts: int,
-    queue: str,
-    *,
-    once: bool = False,
-) -> bool:
-    """Send the job's task to ``queue`` and mark it sent; with ``once``, only if no message
-    was marked sent for this attempt yet. True if sent."""
-    key = sent_marker_key(prefix, job_id, attempts)
-    if once and not broker.set(key, "1", nx=True, ex=SENT_MARKER_SECONDS):
-        return False
+    app: Celery, broker: Redis, prefix: str, job_id: int, attempts: int, queue: str
+) -> None:
+    """Send the job's task to ``queue`` and mark it sent for this attempt."""
     app.send_task(RUN_JOB, args=[job_id], queue=queue)
-    if not once:
-        broker.set(key, "1", ex=SENT_MARKER_SECONDS)
-    return True
+    broker.set(sent_marker_key(prefix, job_id, attempts), "1", ex=SENT_MARKER_SECONDS)
+
+
+def record_receiver(broker: Redis, prefix: str, job_id: int, node: str) -> None:
+    """Note ``node`` as the job's receiver: a message it reserved stays unacknowledged in
+    Redis until the visibility timeout if it dies, so resend_lost must know whose it is."""
+    broker.set(receiver_key(prefix, job_id), node, ex=SENT_MARKER_SECONDS)
+
+
+def requeue_pass(app: Celery, broker: Redis, store: JobStore, settings: Settings) -> int:
+    """The beat's re-send pass (the requeue_unsent task): the claimable jobs past the grace,
+    through resend_lost; returns how many were sent."""
+    now = time.time()
+    claimable = store.claimable(now, queued_before=now - SEND_GRACE_SECONDS)
+    return resend_lost(app, broker, settings.broker_prefix, claimable, settings.worker_queue)
+
+
+def resend_lost(
+    app: Celery, broker: Redis, prefix: str, jobs: list[ClaimableJob], default_queue: str
+) -> int:
+    """Send each of ``jobs`` (claimable, past the grace: ``JobStore.claimable``) again that no
+    live worker will run, to its own queue; returns how many were sent. A job is sent when
+
+    - no message was marked sent for its current attempt: the broker lost it, its API node
+      died before sending it, or the worker running it died and its lease ran out (the claim
+      counted a new attempt);
+    - or its message went to a worker node whose announcement has expired: it died holding
+      the message reserved, which Redis hands out again only after the visibility timeout.
+
+    A duplicate message is harmless (the task claims the job in the store first)."""
+    if not jobs:
+        return 0
+    receivers = [receiver_key(prefix, job.id) for job in jobs]
+    with broker.pipeline(transaction=False) as pipe:
+        for job in jobs:
+            pipe.set(
+                sent_marker_key(prefix, job.id, job.attempts), "1", nx=True, ex=SENT_MARKER_SECONDS
+            )
+        pipe.mget(receivers)
+        *unsent, received = pipe.execute()
+    live: set[str] | None = None  # read once, if any job has a receiver
+    sent = 0
+    for job, key, newly_marked, node in zip(jobs, receivers, unsent, received, strict=True):
+        if newly_marked:
+            broker.delete(key)  # the last receiver had an earlier attempt's message
+        else:
+            if node is None:
+                continue  # sent, not received yet: it waits in its queue
+            if live is None:
+                live = {worker.name for worker in live_workers(broker, prefix)}
+            # Deleted by one pass only; a live receiver that overwrote it meanwhile just
+            # costs a duplicate message.
+            if node.decode() in live or not broker.delete(key):
+                continue
+        try:
+            app.send_task(RUN_JOB, args=[job.id], queue=job.queue or default_queue)
+        except Exception:
+            if newly_marked:  # the next pass tries again
+                broker.delete(sent_marker_key(prefix, job.id, job.attempts))
+            raise
+        sent += 1
+    return sent
 
 
 def connect_broker(settings: Settings) -> Redis:
@@ -149,7 +219,7 @@ def create_celery(settings: Settings) -> Celery:
         "task_ignore_result": True,
         "task_serializer": "json",
         "accept_content": ["json"],
-        "task_default_queue": settings.default_queue,
+        "task_default_queue": settings.worker_queue,
         "task_routes": {
             DELIVER_WEBHOOK: {"queue": OPS_QUEUE},
             CLEANUP: {"queue": OPS_QUEUE},
@@ -164,6 +234,17 @@ def create_celery(settings: Settings) -> Celery:
             "interval_step": 0.2,
             "interval_max": 0.5,
         },
+        # Every worker runs the beat; one at a time sends the passes (alphacut.jobs.beat).
+        "beat_scheduler": "alphacut.jobs.beat:ClusterScheduler",
+        "beat_max_loop_interval": BEAT_LOOP_SECONDS,
+        "redbeat_redis_url": settings.broker_url,
+        "redbeat_redis_options": {"socket_connect_timeout": 2, "socket_timeout": 5},
+        # The schedule and the lock of this cluster only (several may share one Redis).
+        "redbeat_key_prefix": f"{settings.broker_prefix}alphacut:beat:",
+        # RedBeat's own lock kills its beat on a lost lock or a broker blip: ClusterScheduler
+        # takes the lock itself, under the same key, with this timeout.
+        "redbeat_lock_key": None,
+        "redbeat_lock_timeout": BEAT_LOCK_SECONDS,
         "beat_schedule": {
             "cleanup-expired-outputs": {"task": CLEANUP, "schedule": settings.cleanup_interval},
             "requeue-unsent-jobs": {"task": REQUEUE, "schedule": REQUEUE_INTERVAL},

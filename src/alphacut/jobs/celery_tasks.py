@@ -19,11 +19,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from celery.signals import setup_logging, worker_ready, worker_shutdown
+from celery.signals import setup_logging, task_received, worker_ready, worker_shutdown
 from redis import Redis
 
 from alphacut.config import Settings, load_settings
 from alphacut.engine import Engine
+from alphacut.errors import StorageUnavailable
 from alphacut.health import clear_dead_heartbeats, heartbeat_path
 from alphacut.io.s3_mask_cache import storage_mask_cache
 from alphacut.io.sources import fetch_policy
@@ -40,14 +41,20 @@ from alphacut.jobs.celery_app import (
     connect_broker,
     create_celery,
     done_channel,
-    send_job,
+    record_receiver,
+    requeue_pass,
 )
 from alphacut.jobs.cleanup import delete_expired
 from alphacut.jobs.database import database_unreachable
 from alphacut.jobs.results import OutputLink, output_link, webhook_payload
-from alphacut.jobs.store import SQLJobStore
+from alphacut.jobs.store import Job, SQLJobStore
 from alphacut.jobs.webhooks import WebhookSender, load_or_create_secret
-from alphacut.jobs.worker import LEASE_SECONDS, WorkerPool
+from alphacut.jobs.worker import (
+    DATABASE_RETRY_SECONDS,
+    LEASE_SECONDS,
+    WorkerPool,
+    storage_retry_delay,
+)
 from alphacut.jobs.worker_models import WorkerHeartbeat, missing_on_worker
 
 log = logging.getLogger(__name__)
@@ -55,8 +62,6 @@ log = logging.getLogger(__name__)
 # A job whose worker died this many times (e.g. the OOM killer, every time) fails instead of
 # taking down worker after worker.
 MAX_JOB_ATTEMPTS = 3
-# Seconds before a job task that found the job database unreachable runs again.
-DATABASE_RETRY_SECONDS = 2
 
 # The worker's settings, from the ALPHACUT_* environment (read once, before the pool forks).
 _settings: Settings | None = None
@@ -128,7 +133,7 @@ def serve_queue(queue: str) -> None:
 
 
 def serving_queue() -> str:
-    return _serving_queue or worker_settings().default_queue
+    return _serving_queue or worker_settings().worker_queue
 
 
 @setup_logging.connect  # type: ignore[untyped-decorator]
@@ -164,6 +169,26 @@ def _stop_heartbeat(**_: Any) -> None:
         _heartbeat.stop()
 
 
+_receipts: Redis | None = None  # the main process's broker client for receiver records
+
+
+@task_received.connect  # type: ignore[untyped-decorator]
+def _record_receipt(request: Any = None, **_: Any) -> None:
+    """In the worker's main process, as it takes a job's message (before a pool process runs
+    it): record this node as the job's receiver, so that the beat re-sends the job if this
+    worker dies first (requeue_unsent)."""
+    global _receipts
+    if request is None or request.name != RUN_JOB or not request.args:
+        return
+    settings = worker_settings()
+    try:
+        if _receipts is None:
+            _receipts = connect_broker(settings)
+        record_receiver(_receipts, settings.broker_prefix, int(request.args[0]), request.hostname)
+    except Exception:  # the job still runs; only a death before it starts would wait longer
+        log.warning("could not record the receipt of job %s", request.args[0], exc_info=True)
+
+
 def _announce_done(rt: WorkerRuntime, job_id: int) -> None:
     """Tell the API nodes (their waiting requests) that the job ended."""
     try:
@@ -189,11 +214,14 @@ def _renew_until(rt: WorkerRuntime, job_id: int, stop: threading.Event) -> None:
     soft_time_limit=JOB_SOFT_TIME_LIMIT,
     time_limit=JOB_HARD_TIME_LIMIT,
 )
-def run_job(task: Any, job_id: int) -> str:
-    """Run one job; returns what happened (for the worker's log)."""
+def run_job(
+    task: Any, job_id: int, storage_failures: int = 0, storage_failing_since: float = 0.0
+) -> str:
+    """Run one job; returns what happened (for the worker's log). The retries of a job whose
+    storage was unavailable say how often and since when (Unix time) it was."""
     rt = runtime()
     try:
-        return _run_job(task, rt, job_id)
+        return _run_job(task, rt, job_id, storage_failures, storage_failing_since)
     except Exception as exc:
         if not database_unreachable(exc):
             raise
@@ -207,7 +235,13 @@ def run_job(task: Any, job_id: int) -> str:
         raise task.retry(countdown=DATABASE_RETRY_SECONDS, exc=exc) from exc
 
 
-def _run_job(task: Any, rt: WorkerRuntime, job_id: int) -> str:
+def _run_job(
+    task: Any,
+    rt: WorkerRuntime,
+    job_id: int,
+    storage_failures: int = 0,
+    storage_failing_since: float = 0.0,
+) -> str:
     job = rt.store.claim_id(job_id, rt.pool.identity, LEASE_SECONDS)
     if job is None:
         current = rt.store.get(job_id)
@@ -219,7 +253,8 @@ def _run_job(task: Any, rt: WorkerRuntime, job_id: int) -> str:
         raise task.retry(countdown=LEASE_SECONDS)
     model = job.request.get("model") or rt.settings.model
     missing = missing_on_worker(model, rt.settings.model_dir, serving_queue())
-    if job.attempts > MAX_JOB_ATTEMPTS:
+    # Each retry for unavailable storage claimed the job once more: no worker died there.
+    if job.attempts - storage_failures > MAX_JOB_ATTEMPTS:
         rt.store.fail(job_id, "the job stopped its worker process repeatedly; not retried", 500)
     elif missing is not None:
         # Failed, not retried: another worker of this queue could lack it too (API nodes
@@ -231,8 +266,13 @@ def _run_job(task: Any, rt: WorkerRuntime, job_id: int) -> str:
         renewer = threading.Thread(target=_renew_until, args=(rt, job_id, stop), daemon=True)
         renewer.start()
         try:
-            # Never raises, but when the database is unreachable: failures are on the job.
+            # Raises only when the database or the storage is unavailable: other failures
+            # are on the job.
             rt.pool.process(job)
+        except StorageUnavailable as exc:
+            stop.set()  # the lease is now the retry's (below)
+            renewer.join()
+            _retry_storage(task, rt, job, exc, storage_failures + 1, storage_failing_since)
         finally:
             stop.set()
     _announce_done(rt, job_id)
@@ -240,6 +280,33 @@ def _run_job(task: Any, rt: WorkerRuntime, job_id: int) -> str:
     if job.request.get("webhook"):
         celery_app.send_task(DELIVER_WEBHOOK, args=[job_id])
     return "ran"
+
+
+def _retry_storage(
+    task: Any,
+    rt: WorkerRuntime,
+    job: Job,
+    exc: StorageUnavailable,
+    failures: int,
+    failing_since: float,
+) -> None:
+    """Retry a job whose storage is unavailable after a backoff (``storage_retry_delay``); once
+    the retry time is spent, fail it (503).
+
+    The job stays RUNNING under this process's lease until the retry is due, so no other
+    worker takes it meanwhile; the retry may run in another pool process, which can claim it
+    then. Should the beat re-send it once the lease is over (a late retry, a dead worker), the
+    duplicate is harmless: claims are atomic, and a second claimer waits for the first."""
+    now = time.time()
+    failing_since = failing_since or now
+    delay = storage_retry_delay(failures, failing_since, now)
+    if delay is None:
+        rt.pool.fail_storage_unavailable(job, exc)
+        return
+    rt.store.renew(job.id, rt.pool.identity, delay)
+    log.warning("job %s: %s; retrying in %.0f s", job.id, exc.message, delay)
+    retry = {"storage_failures": failures, "storage_failing_since": failing_since}
+    raise task.retry(countdown=delay, exc=exc, kwargs=retry) from exc
 
 
 @celery_app.task(name=DELIVER_WEBHOOK)  # type: ignore[untyped-decorator]
@@ -278,15 +345,13 @@ def cleanup_expired() -> int:
 
 @celery_app.task(name=REQUEUE)  # type: ignore[untyped-decorator]
 def requeue_unsent() -> int:
-    """Beat: send the jobs that a worker could claim but that have no message for their
-    current attempt (the broker lost it, or an API node died before sending it)."""
+    """Beat: send again, each to its own queue, the jobs that a worker could claim and that
+    no live worker will run: no message for their current attempt (the broker lost it, an
+    API node died before sending it, their worker died and the lease ran out), or one held by
+    a worker that died (celery_app.resend_lost). Queued jobs younger than
+    SEND_GRACE_SECONDS are left to their API node."""
     rt = runtime()
-    sent = 0
-    for job_id, attempts in rt.store.claimable(time.time()):
-        queue = rt.settings.default_queue
-        prefix = rt.settings.broker_prefix
-        if send_job(celery_app, rt.broker, prefix, job_id, attempts, queue, once=True):
-            sent += 1
+    sent = requeue_pass(celery_app, rt.broker, rt.store, rt.settings)
     if sent:
-        log.info("requeued %d job(s) that had no message", sent)
+        log.info("requeued %d job(s) that no live worker held", sent)
     return sent

@@ -2,7 +2,8 @@
 through Celery on Redis, and finished jobs come back as Redis pub/sub messages.
 
 ``CeleryDispatcher`` is the service's ``JobRunner`` when ``ALPHACUT_BROKER_URL`` is set: the
-request handler creates the job in the store as always, ``submit`` sends its task, and
+request handler picks the job's queue (``queue_for``: cpu or gpu, by the workers' models and
+backlog) and creates the job in the store as always, ``submit`` sends its task there, and
 ``wait_for`` sleeps until a worker announces the job on the done channel (one subscription per
 API node, shared by all its waiting requests), re-reading the store only when woken, and every
 few seconds as a safety net for an announcement lost in a reconnect.
@@ -32,7 +33,7 @@ from alphacut.jobs.celery_app import (
     send_job,
 )
 from alphacut.jobs.store import Job, JobStore
-from alphacut.jobs.worker_models import ClusterModels, live_workers
+from alphacut.jobs.worker_models import ClusterModels, live_workers, queue_backlog
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +43,6 @@ BROKER_RETRY_AFTER = 5
 # of the store by a waiting request.
 HEALTH_INTERVAL = 1.0
 STORE_RECHECK = 5.0
-# Redis list keys of a kombu queue: the queue itself and its priority sub-queues.
-_PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")
 
 
 class CeleryDispatcher:
@@ -89,9 +88,17 @@ class CeleryDispatcher:
         (with no live worker there, any model the registry knows: the job waits)."""
         self.models.check(model)
 
+    def queue_for(self, model: str) -> str:
+        """The queue a job for ``model`` goes to: ``ALPHACUT_DEFAULT_QUEUE``, or with ``auto``
+        the one the live workers' models and backlog pick (blocking: off the loop)."""
+        return self.models.queue_for(model)
+
     async def submit(self, job: Job) -> None:
         """Send the job's task; if the broker refuses, the job fails at once (it was never
-        accepted: the client gets 503 and retries) rather than run later unannounced."""
+        accepted: the client gets 503 and retries) rather than run later unannounced. If even
+        that fails (the store is down too), the job stays queued and the beat sends it once
+        the broker is back: it is accepted after all, and the client is answered
+        "processing" (never a 503 for a job that will run)."""
         try:
             await asyncio.to_thread(
                 send_job,
@@ -100,13 +107,20 @@ class CeleryDispatcher:
                 self.settings.broker_prefix,
                 job.id,
                 job.attempts,
-                self.settings.default_queue,
+                # Chosen when the job was created (a job from before routing: the pinned one).
+                job.request.get("queue") or self.settings.worker_queue,
             )
         except Exception as exc:
             self._broker_down(exc)
-            await asyncio.to_thread(
-                self.store.fail, job.id, "the job queue was unavailable; not run", 503
-            )
+            try:
+                await asyncio.to_thread(
+                    self.store.fail, job.id, "the job queue was unavailable; not run", 503
+                )
+            except Exception as failing:
+                log.warning(
+                    "job %s: not sent, nor failed (%s): queued for the beat", job.id, failing
+                )
+                return
             raise BrokerUnavailable(
                 f"the job queue is unavailable ({self.broker_error}); retry shortly",
                 BROKER_RETRY_AFTER,
@@ -173,13 +187,7 @@ class CeleryDispatcher:
 
     def queue_depths(self) -> dict[str, int]:
         """Messages waiting in each queue (Redis list lengths; blocking)."""
-        depths: dict[str, int] = {}
-        for queue in (*IMAGE_QUEUES, OPS_QUEUE):
-            key = self.settings.broker_prefix + queue
-            depths[queue] = sum(
-                int(self.broker.llen(key + suffix)) for suffix in _PRIORITY_SUFFIXES
-            )
-        return depths
+        return queue_backlog(self.broker, self.settings.broker_prefix, (*IMAGE_QUEUES, OPS_QUEUE))
 
     def live_workers(self) -> int:
         """Worker nodes whose announcement is live, all queues (blocking)."""

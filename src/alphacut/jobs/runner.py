@@ -24,6 +24,10 @@ class JobRunner(Protocol):
         """Raise an ``AlphacutError`` (422) if no job for ``model`` could run: it is not
         installed where jobs run (may block: off the loop)."""
 
+    def queue_for(self, model: str) -> str | None:
+        """The broker queue a job for ``model`` goes to, kept in its request as "queue"; None
+        where this process runs its jobs itself (may block: off the loop)."""
+
     async def submit(self, job: Job) -> None:
         """Hand over a job just created in the store."""
 

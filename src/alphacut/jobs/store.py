@@ -35,6 +35,7 @@ __all__ = [
     "QUEUED",
     "RUNNING",
     "SUCCESS",
+    "ClaimableJob",
     "Job",
     "JobStore",
     "SQLJobStore",
@@ -70,6 +71,16 @@ class Job:
         return self.status in (SUCCESS, FAILED)
 
 
+@dataclass(frozen=True)
+class ClaimableJob:
+    """A job that no worker holds (``JobStore.claimable``): its id, claims so far, and the
+    queue its API node sent it to (None on jobs from before nodes recorded it)."""
+
+    id: int
+    attempts: int
+    queue: str | None
+
+
 class JobStore(Protocol):
     """What the workers, the webhook sender and the service use."""
 
@@ -78,7 +89,9 @@ class JobStore(Protocol):
     ) -> Job: ...
     def claim(self, worker: str, lease_seconds: float) -> Job | None: ...
     def claim_id(self, job_id: int, worker: str, lease_seconds: float) -> Job | None: ...
-    def claimable(self, now: float, limit: int = 1000) -> list[tuple[int, int]]: ...
+    def claimable(
+        self, now: float, queued_before: float, limit: int = 1000
+    ) -> list[ClaimableJob]: ...
     def renew(self, job_id: int, worker: str, lease_seconds: float) -> None: ...
     def requeue_dead_local(self, own: str | None = None) -> int: ...
     def finish(
@@ -217,6 +230,12 @@ class SQLJobStore:
             )
         else:
             self._requests_webhook = sa.func.json_extract(jobs.c.request, "$.webhook").is_not(None)
+        # The queue its API node sent the job to (request["queue"]; absent on older jobs).
+        self._requested_queue: sa.ColumnElement[Any]
+        if self._postgres:
+            self._requested_queue = sa.literal_column("(request::jsonb ->> 'queue')")
+        else:
+            self._requested_queue = sa.func.json_extract(jobs.c.request, "$.queue")
 
     def close(self) -> None:
         self.engine.dispose()
@@ -320,14 +339,15 @@ class SQLJobStore:
                     return None
             return _take(connection, job_id, worker, now, lease_seconds)
 
-    def claimable(self, now: float, limit: int = 1000) -> list[tuple[int, int]]:
-        """(id, attempts) of the jobs a worker could claim now: queued, or running on an
+    def claimable(self, now: float, queued_before: float, limit: int = 1000) -> list[ClaimableJob]:
+        """The jobs a worker could claim now: queued since before ``queued_before`` (a younger
+        one may still be on its way to the broker from its API node), or running on an
         expired lease."""
         query = (
-            sa.select(jobs.c.id, jobs.c.attempts)
+            sa.select(jobs.c.id, jobs.c.attempts, self._requested_queue)
             .where(
                 sa.or_(
-                    jobs.c.status == QUEUED,
+                    sa.and_(jobs.c.status == QUEUED, jobs.c.created_at < queued_before),
                     sa.and_(jobs.c.status == RUNNING, jobs.c.lease_until < now),
                 )
             )
@@ -335,7 +355,10 @@ class SQLJobStore:
             .limit(limit)
         )
         with self._reading() as connection:
-            return [(int(job_id), int(attempts)) for job_id, attempts in connection.execute(query)]
+            return [
+                ClaimableJob(int(job_id), int(attempts), queue)
+                for job_id, attempts, queue in connection.execute(query)
+            ]
 
     def renew(self, job_id: int, worker: str, lease_seconds: float) -> None:
         with self._writing() as connection:

@@ -13,7 +13,7 @@ from PIL import Image
 
 from alphacut.config import Settings
 from alphacut.engine import Engine
-from alphacut.errors import AlphacutError, InvalidRequest
+from alphacut.errors import AlphacutError, InvalidRequest, StorageUnavailable
 from alphacut.io.storage import Storage
 from alphacut.jobs.budget import PixelBudget
 from alphacut.jobs.database import database_unreachable
@@ -26,7 +26,25 @@ from alphacut.pipeline.remove import RemoveResult
 log = logging.getLogger(__name__)
 
 LEASE_SECONDS = 60.0
+# Seconds before work that found the job database unreachable is tried again.
+DATABASE_RETRY_SECONDS = 2
 HANDOFF_MAX_PIXELS = 64_000_000  # about 190 MB of decoded RGB waiting for workers
+# A job whose storage (an S3 bucket) is unavailable is not failed but tried again after 2, 4,
+# 8 ... s, at most 30 s apart, until this long after its first storage failure (an S3 restart
+# lasts seconds, a failover minutes); then it fails with 503 (docs/scaling.md).
+STORAGE_RETRY_FIRST_SECONDS = 2.0
+STORAGE_RETRY_MAX_SECONDS = 30.0
+STORAGE_RETRY_LIMIT_SECONDS = 600.0
+
+
+def storage_retry_delay(failures: int, failing_since: float, now: float) -> float | None:
+    """Seconds to wait before trying a job again after its ``failures``-th storage failure in a
+    row, the first at ``failing_since``; None once the retry time is spent: fail the job."""
+    left = failing_since + STORAGE_RETRY_LIMIT_SECONDS - now
+    if left <= 0:
+        return None
+    backoff = STORAGE_RETRY_FIRST_SECONDS * 2.0 ** max(0, failures - 1)
+    return min(backoff, STORAGE_RETRY_MAX_SECONDS, left)
 
 
 def options_from_record(request: dict[str, Any]) -> RemoveOptions:
@@ -93,6 +111,7 @@ class WorkerPool:
         # by pixels, not count: eight 50 MP images would hold over a gigabyte.
         self.handoff: dict[str, Image.Image] = {}  # keyed by input path
         self._wakeup = asyncio.Event()
+        self._draining = asyncio.Event()  # set with ``draining``: ends a wait for storage
         self._waiters: dict[int, list[asyncio.Future[None]]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._inflight: set[Future[None]] = set()
@@ -128,6 +147,7 @@ class WorkerPool:
         """Claim no more jobs; let running ones go on. Requests waiting for a job that is not
         running answer "processing" now (fetch finds it after the restart)."""
         self.draining = True
+        self._draining.set()
         self._wakeup.set()  # idle loops see the flag and end
         for job_id in list(self._waiters):
             if job_id not in self._running_ids:
@@ -170,6 +190,9 @@ class WorkerPool:
         if not self.engine.spec(model).is_installed(self.settings.model_dir):
             raise InvalidRequest(f"model {model!r} is not installed on this server", 422)
 
+    def queue_for(self, model: str) -> None:
+        """In-process workers take every job: no queue."""
+
     async def submit(self, job: Job) -> None:
         """A job was created in the store: wake an idle worker loop to claim it."""
         self.notify()
@@ -208,41 +231,90 @@ class WorkerPool:
 
     async def _loop(self) -> None:
         while not self.draining:
-            job = await asyncio.to_thread(self.store.claim, self.identity, LEASE_SECONDS)
-            if job is None:
-                self._wakeup.clear()
+            try:
+                await self._claim_and_run()
+            except Exception as exc:
+                # A PostgreSQL outage (or any failure around a job) must not end this loop
+                # for good: the job stays RUNNING under its lease, and is claimed again.
+                if database_unreachable(exc):
+                    log.warning("the job database is unreachable; claiming again shortly")
+                else:
+                    log.exception("the worker loop failed; claiming again shortly")
+                await asyncio.sleep(DATABASE_RETRY_SECONDS)
+
+    async def _claim_and_run(self) -> None:
+        """Claim one job and run it; or wait a little for one."""
+        job = await asyncio.to_thread(self.store.claim, self.identity, LEASE_SECONDS)
+        if job is None:
+            self._wakeup.clear()
+            try:
+                # Poll now and then too: another process may add jobs to the store.
+                await asyncio.wait_for(self._wakeup.wait(), timeout=1.0)
+            except TimeoutError:
+                pass
+            return
+        # A job claimed while the drain began still runs: it is RUNNING in the store now.
+        self.running += 1
+        self._running_ids.add(job.id)
+        renew = asyncio.create_task(self._renew_lease(job.id))
+        try:
+            await self._process_retrying_storage(job)
+        except Exception:  # process() records failures itself; this is a last resort
+            log.exception("job %s crashed", job.id)
+        finally:
+            renew.cancel()
+            self.running -= 1
+            self._running_ids.discard(job.id)
+        self._wake_waiters(job.id)
+        finished = await asyncio.to_thread(self.store.get, job.id)
+        await asyncio.to_thread(self.discard_inputs, finished)
+        if finished is not None and finished.done:  # not one a drain left waiting
+            for listener in self.finished_listeners:
+                listener(finished)
+
+    async def _process_in_thread(self, job: Job) -> None:
+        running = self.executor.submit(self.process, job)
+        self._inflight.add(running)
+        running.add_done_callback(self._inflight.discard)
+        await asyncio.wrap_future(running)
+
+    async def _process_retrying_storage(self, job: Job) -> None:
+        """``process`` the job; while its storage is unavailable, try again in place on the
+        Celery task's schedule (``storage_retry_delay``), the lease renewed all along, then
+        fail it. A drain ends the wait: the job stays RUNNING and the next start runs it."""
+        failures, failing_since = 0, time.time()
+        while True:
+            try:
+                await self._process_in_thread(job)
+                return
+            except StorageUnavailable as exc:
+                failures += 1
+                if failures == 1:
+                    failing_since = time.time()
+                delay = storage_retry_delay(failures, failing_since, time.time())
+                if delay is None:
+                    await asyncio.to_thread(self.fail_storage_unavailable, job, exc)
+                    return
+                log.warning("job %s: %s; trying again in %.0f s", job.id, exc.message, delay)
                 try:
-                    # Poll now and then too: another process may add jobs to the store.
-                    await asyncio.wait_for(self._wakeup.wait(), timeout=1.0)
+                    await asyncio.wait_for(self._draining.wait(), timeout=delay)
+                    return
                 except TimeoutError:
                     pass
-                continue
-            # A job claimed while the drain began still runs: it is RUNNING in the store now.
-            self.running += 1
-            self._running_ids.add(job.id)
-            renew = asyncio.create_task(self._renew_lease(job.id))
-            try:
-                running = self.executor.submit(self.process, job)
-                self._inflight.add(running)
-                running.add_done_callback(self._inflight.discard)
-                await asyncio.wrap_future(running)
-            except Exception:  # process() records failures itself; this is a last resort
-                log.exception("job %s crashed", job.id)
-            finally:
-                renew.cancel()
-                self.running -= 1
-                self._running_ids.discard(job.id)
-            self._wake_waiters(job.id)
-            finished = await asyncio.to_thread(self.store.get, job.id)
-            await asyncio.to_thread(self.discard_inputs, finished)
-            if finished is not None:
-                for listener in self.finished_listeners:
-                    listener(finished)
+
+    def fail_storage_unavailable(self, job: Job, exc: StorageUnavailable) -> None:
+        """Fail a job whose storage stayed unavailable for ``STORAGE_RETRY_LIMIT_SECONDS``."""
+        log.error("job %s: storage unavailable for too long; failing it: %s", job.id, exc)
+        message = f"{exc.message}; gave up after retrying for {STORAGE_RETRY_LIMIT_SECONDS:.0f} s"
+        self.store.fail(job.id, message, StorageUnavailable.status_code)
 
     async def _renew_lease(self, job_id: int) -> None:
         while True:
             await asyncio.sleep(LEASE_SECONDS / 4)
-            await asyncio.to_thread(self.store.renew, job_id, self.identity, LEASE_SECONDS)
+            try:
+                await asyncio.to_thread(self.store.renew, job_id, self.identity, LEASE_SECONDS)
+            except Exception:  # a database blip: the next renewal may pass, the lease is long
+                log.warning("lease renewal of job %s failed", job_id, exc_info=True)
 
     def _record_failure(self, job: Job, exc: Exception) -> None:
         if self.abandoned:
@@ -258,7 +330,9 @@ class WorkerPool:
             self.store.fail(job.id, "internal error while processing the image", 500)
 
     def process(self, job: Job) -> None:
-        """Run one job to SUCCESS or FAILED; raises only when the job database is unreachable."""
+        """Run one job to SUCCESS or FAILED; raises only when the job database is unreachable,
+        or ``StorageUnavailable`` when its input or output could not be read or written: the
+        caller tries it again later (``storage_retry_delay``)."""
         request = job.request
         started = time.perf_counter()
         input_path = request["input_path"]  # a storage reference: a path, or an S3 object
@@ -306,9 +380,10 @@ class WorkerPool:
                 time.time() + ttl if ttl > 0 else None,
             )
         except Exception as exc:
-            if database_unreachable(exc):
-                # Nothing can be recorded now, and the outage is not the job's fault: it stays
-                # RUNNING under this lease and runs again (the Celery task retries it).
+            if database_unreachable(exc) or isinstance(exc, StorageUnavailable):
+                # The outage is not the job's fault (and with the database, nothing can be
+                # recorded now): it stays RUNNING under this lease and the caller retries it.
+                # A PUT is atomic: a failed output write leaves no partial object.
                 raise
             self._record_failure(job, exc)
         finally:

@@ -9,9 +9,14 @@ itself decides who is alive, so the machines' clocks do not matter. Readers drop
 whose key is gone from the set.
 
 An API node of a cluster loads no model: it accepts a model that is installed on it or that a
-live worker of its queue announces. When no live worker takes its queue, it accepts any model
-its registry knows, and the job waits in the queue for a worker (which fails it, saying so, if
-it lacks the model).
+live worker of its queue announces (with ``ALPHACUT_DEFAULT_QUEUE=auto``, of either queue).
+When no live worker takes its queue, it accepts any model its registry knows, and the job
+waits in the queue for a worker (which fails it, saying so, if it lacks the model).
+
+The same announcements route each job (``ClusterModels.queue_for``): a pinned queue (``cpu``
+or ``gpu``) takes every job; ``auto`` sends a job to the queue whose live workers have its
+model, to the one with fewer waiting messages per live worker when both have it (gpu on a
+tie), and to ``cpu`` when no live worker has it (the job waits there for one).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +42,14 @@ ANNOUNCE_INTERVAL = 10.0
 ANNOUNCE_TTL = 30
 # How long an API node reuses what it read of the announcements.
 CHECK_CACHE_SECONDS = 5.0
+# ALPHACUT_DEFAULT_QUEUE's value for "route each job by its model and the queues' backlog";
+# the queue a job goes to when no live worker has its model.
+AUTO_QUEUE = "auto"
+FALLBACK_QUEUE = "cpu"
+# The queue of a tie between the two: a GPU runs a job many times faster.
+PREFERRED_QUEUE = "gpu"
+# Redis list keys of a kombu queue: the queue itself and its priority sub-queues.
+_PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")
 
 
 def workers_key(prefix: str) -> str:
@@ -102,6 +116,20 @@ def live_workers(broker: Redis, prefix: str) -> list[WorkerAnnouncement]:
         except (ValueError, KeyError, TypeError):
             log.warning("ignoring a malformed worker announcement %r", name)
     return alive
+
+
+def queue_backlog(broker: Redis, prefix: str, queues: Iterable[str]) -> dict[str, int]:
+    """Messages waiting in each queue: Redis list lengths, in one round trip (blocking)."""
+    names = list(queues)
+    with broker.pipeline(transaction=False) as pipe:
+        for queue in names:
+            for suffix in _PRIORITY_SUFFIXES:
+                pipe.llen(prefix + queue + suffix)
+        lengths = [int(length) for length in pipe.execute()]
+    per_queue = len(_PRIORITY_SUFFIXES)
+    return {
+        queue: sum(lengths[i * per_queue : (i + 1) * per_queue]) for i, queue in enumerate(names)
+    }
 
 
 class WorkerHeartbeat:
@@ -178,7 +206,8 @@ class WorkerHeartbeat:
 
 class ClusterModels:
     """An API node's check of a request's model against its own folder and the live workers
-    of the queue its jobs go to (the announcements read at most every few seconds)."""
+    of the queue its jobs go to (the announcements read at most every few seconds), and the
+    choice of that queue (``queue``: cpu, gpu, or auto for either)."""
 
     def __init__(self, broker: Redis, prefix: str, queue: str, model_dir: Path) -> None:
         self.broker = broker
@@ -201,11 +230,19 @@ class ClusterModels:
                 self._read_at = time.monotonic()
             return self._workers
 
+    def serving(self) -> list[WorkerAnnouncement]:
+        """The live workers that could take this node's jobs: those of its queue (auto: all)."""
+        return [
+            worker
+            for worker in self.workers()
+            if worker.queue == self.queue or self.queue == AUTO_QUEUE
+        ]
+
     def check(self, model: str) -> None:
         """Raise ``InvalidRequest`` (422) unless a job for ``model`` can run in this cluster:
         installed here or on a live worker of the queue; with no live worker on the queue,
         any model the registry knows (the job waits for a worker)."""
-        serving = [worker for worker in self.workers() if worker.queue == self.queue]
+        serving = self.serving()
         if any(model in worker.models for worker in serving):
             return
         local = known_models(self.model_dir)
@@ -219,9 +256,35 @@ class ClusterModels:
         if spec is None:
             known = ", ".join(sorted(set(local) | set(announced)))
             raise InvalidRequest(f"unknown model {model!r}; known models: {known}")
+        where = "any queue" if self.queue == AUTO_QUEUE else f"the {self.queue!r} queue"
         raise InvalidRequest(
-            f"model {model!r} is not installed on any live worker of the {self.queue!r} queue "
+            f"model {model!r} is not installed on any live worker of {where} "
             f"(installed there: {', '.join(announced) or 'none'})"
+        )
+
+    def queue_for(self, model: str) -> str:
+        """The queue a job for ``model`` goes to (blocking: reads the broker when both queues
+        could take it). Pinned: that queue. Auto: the queue whose live workers have the
+        model; of two, the one with fewer waiting messages per live worker (gpu on a tie);
+        cpu when no live worker has it."""
+        if self.queue != AUTO_QUEUE:
+            return self.queue
+        having: dict[str, int] = {}  # queue -> live workers of it that have the model
+        for worker in self.workers():
+            if model in worker.models:
+                having[worker.queue] = having.get(worker.queue, 0) + 1
+        if not having:
+            return FALLBACK_QUEUE
+        if len(having) == 1:
+            return next(iter(having))
+        try:
+            backlog = queue_backlog(self.broker, self.prefix, having)
+        except Exception as exc:  # the broker is down: sending the job will say so
+            log.warning("could not read the queues' lengths: %s", exc)
+            backlog = dict.fromkeys(having, 0)
+        return min(
+            having,
+            key=lambda queue: (backlog[queue] / having[queue], queue != PREFERRED_QUEUE),
         )
 
 

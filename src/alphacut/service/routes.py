@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 import uuid
@@ -15,7 +16,7 @@ from alphacut.errors import AlphacutError, ImageTooLarge, InvalidRequest, TooMan
 from alphacut.io.fetch import check_url
 from alphacut.io.sources import fetch_policy, read_image_source
 from alphacut.jobs.results import success_body
-from alphacut.jobs.store import QueueFull
+from alphacut.jobs.store import Job, QueueFull
 from alphacut.logs import job_id_var
 from alphacut.pipeline.decode import declared_size, decode_image
 from alphacut.pipeline.encode import FORMATS
@@ -46,6 +47,8 @@ from alphacut.service.schemas import (
 )
 from alphacut.service.state import ServiceState
 
+log = logging.getLogger(__name__)
+
 router = APIRouter()
 
 REMOVEBG_PATHS = (
@@ -62,6 +65,9 @@ FETCH_BY_PATH = (
     "/api/v1/enterprise/image_editing/fetch/{job_id}",
 )
 FETCH_BY_BODY = ("/api/v4/dreambooth/fetch", "/api/v1/enterprise/fetch")
+# The eta of an accepted job when the store cannot say (it is unreachable): about when a
+# fetch is worth trying, like the retry_after of a 503.
+FALLBACK_ETA_SECONDS = 5.0
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {
@@ -226,6 +232,8 @@ async def _removebg_mask(request: Request, response: Response, state: StateDep) 
     # A path on this machine, or an object in the bucket a worker elsewhere reads.
     input_path = await asyncio.to_thread(state.storage.save_input, f"{file_id}.input", data)
     seed = req.seed if req.seed is not None else random.randint(0, 2**32 - 1)
+    # A cluster's cpu or gpu queue, kept with the job so a re-send goes to the same one.
+    queue = await asyncio.to_thread(state.pool.queue_for, model)
     job_request = {
         # bg_image as meta reports it: the worker reads the stored copy, never the URL again.
         "options": req.options().model_copy(update={"bg_image": bg_url}).model_dump(mode="json"),
@@ -239,6 +247,7 @@ async def _removebg_mask(request: Request, response: Response, state: StateDep) 
         "base_url": state.base_url(request),
         "bg_image_path": bg_path,
         "meta": _meta(req, image_url, file_name, seed, image.size, model, bg_url),
+        "queue": queue,
     }
     state.pool.offer_decoded(input_path, image)
     try:
@@ -258,9 +267,9 @@ async def _removebg_mask(request: Request, response: Response, state: StateDep) 
     # instant_response always answers "processing", even if a fast job is already done, so
     # such clients see one flow; the job is in the store either way, so a client that goes
     # away during the wait (or a cancelled handler) loses nothing: fetch still finds it.
-    done = None if req.instant_response else await state.pool.wait_for(job.id, settings.sync_wait)
+    done = None if req.instant_response else await _wait_or_none(state, job.id)
     if done is None:
-        eta = await asyncio.to_thread(state.eta_for, job.id)
+        eta = await _eta_or_fallback(state, job.id)
         fetch = f"{job_request['base_url']}/api/v5/fetch/{job.id}"
         request.state.api_status = "processing"
         return processing_body(job, eta, fetch, state.output_link)
@@ -268,6 +277,25 @@ async def _removebg_mask(request: Request, response: Response, state: StateDep) 
         raise AlphacutError(done.error or "processing failed", done.error_status or 500)
     request.state.api_status = "success"
     return success_body(done, state.output_link)
+
+
+async def _wait_or_none(state: ServiceState, job_id: int) -> Job | None:
+    """The accepted job once done within the sync wait, else None: also when the store or
+    the broker fails meanwhile. The job is in the store and runs, so the client is answered
+    "processing" with its fetch link, never an error it would retry as a new job."""
+    try:
+        return await state.pool.wait_for(job_id, state.settings.sync_wait)
+    except Exception as exc:
+        log.warning("job %s: cannot wait for it (%s); answering processing", job_id, exc)
+        return None
+
+
+async def _eta_or_fallback(state: ServiceState, job_id: int) -> float:
+    try:
+        return await asyncio.to_thread(state.eta_for, job_id)
+    except Exception as exc:  # an accepted job: a store failure is no reason for an error
+        log.warning("job %s: no eta from the store (%s)", job_id, exc)
+        return FALLBACK_ETA_SECONDS
 
 
 for _path in REMOVEBG_PATHS:
