@@ -414,10 +414,11 @@ compose_cleanup() {
 
 random_secret() { "$PYTHON" -c "import secrets; print(secrets.token_hex(16))"; }
 
-# The compose files as they are, in a scratch folder with a settings file of random secrets
-# (deploy/alphacut.env, the user's, is never touched), the API on two free loopback ports.
+# The compose files as they are, in a scratch folder with settings files of random secrets
+# (deploy/alphacut.env and services.env, the user's, are never touched), the API on two free
+# loopback ports.
 compose_up() {
-  local password started=$SECONDS worker
+  local password s3_secret started=$SECONDS worker
   COMPOSE_DIR="$STATE/compose-$RUN_ID"
   mkdir -p "$COMPOSE_DIR"
   cp "$ROOT/deploy/compose.yaml" "$ROOT/deploy/compose.test.yaml" "$COMPOSE_DIR/"
@@ -425,11 +426,16 @@ compose_up() {
   API_2_PORT="$(free_port)"
   export API_1_PORT API_2_PORT
   password="$(random_secret)"
+  s3_secret="$(random_secret)"
   {
     echo "POSTGRES_PASSWORD=$password"
+    echo "S3_ACCESS_KEY=alphacut"
+    echo "S3_SECRET_KEY=$s3_secret"
+  } >"$COMPOSE_DIR/services.env"
+  {
     echo "ALPHACUT_DATABASE_URL=postgresql+psycopg://alphacut:$password@postgres:5432/alphacut"
     echo "AWS_ACCESS_KEY_ID=alphacut"
-    echo "AWS_SECRET_ACCESS_KEY=$(random_secret)"
+    echo "AWS_SECRET_ACCESS_KEY=$s3_secret"
     echo "ALPHACUT_WEBHOOK_SECRET=$(random_secret)"
     echo "ALPHACUT_KEY_PEPPER=$(random_secret)"
     echo "ALPHACUT_PUBLIC_URL=http://127.0.0.1:$API_1_PORT"

@@ -306,3 +306,14 @@ def file_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
     thread.start()
     yield f"http://127.0.0.1:{httpd.server_address[1]}", root
     httpd.shutdown()
+
+
+@pytest.fixture
+def short_storage_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job whose storage is unavailable is retried after 0.05, 0.1, 0.2 s (at most), and
+    given up after 0.6 s (in production: 2 s to 30 s, for 10 minutes)."""
+    from alphacut.jobs import worker
+
+    monkeypatch.setattr(worker, "STORAGE_RETRY_FIRST_SECONDS", 0.05)
+    monkeypatch.setattr(worker, "STORAGE_RETRY_MAX_SECONDS", 0.2)
+    monkeypatch.setattr(worker, "STORAGE_RETRY_LIMIT_SECONDS", 0.6)

@@ -273,7 +273,9 @@ def _compose_services() -> dict[str, Any]:
 
 def test_compose_has_two_api_nodes_workers_and_the_services():
     services = _compose_services()
-    serve = [name for name, s in services.items() if s.get("command", [None, None])[1] == "serve"]
+    serve = [
+        name for name, s in services.items() if s.get("command", [])[:2] == ["alphacut", "serve"]
+    ]
     assert len(serve) == 2
     for name in serve:  # loopback only: a reverse proxy in front is the user's choice
         assert all(port.startswith("127.0.0.1:") for port in services[name]["ports"]), name
@@ -319,20 +321,26 @@ def test_compose_keeps_its_secrets_in_the_env_file():
             "ALPHACUT_S3_ENDPOINT_URL",
         }, name
     assert "alphacut-secret" not in text and "CHANGE-ME" not in text
-    for name in ("migrate", "api-1", "worker-cpu", "worker-gpu", "postgres", "seaweedfs"):
+    for name in ("migrate", "api-1", "worker-cpu", "worker-gpu"):
         assert services[name]["env_file"] == ["alphacut.env"], name
-    example = dict(
-        line.split("=", 1)
-        for line in ENV_EXAMPLE.read_text().splitlines()
-        if line and not line.startswith("#")
-    )
+    for name in ("postgres", "seaweedfs"):  # not the nodes' secrets: their own only
+        assert services[name]["env_file"] == ["services.env"], name
+    example = _env_example(ENV_EXAMPLE)
     shared = {"ALPHACUT_WEBHOOK_SECRET", "ALPHACUT_KEY_PEPPER", "ALPHACUT_DATABASE_URL"}
-    assert shared | {"POSTGRES_PASSWORD", "AWS_SECRET_ACCESS_KEY"} <= set(example)
+    assert shared | {"AWS_SECRET_ACCESS_KEY"} <= set(example)
     assert all(example[name] == "CHANGE-ME" for name in shared - {"ALPHACUT_DATABASE_URL"})
-    ignored = subprocess.run(
-        ["git", "check-ignore", "-q", "deploy/alphacut.env"], cwd=ROOT, timeout=30
-    )
-    assert ignored.returncode == 0  # the filled-in copy never gets committed
+    services_example = _env_example(ENV_EXAMPLE.with_name("services.env.example"))
+    assert set(services_example) == {"POSTGRES_PASSWORD", "S3_ACCESS_KEY", "S3_SECRET_KEY"}
+    # SeaweedFS gets its identity from them, never none (anonymous access to every output).
+    assert "-s3.config=" in " ".join(services["seaweedfs"]["command"])
+    for copy in ("deploy/alphacut.env", "deploy/services.env"):
+        ignored = subprocess.run(["git", "check-ignore", "-q", copy], cwd=ROOT, timeout=30)
+        assert ignored.returncode == 0, copy  # the filled-in copies never get committed
+
+
+def _env_example(path: Path) -> dict[str, str]:
+    lines = path.read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
 
 
 def _alphacut_images() -> list[str]:

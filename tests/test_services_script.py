@@ -245,7 +245,7 @@ def test_two_state_folders_are_two_clusters_that_never_share_a_job(
 
         broker = Redis.from_url(a["ALPHACUT_BROKER_URL"])
         try:
-            queue = a["ALPHACUT_BROKER_PREFIX"] + settings_a.default_queue
+            queue = a["ALPHACUT_BROKER_PREFIX"] + settings_a.worker_queue
             time.sleep(2)  # B's worker, idle, polls its queue all along
             assert broker.llen(queue) == 1  # A's message waits in A's queue
         finally:

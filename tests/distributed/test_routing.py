@@ -11,7 +11,7 @@ import tests.distributed.test_cluster_processes as cluster_processes
 import tests.distributed.test_worker_models as worker_models_tests
 from alphacut.config import Settings
 from alphacut.errors import InvalidRequest, SettingsError
-from alphacut.jobs.worker_models import ClusterModels, WorkerAnnouncement, announce
+from alphacut.jobs.worker_models import ClusterModels, WorkerAnnouncement, announce, withdraw
 from tests.cluster import Cluster
 from tests.conftest import subject_image
 from tests.jobhelpers import post, wait_done
@@ -64,6 +64,19 @@ def test_a_model_only_gpu_workers_have_goes_to_gpu(redis_prefix, tmp_path):
     announce(broker, prefix, WorkerAnnouncement("cpu-1@a", "cpu", ("small", "tiny")))
     assert routed(broker, prefix, "auto", "tiny", tmp_path) == "cpu"
     assert routed(broker, prefix, "auto", "large", tmp_path) == "cpu"
+
+
+def test_a_gpu_only_cluster_keeps_its_jobs_on_gpu_while_every_worker_restarts(
+    redis_prefix, tmp_path
+):
+    broker, prefix = redis_prefix
+    announce(broker, prefix, WorkerAnnouncement("gpu-1@b", "gpu", ("medium",)))
+    withdraw(broker, prefix, "gpu-1@b")  # stopped: no live worker at all now
+    assert routed(broker, prefix, "auto", "medium", tmp_path) == "gpu"
+    # Once a cpu worker was ever seen too, a job no live worker has waits on cpu.
+    announce(broker, prefix, WorkerAnnouncement("cpu-1@a", "cpu", ("small",)))
+    withdraw(broker, prefix, "cpu-1@a")
+    assert routed(broker, prefix, "auto", "medium", tmp_path) == "cpu"
 
 
 def test_a_model_both_queues_have_goes_to_the_emptier(redis_prefix, tmp_path):

@@ -79,3 +79,59 @@ def test_a_process_that_fails_to_start_stops_the_node_with_status_3(own_cluster,
         assert "failed to start: stopping" in server.log.read_text()
     finally:
         server.stop()
+
+
+def test_a_replacement_that_fails_to_start_is_retried_with_backoff_while_the_rest_serve():
+    """Only a first start that fails stops the node: a process started in place of one that
+    died (the database down at that moment, say) is retried, each time later, and the other
+    processes serve on. Stand-in processes: a sleeper serves, ``sys.exit(3)`` fails to start."""
+    import multiprocessing
+    import socket
+    import sys
+    import threading
+    import time
+
+    from alphacut.config import Settings
+    from alphacut.service import server as server_module
+
+    context = multiprocessing.get_context("spawn")
+    supervisor = server_module.ProcessSupervisor(Settings(), socket.socket(), "info", {})
+    started: list[tuple[float, multiprocessing.process.BaseProcess]] = []
+
+    def start() -> multiprocessing.process.BaseProcess:
+        serving = len(started) < 2  # the two first processes serve; every later one fails
+        child = context.Process(
+            target=time.sleep if serving else sys.exit, args=(120,) if serving else (3,)
+        )
+        child.start()
+        started.append((time.monotonic(), child))
+        return child
+
+    supervisor._start = start  # type: ignore[method-assign]
+    outcome: dict[str, object] = {}
+
+    def drive() -> None:
+        wait_until(lambda: len(started) == 2, timeout=30, what="two processes")
+        os.kill(started[0][1].pid or 0, signal.SIGKILL)
+        killed_at = time.monotonic()
+        time.sleep(5.0)
+        outcome["starts"] = [at - killed_at for at, _ in started[2:]]
+        outcome["other alive"] = started[1][1].is_alive()
+        supervisor.received.append(signal.SIGTERM)
+
+    previous = {sig: signal.getsignal(sig) for sig in server_module.FORWARDED_SIGNALS}
+    driver = threading.Thread(target=drive)
+    driver.start()
+    try:
+        status = supervisor.run(2)
+    finally:
+        driver.join()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    assert status == 0  # stopped by the signal, not by the failed starts
+    assert outcome["other alive"] is True
+    starts = outcome["starts"]
+    assert isinstance(starts, list)
+    # After the kill: 1 s, then 2 s more, then 4 s more (the last one after the signal).
+    assert len(starts) == 2, starts
+    assert 0.8 < starts[0] < 2.0 and 2.6 < starts[1] < 4.5, starts

@@ -29,14 +29,6 @@ from tests.jobhelpers import post, wait_done
 UNAVAILABLE = "the output storage (s3://bucket/outputs) is unreachable: injected"
 
 
-@pytest.fixture
-def short_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Waits of 0.05, 0.1, 0.2 s (at most), given up after 0.6 s."""
-    monkeypatch.setattr(worker, "STORAGE_RETRY_FIRST_SECONDS", 0.05)
-    monkeypatch.setattr(worker, "STORAGE_RETRY_MAX_SECONDS", 0.2)
-    monkeypatch.setattr(worker, "STORAGE_RETRY_LIMIT_SECONDS", 0.6)
-
-
 def test_the_backoff_doubles_up_to_its_cap_and_stops_at_the_bound():
     since = 1000.0
     delays = [storage_retry_delay(failures, since, since) for failures in range(1, 8)]
@@ -75,7 +67,7 @@ class UnreachableStorage:
 
 
 def test_the_celery_task_retries_a_storage_outage_then_fails_the_job_with_503(
-    tmp_path: Path, tiny_settings, short_retries, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, tiny_settings, short_storage_retries, monkeypatch: pytest.MonkeyPatch
 ):
     store = SQLJobStore(sqlite_url(tmp_path / "jobs.sqlite3"))
     pool = WorkerPool(tiny_settings, store, engine=None, storage=UnreachableStorage())  # type: ignore[arg-type]
@@ -142,7 +134,7 @@ def _failing_writes(server: Any, failures: int | None) -> list[float]:
 
 
 def test_the_embedded_mode_retries_in_place_and_the_job_succeeds(
-    live_server, tiny_settings, subject_url, short_retries
+    live_server, tiny_settings, subject_url, short_storage_retries
 ):
     server = live_server(tiny_settings, workers=1)
     failed = _failing_writes(server, failures=3)
@@ -156,7 +148,7 @@ def test_the_embedded_mode_retries_in_place_and_the_job_succeeds(
 
 
 def test_the_embedded_mode_fails_the_job_with_503_after_the_bound(
-    live_server, tiny_settings, subject_url, short_retries
+    live_server, tiny_settings, subject_url, short_storage_retries
 ):
     server = live_server(tiny_settings, workers=1)
     failed = _failing_writes(server, failures=None)

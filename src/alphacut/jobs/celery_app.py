@@ -117,39 +117,43 @@ def resend_lost(
     - or its message went to a worker node whose announcement has expired: it died holding
       the message reserved, which Redis hands out again only after the visibility timeout.
 
-    A duplicate message is harmless (the task claims the job in the store first)."""
+    A duplicate message is harmless (the task claims the job in the store first). Each job
+    is marked sent, and its dead receiver forgotten, only once its message went out: a pass
+    that fails half-way leaves the rest for the next one."""
     if not jobs:
         return 0
+    markers = [sent_marker_key(prefix, job.id, job.attempts) for job in jobs]
     receivers = [receiver_key(prefix, job.id) for job in jobs]
     with broker.pipeline(transaction=False) as pipe:
-        for job in jobs:
-            pipe.set(
-                sent_marker_key(prefix, job.id, job.attempts), "1", nx=True, ex=SENT_MARKER_SECONDS
-            )
+        pipe.mget(markers)
         pipe.mget(receivers)
-        *unsent, received = pipe.execute()
+        marked, received = pipe.execute()
     live: set[str] | None = None  # read once, if any job has a receiver
     sent = 0
-    for job, key, newly_marked, node in zip(jobs, receivers, unsent, received, strict=True):
-        if newly_marked:
-            broker.delete(key)  # the last receiver had an earlier attempt's message
+    for job, marker, receiver, was_sent, node in zip(
+        jobs, markers, receivers, marked, received, strict=True
+    ):
+        if was_sent is None:
+            broker.delete(receiver)  # an earlier attempt's: the new message gets its own
         else:
             if node is None:
                 continue  # sent, not received yet: it waits in its queue
             if live is None:
                 live = {worker.name for worker in live_workers(broker, prefix)}
-            # Deleted by one pass only; a live receiver that overwrote it meanwhile just
-            # costs a duplicate message.
-            if node.decode() in live or not broker.delete(key):
+            if node.decode() in live:
                 continue
-        try:
-            app.send_task(RUN_JOB, args=[job.id], queue=job.queue or default_queue)
-        except Exception:
-            if newly_marked:  # the next pass tries again
-                broker.delete(sent_marker_key(prefix, job.id, job.attempts))
-            raise
+        app.send_task(RUN_JOB, args=[job.id], queue=job.queue or default_queue)
+        broker.set(marker, "1", ex=SENT_MARKER_SECONDS)
+        if was_sent is not None:  # the dead receiver, unless a live one took the new message
+            broker.register_script(FORGET_RECEIVER)(keys=[receiver], args=[node])
         sent += 1
     return sent
+
+
+# Deletes a receiver record only if it still names the given node (compare-and-delete).
+FORGET_RECEIVER = (
+    "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+)
 
 
 def connect_broker(settings: Settings) -> Redis:
@@ -246,12 +250,22 @@ def create_celery(settings: Settings) -> Celery:
         "redbeat_lock_key": None,
         "redbeat_lock_timeout": BEAT_LOCK_SECONDS,
         "beat_schedule": {
-            "cleanup-expired-outputs": {"task": CLEANUP, "schedule": settings.cleanup_interval},
-            "requeue-unsent-jobs": {"task": REQUEUE, "schedule": REQUEUE_INTERVAL},
-            "deliver-due-webhooks": {
-                "task": DELIVER_DUE_WEBHOOKS,
-                "schedule": max(1.0, min(REQUEUE_INTERVAL, settings.webhook_backoff / 2)),
-            },
+            name: {
+                "task": task,
+                "schedule": interval,
+                # A pass not started by its next run is dropped (the next one does its work):
+                # while every worker is busy, passes do not pile up in the ops queue.
+                "options": {"expires": interval},
+            }
+            for name, task, interval in (
+                ("cleanup-expired-outputs", CLEANUP, settings.cleanup_interval),
+                ("requeue-unsent-jobs", REQUEUE, REQUEUE_INTERVAL),
+                (
+                    "deliver-due-webhooks",
+                    DELIVER_DUE_WEBHOOKS,
+                    max(1.0, min(REQUEUE_INTERVAL, settings.webhook_backoff / 2)),
+                ),
+            )
         },
     }
     app.conf.update(config)

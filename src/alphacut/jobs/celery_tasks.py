@@ -253,8 +253,7 @@ def _run_job(
         raise task.retry(countdown=LEASE_SECONDS)
     model = job.request.get("model") or rt.settings.model
     missing = missing_on_worker(model, rt.settings.model_dir, serving_queue())
-    # Each retry for unavailable storage claimed the job once more: no worker died there.
-    if job.attempts - storage_failures > MAX_JOB_ATTEMPTS:
+    if job.attempts > MAX_JOB_ATTEMPTS:
         rt.store.fail(job_id, "the job stopped its worker process repeatedly; not retried", 500)
     elif missing is not None:
         # Failed, not retried: another worker of this queue could lack it too (API nodes
@@ -303,7 +302,9 @@ def _retry_storage(
     if delay is None:
         rt.pool.fail_storage_unavailable(job, exc)
         return
-    rt.store.renew(job.id, rt.pool.identity, delay)
+    # Its attempt given back: a fresh message (the beat's, after a worker loss) that claims
+    # the job later must not count the storage's failures as deaths of workers.
+    rt.store.hold_for_retry(job.id, rt.pool.identity, delay)
     log.warning("job %s: %s; retrying in %.0f s", job.id, exc.message, delay)
     retry = {"storage_failures": failures, "storage_failing_since": failing_since}
     raise task.retry(countdown=delay, exc=exc, kwargs=retry) from exc

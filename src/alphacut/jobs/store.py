@@ -93,6 +93,7 @@ class JobStore(Protocol):
         self, now: float, queued_before: float, limit: int = 1000
     ) -> list[ClaimableJob]: ...
     def renew(self, job_id: int, worker: str, lease_seconds: float) -> None: ...
+    def hold_for_retry(self, job_id: int, worker: str, seconds: float) -> None: ...
     def requeue_dead_local(self, own: str | None = None) -> int: ...
     def finish(
         self, job_id: int, result: dict[str, Any], generation_time: float, expires_at: float | None
@@ -351,7 +352,9 @@ class SQLJobStore:
                     sa.and_(jobs.c.status == RUNNING, jobs.c.lease_until < now),
                 )
             )
-            .order_by(jobs.c.id)
+            # Expired leases first: a dead worker's job must not wait behind a long backlog
+            # of queued jobs, whose messages are mostly still in their queues.
+            .order_by(sa.case((jobs.c.status == RUNNING, 0), else_=1), jobs.c.id)
             .limit(limit)
         )
         with self._reading() as connection:
@@ -366,6 +369,17 @@ class SQLJobStore:
                 jobs.update()
                 .where(jobs.c.id == job_id, jobs.c.worker == worker, jobs.c.status == RUNNING)
                 .values(lease_until=time.time() + lease_seconds)
+            )
+
+    def hold_for_retry(self, job_id: int, worker: str, seconds: float) -> None:
+        """Keep ``worker``'s claim on a RUNNING job for ``seconds`` more, and take back the
+        attempt it counted: the job will be tried again (its storage was unavailable), and
+        that is no worker's death, which ``attempts`` counts against MAX_JOB_ATTEMPTS."""
+        with self._writing() as connection:
+            connection.execute(
+                jobs.update()
+                .where(jobs.c.id == job_id, jobs.c.worker == worker, jobs.c.status == RUNNING)
+                .values(lease_until=time.time() + seconds, attempts=jobs.c.attempts - 1)
             )
 
     def requeue_dead_local(self, own: str | None = None) -> int:

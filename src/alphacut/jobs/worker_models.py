@@ -16,7 +16,8 @@ waits in the queue for a worker (which fails it, saying so, if it lacks the mode
 The same announcements route each job (``ClusterModels.queue_for``): a pinned queue (``cpu``
 or ``gpu``) takes every job; ``auto`` sends a job to the queue whose live workers have its
 model, to the one with fewer waiting messages per live worker when both have it (gpu on a
-tie), and to ``cpu`` when no live worker has it (the job waits there for one).
+tie), and when no live worker has it, to the only queue the cluster's workers take (live ones,
+or with none live, any ever announced), else to ``cpu`` (the job waits there for one).
 """
 
 from __future__ import annotations
@@ -56,6 +57,12 @@ def workers_key(prefix: str) -> str:
     return f"{prefix}alphacut:workers"
 
 
+def served_queues_key(prefix: str) -> str:
+    """The queues any worker of the cluster ever announced (no expiry): where a job goes
+    while no worker is live, during a restart of every worker."""
+    return f"{prefix}alphacut:served-queues"
+
+
 def worker_key(prefix: str, name: str) -> str:
     return f"{prefix}alphacut:worker:{name}"
 
@@ -89,6 +96,7 @@ def announce(
         pipe.set(worker_key(prefix, worker.name), worker.to_json(), ex=ttl)
         pipe.sadd(workers_key(prefix), worker.name)
         pipe.expire(workers_key(prefix), ttl)  # the set goes too when every worker is gone
+        pipe.sadd(served_queues_key(prefix), worker.queue)
         pipe.execute()
 
 
@@ -266,15 +274,20 @@ class ClusterModels:
         """The queue a job for ``model`` goes to (blocking: reads the broker when both queues
         could take it). Pinned: that queue. Auto: the queue whose live workers have the
         model; of two, the one with fewer waiting messages per live worker (gpu on a tie);
-        cpu when no live worker has it."""
+        when no live worker has it, the only queue workers take (live, or announced before),
+        else cpu."""
         if self.queue != AUTO_QUEUE:
             return self.queue
         having: dict[str, int] = {}  # queue -> live workers of it that have the model
-        for worker in self.workers():
+        workers = self.workers()
+        for worker in workers:
             if model in worker.models:
                 having[worker.queue] = having.get(worker.queue, 0) + 1
         if not having:
-            return FALLBACK_QUEUE
+            # No live worker has it (every worker restarting, say): the only queue workers
+            # take (a GPU-only cluster), live or announced before, else cpu; the job waits.
+            serving = {worker.queue for worker in workers} or self._served_queues()
+            return serving.pop() if len(serving) == 1 else FALLBACK_QUEUE
         if len(having) == 1:
             return next(iter(having))
         try:
@@ -286,6 +299,14 @@ class ClusterModels:
             having,
             key=lambda queue: (backlog[queue] / having[queue], queue != PREFERRED_QUEUE),
         )
+
+    def _served_queues(self) -> set[str]:
+        try:
+            members = self.broker.smembers(served_queues_key(self.prefix))
+        except Exception as exc:  # the broker is down: sending the job will say so
+            log.warning("could not read the served queues: %s", exc)
+            return set()
+        return {queue.decode() if isinstance(queue, bytes) else str(queue) for queue in members}
 
 
 def missing_on_worker(model: str, model_dir: Path, queue: str) -> str | None:

@@ -24,6 +24,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from multiprocessing.process import BaseProcess
 from types import FrameType
 from typing import Any
@@ -130,8 +131,10 @@ def run_server_processes(
 
 class ProcessSupervisor:
     """Starts the server processes (spawned: a fresh interpreter, as uvicorn's own), starts a
-    new one in place of one that died while serving, and passes signals on. A process that
-    failed to start stops them all: the app or the settings would fail the same way again."""
+    new one in place of one that died while serving, and passes signals on. A first process
+    that failed to start stops them all: the app or the settings would fail the same way
+    again. A replacement that fails (the database down as it starts, say) is tried again
+    with backoff while the others go on serving."""
 
     def __init__(
         self, settings: Settings, sock: socket.socket, log_level: str, options: dict[str, Any]
@@ -144,27 +147,37 @@ class ProcessSupervisor:
         self.received: list[int] = []
 
     def run(self, processes: int) -> int:
-        """0 once every process stopped after a signal; STARTUP_FAILURE if one failed to."""
+        """0 once every process stopped after a signal; STARTUP_FAILURE if a first one failed
+        to start."""
         for sig in FORWARDED_SIGNALS:
             signal.signal(sig, lambda sig, frame: self.received.append(sig))
-        children = [self._start() for _ in range(processes)]
-        log.info("serving with %d processes: %s", processes, [child.pid for child in children])
+        slots = [_Slot(self._start()) for _ in range(processes)]
+        log.info("serving with %d processes: %s", processes, [slot.pid for slot in slots])
         stopping, status = False, 0
-        while any(child.is_alive() for child in children):
+        while any(slot.alive for slot in slots) or not stopping:
             while self.received:
                 stopping = True  # the first signal drains each process, a second ends its grace
-                self._signal(children, self.received.pop(0))
-            for index, child in enumerate(children):
-                if child.is_alive() or stopping:
+                self._signal(slots, self.received.pop(0))
+            for slot in slots:
+                if stopping or slot.alive:
                     continue
-                if child.exitcode == STARTUP_FAILURE:
-                    log.error("server process %s failed to start: stopping", child.pid)
-                    stopping, status = True, STARTUP_FAILURE
-                    self._signal(children, signal.SIGTERM)
-                    break
-                log.warning("server process %s exited (%s): starting another", *_ended(child))
-                children[index] = self._start()
-            multiprocessing.connection.wait([child.sentinel for child in children], 0.5)
+                if slot.process is not None:  # it just ended
+                    if slot.process.exitcode == STARTUP_FAILURE and not slot.replaced:
+                        log.error("server process %s failed to start: stopping", slot.pid)
+                        stopping, status = True, STARTUP_FAILURE
+                        self._signal(slots, signal.SIGTERM)
+                        break
+                    delay = slot.ended()
+                    log.warning(
+                        "server process %s exited (%s): starting another in %g s",
+                        *_ended(slot.process),
+                        delay,
+                    )
+                    slot.process = None
+                if time.monotonic() >= slot.restart_at:
+                    slot.start(self._start())
+            alive = [slot.process.sentinel for slot in slots if slot.alive and slot.process]
+            multiprocessing.connection.wait(alive, 0.5) if alive else time.sleep(0.5)
         return status
 
     def _start(self) -> BaseProcess:
@@ -177,10 +190,46 @@ class ProcessSupervisor:
         return child
 
     @staticmethod
-    def _signal(children: list[BaseProcess], sig: int) -> None:
-        for child in children:
-            if child.is_alive() and child.pid is not None:
-                os.kill(child.pid, sig)
+    def _signal(slots: list[_Slot], sig: int) -> None:
+        for slot in slots:
+            if slot.alive and slot.pid is not None:
+                os.kill(slot.pid, sig)
+
+
+# A replacement process that ends within this many seconds counts as a failed start: the next
+# one waits twice as long as the last, up to RESPAWN_MAX_SECONDS.
+RESPAWN_WINDOW_SECONDS = 60.0
+RESPAWN_MAX_SECONDS = 30.0
+
+
+class _Slot:
+    """One of the supervisor's server processes, and when to start its next one."""
+
+    def __init__(self, process: BaseProcess) -> None:
+        self.process: BaseProcess | None = process
+        self.started_at = time.monotonic()
+        self.replaced = False  # this process took the place of one that ended
+        self.quick_deaths = 0
+        self.restart_at = 0.0
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.is_alive()
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    def ended(self) -> float:
+        """Note that the process ended; the seconds to wait before the next one."""
+        quick = time.monotonic() - self.started_at < RESPAWN_WINDOW_SECONDS
+        self.quick_deaths = self.quick_deaths + 1 if quick else 0
+        delay = min(RESPAWN_MAX_SECONDS, 2.0 ** (self.quick_deaths - 1)) if quick else 0.0
+        self.restart_at = time.monotonic() + delay
+        return delay
+
+    def start(self, process: BaseProcess) -> None:
+        self.process, self.started_at, self.replaced = process, time.monotonic(), True
 
 
 def _ended(child: BaseProcess) -> tuple[int | None, str]:
