@@ -32,6 +32,7 @@ test:
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/pytest -q -rs
 	$(MAKE) docs
 
@@ -40,6 +41,7 @@ test-fast:
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/pytest -q -rs -m "not real_model and not browser"
 	$(MAKE) docs
 

@@ -164,3 +164,19 @@ def test_unusable_arrays_are_typed_errors(session):
         remove(np.zeros((4, 4, 2), np.uint8), session=session)
     with pytest.raises(alphacut.AlphacutError, match="uint8, uint16"):
         remove(np.zeros((4, 4, 3), np.complex64), session=session)
+
+
+def test_a_library_session_opens_no_disk_cache_unless_asked(monkeypatch, tiny_settings):
+    """The server keeps a 512 MiB mask cache under the home folder; the library does not
+    write there unless ALPHACUT_CACHE_BYTES (or settings passed in) asks for it."""
+    from alphacut import new_session
+
+    monkeypatch.setenv("ALPHACUT_HOME", str(tiny_settings.home))
+    monkeypatch.delenv("ALPHACUT_CACHE_BYTES", raising=False)
+    with new_session() as session:
+        assert session.settings.cache_bytes == 0 and session._engine.mask_cache is None
+    monkeypatch.setenv("ALPHACUT_CACHE_BYTES", str(64 * 1024 * 1024))
+    with new_session() as session:
+        assert session._engine.mask_cache is not None
+    with new_session(settings=tiny_settings) as session:  # as given: the server's default
+        assert session.settings.cache_bytes == tiny_settings.cache_bytes

@@ -113,3 +113,51 @@ def test_wheel_and_sdist_carry_the_licence_and_notice(tmp_path: Path) -> None:
     with tarfile.open(sdist) as archive:
         members = {Path(name).name for name in archive.getnames()}
     assert {"LICENSE", "NOTICE", "pyproject.toml"} <= members
+
+
+def test_the_public_names_agree_and_exceptions_report_alphacut_as_their_module():
+    """``__all__``, the lazy exports and the type checker's imports name the same things (as
+    httpx's test_exported_members); an exception a user catches is ``alphacut.Name``."""
+    import ast
+
+    import alphacut
+
+    assert sorted(alphacut.__all__) == alphacut.__all__
+    assert set(alphacut.__all__) == set(alphacut._EXPORTS) | {"__version__"}
+    tree = ast.parse(Path(alphacut.__file__).read_text())
+    checked = next(node for node in tree.body if isinstance(node, ast.If))  # TYPE_CHECKING
+    imports = [node for node in checked.body if isinstance(node, ast.ImportFrom)]
+    imported = {alias.name for node in imports for alias in node.names}
+    assert imported == set(alphacut._EXPORTS)
+    for name in alphacut._EXPORTS:
+        value = getattr(alphacut, name)
+        if isinstance(value, type) and issubclass(value, BaseException):
+            assert value.__module__ == "alphacut", name
+            assert getattr(alphacut, value.__name__) is value
+
+
+def test_every_module_is_in_the_package_map_of_docs_architecture():
+    """docs/architecture.md says where each thing lives: a module it leaves out is a module
+    contributors do not find (its layering rules are lint-imports contracts, in make test)."""
+    doc = (ROOT / "docs" / "architecture.md").read_text()
+    table = doc[doc.index("## Package map") :]
+    table = table[: table.index("\n## ", 1)]
+    rows = {}
+    for line in table.splitlines():
+        if line.startswith("| `"):
+            cells = line.split("|")
+            rows[cells[1]] = cells[2]
+    package = ROOT / "src" / "alphacut"
+    missing = []
+    for path in sorted(package.rglob("*.py")):
+        relative = path.relative_to(package)
+        if "migrations" in relative.parts or relative.parts[-1] == "__init__.py":
+            continue
+        if len(relative.parts) == 1:  # a top-level module: named in the first column
+            listed = any(f"`{path.name}`" in first for first in rows)
+        else:  # in its package's row
+            row = [what for first, what in rows.items() if f"`{relative.parts[0]}/`" in first]
+            listed = bool(row) and f"`{path.name}`" in row[0]
+        if not listed:
+            missing.append(str(relative))
+    assert not missing, f"not in docs/architecture.md's package map: {missing}"

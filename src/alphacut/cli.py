@@ -594,8 +594,10 @@ def worker(
             "alphacut worker needs ALPHACUT_BROKER_URL=redis://HOST:PORT/DB (see docs/scaling.md)"
         )
     queue = queue or settings.worker_queue
-    if queue not in ("cpu", "gpu"):
-        _fail(f"--queue must be cpu or gpu, not {queue!r}")
+    from alphacut.config import IMAGE_QUEUES
+
+    if queue not in IMAGE_QUEUES:
+        _fail(f"--queue must be {' or '.join(IMAGE_QUEUES)}, not {queue!r}")
     _check_log_level(log_level)
     try:
         from alphacut.jobs.celery_app import configure_worker_logging

@@ -61,9 +61,13 @@ _Return = TypeVar("_Return")
 class AlphacutClientError(Exception):
     """Base class of the client's errors."""
 
+    __module__ = "alphacut"  # public as alphacut.AlphacutClientError, as its subclasses
+
 
 class AlphacutAPIError(AlphacutClientError):
     """The server answered an error (or a failed job): ``status_code`` and its ``message``."""
+
+    __module__ = "alphacut"
 
     def __init__(self, message: str, status_code: int, body: dict[str, Any] | None = None):
         super().__init__(f"{message} (HTTP {status_code})")
@@ -74,6 +78,8 @@ class AlphacutAPIError(AlphacutClientError):
 
 class AlphacutTimeout(AlphacutClientError, TimeoutError):
     """The job did not finish in time; ``job_id`` (if known) can still be fetched later."""
+
+    __module__ = "alphacut"
 
     def __init__(self, message: str, job_id: int | None = None):
         super().__init__(message)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal, get_args
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import (
@@ -45,6 +45,13 @@ CommaList = Annotated[tuple[str, ...], NoDecode]
 
 # Folders under ``home`` used when model_dir / output_dir are not set.
 _HOME_SUBFOLDERS = {"model_dir": "models", "output_dir": "outputs"}
+
+
+# The broker queues images go to (distributed mode): the one place their names are written.
+ImageQueue = Literal["cpu", "gpu"]
+IMAGE_QUEUES: tuple[ImageQueue, ...] = get_args(ImageQueue)
+# ALPHACUT_DEFAULT_QUEUE's value for "route each job by its model and the queues' backlog".
+AUTO_QUEUE: Final = "auto"
 
 
 class Settings(BaseSettings):
@@ -97,7 +104,7 @@ class Settings(BaseSettings):
         "broker, so several clusters (production and staging, or test runs) can share one "
         "Redis database without taking each other's jobs.",
     )
-    default_queue: Literal["auto", "cpu", "gpu"] = Field(
+    default_queue: Literal["auto", ImageQueue] = Field(
         default="auto",
         description="Distributed mode: the queue an API node sends jobs to. `auto` (the "
         "default) picks it per job: the queue whose live workers have the request's model, "
@@ -348,9 +355,9 @@ class Settings(BaseSettings):
         return (init_settings,)
 
     @property
-    def worker_queue(self) -> Literal["cpu", "gpu"]:
+    def worker_queue(self) -> ImageQueue:
         """The queue an ``alphacut worker`` without ``--queue`` takes images from."""
-        return "cpu" if self.default_queue == "auto" else self.default_queue
+        return IMAGE_QUEUES[0] if self.default_queue == AUTO_QUEUE else self.default_queue
 
     @field_validator("*", mode="before")
     @classmethod

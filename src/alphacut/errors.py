@@ -6,6 +6,8 @@ from __future__ import annotations
 class AlphacutError(Exception):
     """Base class. ``status_code`` is the HTTP status; ``str(err)`` is the user-facing message."""
 
+    __module__ = "alphacut"  # public as alphacut.AlphacutError: tracebacks name it so
+
     status_code: int = 400
 
     def __init__(self, message: str, status_code: int | None = None) -> None:

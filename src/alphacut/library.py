@@ -27,7 +27,13 @@ class Session:
     """One loaded model, reused across calls (loading ISNet takes seconds). Thread-safe."""
 
     def __init__(self, model: str | None = None, settings: Settings | None = None) -> None:
-        self.settings = settings if settings is not None else load_settings()
+        if settings is None:
+            settings = load_settings()
+            if "cache_bytes" not in settings.model_fields_set:
+                # A library keeps no files behind unless asked: the mask cache on disk (the
+                # server's default) is on only with ALPHACUT_CACHE_BYTES or given settings.
+                settings = settings.model_copy(update={"cache_bytes": 0})
+        self.settings = settings
         self.model = model or self.settings.model
         # A one-shot caller pays no warm-up inference; the first call is the warm-up.
         self._engine = Engine(self.settings, warm_up=False)

@@ -38,7 +38,6 @@ from alphacut.logs import configure_logging
 # Queues: images go to `cpu` or `gpu` (ALPHACUT_DEFAULT_QUEUE, or `alphacut worker --queue`);
 # webhook deliveries and the periodic passes go to `ops`, which every worker also consumes,
 # so a webhook never waits behind a backlog of images.
-IMAGE_QUEUES = ("cpu", "gpu")
 OPS_QUEUE = "ops"
 
 RUN_JOB = "alphacut.run_job"

@@ -22,10 +22,9 @@ from PIL import Image
 from redis import Redis
 from redis.exceptions import RedisError
 
-from alphacut.config import Settings
+from alphacut.config import IMAGE_QUEUES, Settings
 from alphacut.errors import BrokerUnavailable
 from alphacut.jobs.celery_app import (
-    IMAGE_QUEUES,
     OPS_QUEUE,
     connect_broker,
     create_celery,

@@ -32,6 +32,7 @@ from pathlib import Path
 
 from redis import Redis
 
+from alphacut.config import AUTO_QUEUE, IMAGE_QUEUES
 from alphacut.errors import InvalidRequest
 from alphacut.health import remove_heartbeat, write_heartbeat
 from alphacut.models.registry import known_models, resolve_model
@@ -43,12 +44,9 @@ ANNOUNCE_INTERVAL = 10.0
 ANNOUNCE_TTL = 30
 # How long an API node reuses what it read of the announcements.
 CHECK_CACHE_SECONDS = 5.0
-# ALPHACUT_DEFAULT_QUEUE's value for "route each job by its model and the queues' backlog";
-# the queue a job goes to when no live worker has its model.
-AUTO_QUEUE = "auto"
-FALLBACK_QUEUE = "cpu"
-# The queue of a tie between the two: a GPU runs a job many times faster.
-PREFERRED_QUEUE = "gpu"
+# The queue a job goes to when no live worker has its model; and the queue of a tie between
+# the two (a GPU runs a job many times faster).
+FALLBACK_QUEUE, PREFERRED_QUEUE = IMAGE_QUEUES
 # Redis list keys of a kombu queue: the queue itself and its priority sub-queues.
 _PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")
 

@@ -235,6 +235,8 @@ class RemoveOptions(BaseModel):
 class InvalidOptions(AlphacutError, ValueError):
     """Options that break the definition; the message names each field and what is wrong."""
 
+    __module__ = "alphacut"  # public as alphacut.InvalidOptions
+
     status_code = 422
 
     def __init__(self, message: str, missing: bool = False) -> None:
