@@ -109,6 +109,37 @@ def test_the_celery_task_retries_a_storage_outage_then_fails_the_job_with_503(
     assert published == [str(job.id)]  # its waiters are told
 
 
+def test_a_fresh_message_after_many_storage_retries_is_not_taken_for_dead_workers(
+    tmp_path: Path, tiny_settings, short_storage_retries, monkeypatch: pytest.MonkeyPatch
+):
+    """Each storage retry gives its attempt back: a message the beat sends afresh (its worker
+    died during the wait), with no retry count, finds the attempts of one claim only."""
+    store = SQLJobStore(sqlite_url(tmp_path / "jobs.sqlite3"))
+    pool = WorkerPool(tiny_settings, store, engine=None, storage=UnreachableStorage())  # type: ignore[arg-type]
+    rt = SimpleNamespace(
+        settings=tiny_settings,
+        store=store,
+        pool=pool,
+        broker=SimpleNamespace(publish=lambda channel, message: None),
+        channel="done",
+    )
+    monkeypatch.setattr(celery_tasks, "missing_on_worker", lambda *args: None)
+    monkeypatch.setattr(worker, "STORAGE_RETRY_LIMIT_SECONDS", 60.0)  # not given up here
+    job = store.create("", {"input_path": "s3://bucket/_inputs/x.input", "model": "tiny"})
+    task, kwargs = RecordingTask(), {}
+    for _ in range(celery_tasks.MAX_JOB_ATTEMPTS + 2):
+        with pytest.raises(Retried):
+            celery_tasks._run_job(task, rt, job.id, **kwargs)  # type: ignore[arg-type]
+        countdown, kwargs = task.retries[-1]
+        time.sleep(countdown)
+    assert store.get(job.id).attempts == 0  # type: ignore[union-attr]
+    # The fresh message: no storage_failures; the storage still fails, so it retries again
+    # rather than fail the job as "stopped its worker process repeatedly".
+    with pytest.raises(Retried):
+        celery_tasks._run_job(task, rt, job.id)  # type: ignore[arg-type]
+    assert store.get(job.id).status == RUNNING  # type: ignore[union-attr]
+
+
 @pytest.fixture
 def subject_url(file_server) -> str:
     base, root = file_server
