@@ -48,7 +48,7 @@ import httpx  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from bench.common import ROOT, fmt_table, machine_info, median  # noqa: E402
-from bench.distributed import Node, cluster_database, cluster_env, free_port  # noqa: E402
+from bench.distributed import Node, cluster_database, cluster_env, start_api  # noqa: E402
 
 PROCESSES = (1, 2)
 WORKLOADS = ("submit", "fetch")
@@ -63,18 +63,7 @@ def small_png() -> str:
 
 
 def start_node(env: dict[str, str], processes: int, log: Path) -> tuple[Node, str]:
-    port = free_port()
-    args = ["serve", "--port", str(port), "--log-level", "warning", "--workers", str(processes)]
-    node = Node(args, env, log)
-    url = f"http://127.0.0.1:{port}"
-
-    def ready() -> bool:
-        try:
-            return httpx.get(url + "/readyz", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    node.wait_for(ready, f"API node with {processes} process(es)")
+    node, url = start_api(env, log, "--workers", str(processes))
     time.sleep(3)  # /readyz answers once the first process is up: give the others time
     return node, url
 

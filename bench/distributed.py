@@ -143,9 +143,10 @@ def free_port() -> int:
         return port
 
 
-def start_api(env: dict[str, str], log: Path) -> tuple[Node, str]:
+def start_api(env: dict[str, str], log: Path, *serve_args: str) -> tuple[Node, str]:
+    """An ``alphacut serve`` node (``serve_args`` added to its command), once /readyz is 200."""
     port = free_port()
-    node = Node(["serve", "--port", str(port), "--log-level", "warning"], env, log)
+    node = Node(["serve", "--port", str(port), "--log-level", "warning", *serve_args], env, log)
     url = f"http://127.0.0.1:{port}"
 
     def healthy() -> bool:

@@ -208,30 +208,7 @@ def storage_init(wait: WaitOption = 0.0) -> None:
         storage = S3Storage.from_settings(settings)
     except AlphacutError as exc:
         _fail(exc.message)
-    client, bucket = storage.client, storage.bucket
-
-    def error_code(exc: ClientError) -> str:
-        return str(exc.response.get("Error", {}).get("Code", ""))
-
-    def create_bucket() -> str:
-        try:
-            client.head_bucket(Bucket=bucket)
-            return "exists"
-        except ClientError as exc:
-            if error_code(exc) not in ("404", "NoSuchBucket", "NotFound"):
-                raise
-        # AWS wants the region named, except for its default one.
-        region = client.meta.region_name
-        where = {"CreateBucketConfiguration": {"LocationConstraint": region}}
-        try:
-            client.create_bucket(
-                Bucket=bucket, **(where if region and region != "us-east-1" else {})
-            )
-        except ClientError as exc:
-            if error_code(exc) != "BucketAlreadyOwnedByYou":  # another node was quicker
-                raise
-            return "exists"
-        return "created"
+    bucket = storage.bucket
 
     def unreachable(exc: Exception) -> bool:
         if isinstance(exc, ClientError):  # a store still starting answers 5xx
@@ -240,7 +217,9 @@ def storage_init(wait: WaitOption = 0.0) -> None:
         return isinstance(exc, BotoCoreError)  # refused, reset, timed out
 
     try:
-        outcome = _retry_while_unreachable(wait, f"S3 {storage.url}", create_bucket, unreachable)
+        outcome = _retry_while_unreachable(
+            wait, f"S3 {storage.url}", storage.create_bucket, unreachable
+        )
     except (BotoCoreError, ClientError) as exc:
         _fail(f"could not create the bucket {bucket}: {exc}")
     typer.echo(f"bucket {bucket} {outcome} ({storage.url})")

@@ -336,6 +336,33 @@ class S3Storage:
                 removed += len(stale)
         return removed
 
+    def create_bucket(self) -> str:
+        """Create the bucket unless it exists: "created" or "exists" (``alphacut storage
+        init``; safe from several machines at once). Raises botocore's errors as they come."""
+        from botocore.exceptions import ClientError
+
+        def error_code(exc: ClientError) -> str:
+            return str(exc.response.get("Error", {}).get("Code", ""))
+
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+            return "exists"
+        except ClientError as exc:
+            if error_code(exc) not in ("404", "NoSuchBucket", "NotFound"):
+                raise
+        # AWS wants the region named, except for its default one.
+        region = self.client.meta.region_name
+        where = {"CreateBucketConfiguration": {"LocationConstraint": region}}
+        try:
+            self.client.create_bucket(
+                Bucket=self.bucket, **(where if region and region != "us-east-1" else {})
+            )
+        except ClientError as exc:
+            if error_code(exc) != "BucketAlreadyOwnedByYou":  # another node was quicker
+                raise
+            return "exists"
+        return "created"
+
     def check_ready(self) -> None:
         """One HEAD of the bucket, no retries: readiness must answer quickly."""
         try:

@@ -111,17 +111,21 @@ class WorkerPool:
         # by pixels, not count: eight 50 MP images would hold over a gigabyte.
         self.handoff: dict[str, Image.Image] = {}  # keyed by input path
         self._wakeup = asyncio.Event()
-        self._draining = asyncio.Event()  # set with ``draining``: ends a wait for storage
+        # Set by the drain (shutdown): no new claims, and a wait for storage ends.
+        self._draining = asyncio.Event()
         self._waiters: dict[int, list[asyncio.Future[None]]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._inflight: set[Future[None]] = set()
         self._running_ids: set[int] = set()
         self.running = 0
-        # Draining (shutdown): no new claims; queued jobs stay queued for the next start.
-        self.draining = False
         # Set once the grace has run out with jobs still running: those stay RUNNING in the
         # store (the next start requeues them) rather than fail because the engine closed.
         self.abandoned = False
+
+    @property
+    def draining(self) -> bool:
+        """Draining (shutdown): no new claims; queued jobs stay queued for the next start."""
+        return self._draining.is_set()
 
     def offer_decoded(self, key: str, image: Image.Image) -> None:
         """Keep a decoded input for the worker if the memory budget allows."""
@@ -146,7 +150,6 @@ class WorkerPool:
     def begin_drain(self) -> None:
         """Claim no more jobs; let running ones go on. Requests waiting for a job that is not
         running answer "processing" now (fetch finds it after the restart)."""
-        self.draining = True
         self._draining.set()
         self._wakeup.set()  # idle loops see the flag and end
         for job_id in list(self._waiters):
@@ -282,7 +285,7 @@ class WorkerPool:
         """``process`` the job; while its storage is unavailable, try again in place on the
         Celery task's schedule (``storage_retry_delay``), the lease renewed all along, then
         fail it. A drain ends the wait: the job stays RUNNING and the next start runs it."""
-        failures, failing_since = 0, time.time()
+        failures, failing_since = 0, 0.0
         while True:
             try:
                 await self._process_in_thread(job)

@@ -177,7 +177,10 @@ class ProcessSupervisor:
                 if time.monotonic() >= slot.restart_at:
                     slot.start(self._start())
             alive = [slot.process.sentinel for slot in slots if slot.alive and slot.process]
-            multiprocessing.connection.wait(alive, 0.5) if alive else time.sleep(0.5)
+            if alive:
+                multiprocessing.connection.wait(alive, 0.5)
+            else:  # every slot waits out its backoff
+                time.sleep(0.5)
         return status
 
     def _start(self) -> BaseProcess:
